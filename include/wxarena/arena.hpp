@@ -1,0 +1,302 @@
+// SPDX-License-Identifier: MIT
+// The Arena: one reservation of address space handing out page-aligned code
+// chunks under strict W^X, and the Batch that changes their permissions.
+//
+// Layering: includes only result.hpp. Everything here is noexcept; errors are
+// returned as Result / Error (see result.hpp).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "wxarena/result.hpp"
+
+namespace wxa {
+
+class Arena;
+struct Options;
+
+namespace detail {
+class ArenaImpl;
+class Pal;
+enum class OpKind : std::uint8_t;
+/// Creates an arena on a given platform layer (tests plug a fake one in).
+Result<Arena> create_arena(const Options& options, Pal& pal) noexcept;
+ArenaImpl& impl_of(Arena& arena) noexcept;
+}  // namespace detail
+
+/// How chunks get their permissions.
+enum class Backend : std::uint8_t {
+  automatic,  ///< probe once: protect where anonymous memory may gain
+              ///< execute, else dual_map, else Errc::not_supported
+  protect,    ///< one private anonymous mapping, flipped with mprotect
+  dual_map,   ///< a memfd with a separate executable view and writable
+              ///< views that exist only while a chunk is writable
+};
+
+/// The tracked state of a chunk (see the lifecycle in DESIGN.md).
+enum class State : std::uint8_t {
+  free,        ///< not allocated
+  writable,    ///< allocated; writable through rw(), not executable anywhere
+  executable,  ///< sealed to code: executable at rx(), no writable view
+  read_only,   ///< sealed to data: readable at rx(), never executable
+  retired,     ///< released; inaccessible, waiting in quarantine
+};
+
+/// What seal() turns a writable chunk into.
+enum class Seal : std::uint8_t { execute, read_only };
+
+/// The kernel protection wxarena expects on a page of one view.
+enum class Access : std::uint8_t { none, read, read_write, read_execute };
+
+[[nodiscard]] std::string_view to_string(Backend backend) noexcept;
+[[nodiscard]] std::string_view to_string(State state) noexcept;
+[[nodiscard]] std::string_view to_string(Access access) noexcept;
+
+/// Arena configuration. Every field has a usable default.
+struct Options {
+  Backend backend = Backend::automatic;
+  /// Address space reserved up front (PROT_NONE, nothing committed); rounded
+  /// up to pages. It bounds everything the arena can hand out at once.
+  std::size_t reserve_bytes = std::size_t{1} << 30;
+  /// If set, the whole reservation lies within `reach` bytes of `anchor`
+  /// (e.g. the host's text, so generated code can call it with rel32).
+  const void* anchor = nullptr;
+  /// Maximum distance from anchor; 0 means 2 GiB less one reservation (x86-64
+  /// rel32). Ignored without an anchor.
+  std::size_t reach = 0;
+  /// A released chunk's pages are not handed out again until this many
+  /// later chunks have been released too (a stale call faults meanwhile).
+  std::size_t quarantine = 16;
+  /// Most kernel VMAs the arena may occupy; 0 means a quarter of
+  /// vm.max_map_count. Operations that would exceed it fail with
+  /// Errc::vma_budget before the kernel would.
+  std::size_t vma_budget = 0;
+  /// Pages made writable ahead of need with one call, so that allocate()
+  /// is usually free of system calls.
+  std::size_t open_pages = 64;
+  /// Name the arena's mappings in /proc/<pid>/maps where the kernel allows.
+  bool name_mappings = true;
+};
+
+/// One chunk as handed out: its writable view (only while writable) and its
+/// executable address, which is also the chunk's identity in every call.
+/// In the protect backend both are the same address; in dual_map they differ.
+/// A Chunk is a plain descriptor: copying it copies no memory.
+class Chunk {
+ public:
+  constexpr Chunk() noexcept = default;
+  constexpr Chunk(std::byte* rw, const std::byte* rx, std::size_t size) noexcept
+      : rw_(rw), rx_(rx), size_(size) {}
+
+  /// The writable view; empty unless the chunk was obtained writable.
+  [[nodiscard]] std::span<std::byte> rw() const noexcept {
+    return rw_ ? std::span<std::byte>(rw_, size_) : std::span<std::byte>();
+  }
+  /// The address code runs at (and the chunk's identity).
+  [[nodiscard]] const void* rx() const noexcept { return rx_; }
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+  [[nodiscard]] explicit operator bool() const noexcept {
+    return rx_ != nullptr;
+  }
+
+  /// The function at `offset` within the chunk, as a pointer of type Fn*.
+  template <class Fn>
+  [[nodiscard]] Fn* entry(std::size_t offset = 0) const noexcept {
+    return reinterpret_cast<Fn*>(const_cast<std::byte*>(rx_ + offset));
+  }
+
+ private:
+  std::byte* rw_ = nullptr;
+  const std::byte* rx_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+/// What find() knows about an address.
+struct ChunkInfo {
+  Chunk chunk;  ///< rw() is non-empty only in State::writable
+  State state = State::free;
+  std::size_t offset = 0;  ///< of the queried address within the chunk
+};
+
+/// System calls made by an arena, by kind. Failed calls count too.
+struct SyscallCounts {
+  std::uint64_t mmap = 0, munmap = 0, mprotect = 0, madvise = 0, memfd = 0,
+                membarrier = 0, other = 0;
+  [[nodiscard]] std::uint64_t total() const noexcept {
+    return mmap + munmap + mprotect + madvise + memfd + membarrier + other;
+  }
+};
+
+/// What one Batch::commit() did.
+struct CommitReport {
+  std::size_t chunks = 0;            ///< transitions applied
+  std::size_t runs = 0;              ///< coalesced page runs
+  std::size_t protection_calls = 0;  ///< mprotect / view mapping calls
+  std::size_t flushes = 0;           ///< instruction-cache flush ranges
+  bool barrier = false;              ///< a cross-thread barrier was issued
+};
+
+/// A snapshot of an arena's accounting.
+struct Stats {
+  std::size_t page_size = 0;
+  std::size_t reserved_bytes = 0;
+  std::size_t committed_bytes = 0;  ///< pages that are not PROT_NONE-and-clean
+  std::size_t open_bytes = 0;       ///< free pages already writable (reserve)
+  std::size_t bytes[5] = {};        ///< by State (index with State)
+  std::size_t chunks[5] = {};       ///< live chunks by State (free: 0)
+  std::size_t vmas = 0;             ///< kernel VMAs the arena occupies
+  std::size_t vma_budget = 0;
+  SyscallCounts syscalls;
+  std::uint64_t allocations = 0, commits = 0, runs = 0, protection_calls = 0,
+                flushes = 0, barriers = 0;
+
+  [[nodiscard]] std::size_t bytes_in(State s) const noexcept {
+    return bytes[static_cast<int>(s)];
+  }
+  [[nodiscard]] std::size_t chunks_in(State s) const noexcept {
+    return chunks[static_cast<int>(s)];
+  }
+};
+
+/// A maximal run of pages with one tracked state, for auditors.
+struct RunInfo {
+  const void* rx = nullptr;  ///< start in the executable view
+  void* rw = nullptr;        ///< start in the writable view (dual_map)
+  std::size_t bytes = 0;
+  State state = State::free;
+  bool open = false;                ///< free but already writable
+  Access rx_access = Access::none;  ///< expected kernel protection, rx view
+  Access rw_access = Access::none;  ///< expected protection, rw view (dual)
+};
+
+/// Flags for Batch::commit().
+enum class CommitFlags : std::uint8_t {
+  none = 0,
+  barrier = 1,  ///< issue the cross-thread barrier even if not needed
+};
+
+/// An arena of executable memory. Thread safety: every member function may be
+/// called from any thread at any time; the arena serialises them with one
+/// internal mutex. Moving an arena is not thread-safe.
+class Arena {
+ public:
+  /// Reserves the address space and probes the platform once.
+  /// Errors: invalid_argument, size_too_large, unreachable_anchor,
+  /// not_supported (no usable backend), out_of_memory, permission_denied.
+  [[nodiscard]] static Result<Arena> create(
+      const Options& options = {}) noexcept;
+
+  Arena(Arena&& other) noexcept;
+  Arena& operator=(Arena&& other) noexcept;
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  /// Unmaps everything; chunks become invalid.
+  ~Arena();
+
+  /// A writable chunk of at least `bytes` bytes (rounded up to pages),
+  /// filled with trap instructions or zeros. Usually makes no system call.
+  /// Errors: zero_size, size_too_large, exhausted, vma_budget, OS errors.
+  [[nodiscard]] Result<Chunk> allocate(std::size_t bytes) noexcept;
+
+  /// Makes a writable chunk executable (or read-only data). Flushes the
+  /// instruction cache for it first. One batch of one; see Batch.
+  [[nodiscard]] Result<void> seal(const void* rx,
+                                  Seal to = Seal::execute) noexcept;
+  [[nodiscard]] Result<void> seal(const Chunk& c,
+                                  Seal to = Seal::execute) noexcept {
+    return seal(c.rx(), to);
+  }
+  /// Makes an executable or read-only chunk writable again, for patching.
+  /// The caller guarantees no thread runs it meanwhile. Returns the chunk
+  /// with its writable view.
+  [[nodiscard]] Result<Chunk> unseal(const void* rx) noexcept;
+  /// Retires a chunk (any allocated state): it becomes inaccessible at once,
+  /// and its pages are reused only after the quarantine.
+  [[nodiscard]] Result<void> release(const void* rx) noexcept;
+  [[nodiscard]] Result<void> release(const Chunk& c) noexcept {
+    return release(c.rx());
+  }
+
+  /// The chunk containing `address` (either view), with its state and the
+  /// address's offset. Errors: null_pointer, foreign_pointer, not_allocated
+  /// (free or retired pages).
+  [[nodiscard]] Result<ChunkInfo> find(const void* address) const noexcept;
+
+  /// Gives free memory back to the OS: free pages are decommitted and made
+  /// PROT_NONE, and recyclable quarantine is drained first.
+  [[nodiscard]] Result<void> trim() noexcept;
+
+  [[nodiscard]] Stats stats() const noexcept;
+  [[nodiscard]] Backend backend() const noexcept;
+  [[nodiscard]] std::size_t page_size() const noexcept;
+  /// The reservation, as seen in the executable view.
+  [[nodiscard]] std::span<const std::byte> range() const noexcept;
+  /// The writable-view reservation (dual_map), or range() (protect).
+  [[nodiscard]] std::span<std::byte> rw_range() const noexcept;
+  /// Every run of pages with one tracked state, lowest address first.
+  /// Allocates; meant for auditors and tests, not hot paths.
+  [[nodiscard]] std::vector<RunInfo> runs() const;
+
+ private:
+  friend class Batch;
+  friend class CodeHeap;
+  friend Result<Arena> detail::create_arena(const Options&,
+                                            detail::Pal&) noexcept;
+  friend detail::ArenaImpl& detail::impl_of(Arena&) noexcept;
+  explicit Arena(detail::ArenaImpl* impl) noexcept : impl_(impl) {}
+  detail::ArenaImpl* impl_ = nullptr;
+};
+
+/// Collects transitions of many chunks and applies them at once: sorted by
+/// address, adjacent pages with the same target coalesced into runs, one
+/// protection call per run, one instruction-cache flush pass (before code
+/// becomes executable), at most one cross-thread barrier, then the state
+/// updates. All-or-nothing: on failure every chunk keeps its state.
+///
+/// Thread safety: a Batch is used by one thread at a time; different
+/// batches on one arena may commit concurrently (the arena serialises).
+class Batch {
+ public:
+  explicit Batch(Arena& arena) noexcept;
+  Batch(Batch&& other) noexcept;
+  Batch& operator=(Batch&& other) noexcept;
+  Batch(const Batch&) = delete;
+  Batch& operator=(const Batch&) = delete;
+  ~Batch();
+
+  /// Queue a transition. Nothing is checked or changed until commit().
+  void seal(const void* rx, Seal to = Seal::execute) noexcept;
+  void seal(const Chunk& c, Seal to = Seal::execute) noexcept {
+    seal(c.rx(), to);
+  }
+  void unseal(const void* rx) noexcept;
+  void release(const void* rx) noexcept;
+  void release(const Chunk& c) noexcept { release(c.rx()); }
+
+  /// Applies every queued transition, or none. On success the batch is
+  /// emptied; on failure it is kept and the error names the first chunk at
+  /// fault (Error::chunk()). Errors: those of the single operations, plus
+  /// duplicate_in_batch, vma_budget and OS errors.
+  [[nodiscard]] Result<CommitReport> commit(
+      CommitFlags flags = CommitFlags::none) noexcept;
+
+  [[nodiscard]] std::size_t size() const noexcept;
+  [[nodiscard]] bool empty() const noexcept { return size() == 0; }
+  void clear() noexcept;
+
+ private:
+  friend class detail::ArenaImpl;
+  friend class Arena;
+  struct Op;
+  void push(const void* rx, detail::OpKind kind) noexcept;
+  Arena* arena_ = nullptr;
+  Op* ops_ = nullptr;
+  std::size_t size_ = 0, capacity_ = 0;
+  bool overflow_ = false;  // a queue allocation failed: commit reports it
+};
+
+}  // namespace wxa

@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: MIT
+// CodeHeap: packs small functions into arena pages and publishes them in one
+// batch commit, so a thousand functions cost a few pages and a few calls.
+//
+// Layering: includes arena.hpp (and so result.hpp) only.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "wxarena/arena.hpp"
+#include "wxarena/result.hpp"
+
+namespace wxa {
+
+namespace detail {
+class HeapImpl;
+}
+
+/// One function's space in a CodeHeap.
+struct Function {
+  std::span<std::byte> rw;   ///< where to write it (until publish())
+  const void* rx = nullptr;  ///< where it will run, and its identity
+
+  template <class Fn>
+  [[nodiscard]] Fn* entry() const noexcept {
+    return reinterpret_cast<Fn*>(const_cast<void*>(rx));
+  }
+};
+
+struct HeapOptions {
+  std::size_t alignment = 16;  ///< default function alignment (power of two)
+};
+
+struct HeapStats {
+  std::size_t live_functions = 0;     ///< published and pending, not released
+  std::size_t pending_functions = 0;  ///< written but not yet published
+  std::size_t live_bytes = 0;         ///< bytes asked for by live functions
+  std::size_t committed_bytes = 0;    ///< pages the heap holds from the arena
+  std::size_t pages = 0;
+  std::uint64_t publishes = 0;
+  [[nodiscard]] double committed_per_live() const noexcept {
+    return live_bytes ? double(committed_bytes) / double(live_bytes) : 0.0;
+  }
+};
+
+/// A heap of small functions on an Arena. Functions are written through
+/// Function::rw, become callable at Function::rx after publish(), and are
+/// released one by one; a page goes back to the arena (retired, then
+/// quarantined) once no live function remains on it, so space is reused only
+/// when that is safe.
+///
+/// Thread safety: a CodeHeap is used by one thread at a time (give each
+/// thread its own heap; heaps on one arena may be used concurrently). The
+/// arena must outlive the heap.
+class CodeHeap {
+ public:
+  [[nodiscard]] static Result<CodeHeap> create(
+      Arena& arena, const HeapOptions& options = {}) noexcept;
+  CodeHeap(CodeHeap&& other) noexcept;
+  CodeHeap& operator=(CodeHeap&& other) noexcept;
+  CodeHeap(const CodeHeap&) = delete;
+  CodeHeap& operator=(const CodeHeap&) = delete;
+  /// Releases every page the heap holds.
+  ~CodeHeap();
+
+  /// Space for a function of `bytes` bytes, aligned to `alignment` (0: the
+  /// heap's default). Writable until publish(). Errors: zero_size,
+  /// size_too_large, bad_alignment, and the arena's allocation errors.
+  [[nodiscard]] Result<Function> allocate(std::size_t bytes,
+                                          std::size_t alignment = 0) noexcept;
+  /// allocate() and copy `code` in.
+  [[nodiscard]] Result<Function> emit(std::span<const std::byte> code,
+                                      std::size_t alignment = 0) noexcept;
+  /// Seals every pending function (and retires emptied pages) in one batch
+  /// commit. After it returns, every function allocated before is callable.
+  [[nodiscard]] Result<CommitReport> publish(
+      CommitFlags flags = CommitFlags::none) noexcept;
+  /// Releases one function by its rx address. Errors: null_pointer,
+  /// foreign_pointer (not this heap's), interior_pointer, double_release.
+  [[nodiscard]] Result<void> release(const void* rx) noexcept;
+
+  [[nodiscard]] HeapStats stats() const noexcept;
+  [[nodiscard]] Arena& arena() const noexcept;
+
+ private:
+  explicit CodeHeap(detail::HeapImpl* impl) noexcept : impl_(impl) {}
+  detail::HeapImpl* impl_ = nullptr;
+};
+
+}  // namespace wxa

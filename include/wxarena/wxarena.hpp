@@ -1,0 +1,7 @@
+// SPDX-License-Identifier: MIT
+// The whole C++ API of wxarena: Arena, Batch, CodeHeap and their results.
+#pragma once
+
+#include "wxarena/arena.hpp"
+#include "wxarena/code_heap.hpp"
+#include "wxarena/result.hpp"

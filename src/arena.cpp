@@ -1,0 +1,468 @@
+// SPDX-License-Identifier: MIT
+// The arena: chunk allocation, quarantine, lifecycle checks, stats.
+#include <algorithm>
+#include <limits>
+#include <new>
+
+#include "arena_impl.hpp"
+
+namespace wxa {
+namespace detail {
+namespace {
+
+// Inserts the free run [a, a+len) into `runs`, merging with neighbours.
+void insert_run(MetaMap<std::uint32_t, std::uint32_t>& runs, std::uint32_t a,
+                std::uint32_t len) {
+  auto next = runs.lower_bound(a);
+  if (next != runs.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == a) {
+      prev->second += len;
+      if (next != runs.end() && prev->first + prev->second == next->first) {
+        prev->second += next->second;
+        runs.erase(next);
+      }
+      return;
+    }
+  }
+  if (next != runs.end() && a + len == next->first) {
+    auto node = runs.extract(next);
+    node.key() = a;
+    node.mapped() += len;
+    runs.insert(std::move(node));
+    return;
+  }
+  runs.emplace(a, len);
+}
+
+// Removes [a, a+len) from the run starting at `it` (a == it->first).
+void carve_front(MetaMap<std::uint32_t, std::uint32_t>& runs,
+                 MetaMap<std::uint32_t, std::uint32_t>::iterator it,
+                 std::uint32_t len) noexcept {
+  if (it->second == len) {
+    runs.erase(it);
+    return;
+  }
+  auto node = runs.extract(it);
+  node.key() += len;
+  node.mapped() -= len;
+  runs.insert(std::move(node));  // reuses the node: cannot throw
+}
+
+}  // namespace
+
+ArenaImpl::ArenaImpl(Pal& pal, const Options& options) noexcept
+    : pal_(pal), options_(options) {}
+
+ArenaImpl::~ArenaImpl() { region_.destroy(sys_); }
+
+Result<void> ArenaImpl::init() noexcept {
+  const Capabilities& caps = pal_.capabilities();
+  const std::size_t ps = caps.page_size;
+  if (options_.reserve_bytes == 0) return Error(Errc::invalid_argument);
+  if (options_.reserve_bytes > (std::size_t{1} << 46))
+    return Error(Errc::size_too_large);
+  const std::size_t pages = (options_.reserve_bytes + ps - 1) / ps;
+  if (pages > std::numeric_limits<std::uint32_t>::max() / 2)
+    return Error(Errc::size_too_large);
+  const std::size_t bytes = pages * ps;
+
+  Backend backend = options_.backend;
+  if (backend == Backend::automatic) {
+    if (caps.anon_exec)
+      backend = Backend::protect;
+    else if (caps.shared_memory && caps.shared_exec)
+      backend = Backend::dual_map;
+    else
+      return Error(Errc::not_supported);
+  } else if (backend == Backend::protect && !caps.anon_exec) {
+    return Error(Errc::permission_denied);
+  } else if (backend == Backend::dual_map &&
+             !(caps.shared_memory && caps.shared_exec)) {
+    return Error(Errc::not_supported);
+  } else if (backend != Backend::protect && backend != Backend::dual_map) {
+    return Error(Errc::invalid_argument);
+  }
+
+  std::uintptr_t lo = 0, hi = 0;
+  if (options_.anchor) {
+    // Every byte of the reservation within `reach` of the anchor.
+    const std::uintptr_t reach =
+        options_.reach ? options_.reach : (std::uintptr_t{1} << 31) - ps;
+    if (reach < bytes) return Error(Errc::unreachable_anchor);
+    const auto anchor = reinterpret_cast<std::uintptr_t>(options_.anchor);
+    lo = anchor > reach ? anchor - reach + 1 : ps;
+    hi = anchor + reach < anchor ? std::numeric_limits<std::uintptr_t>::max()
+                                 : anchor + reach;
+  }
+
+  vma_budget_ = options_.vma_budget
+                    ? options_.vma_budget
+                    : std::max<std::size_t>(caps.max_map_count / 4, 16);
+  if (options_.open_pages == 0) options_.open_pages = 1;
+
+  if (Result<void> r = region_.init(pal_, backend, pages, lo, hi,
+                                    options_.name_mappings, sys_);
+      !r)
+    return r;
+  if (vma_budget_ < region_.vmas()) return Error(Errc::invalid_argument);
+  try {
+    unused_.emplace(0, static_cast<std::uint32_t>(pages));
+    items_.reserve(64);
+    runs_.reserve(64);
+  } catch (const std::bad_alloc&) {
+    return Error(Errc::out_of_memory, ENOMEM);
+  }
+  if (caps.barrier) barrier_registered_ = bool(pal_.register_barrier(sys_));
+  return {};
+}
+
+Chunk ArenaImpl::chunk_at(std::size_t head, bool writable) const noexcept {
+  const std::size_t bytes = std::size_t{region_.length(head)}
+                            << region_.page_shift();
+  return Chunk(writable ? region_.rw_page(head) : nullptr,
+               region_.rx_page(head), bytes);
+}
+
+std::ptrdiff_t ArenaImpl::take_open(std::size_t pages) noexcept {
+  // First fit by address: consecutive allocations come out adjacent, so a
+  // batch of them seals with one call.
+  for (auto it = open_.begin(); it != open_.end(); ++it) {
+    if (it->second >= pages) {
+      std::uint32_t a = it->first;
+      carve_front(open_, it, static_cast<std::uint32_t>(pages));
+      return a;
+    }
+  }
+  return -1;
+}
+
+Result<void> ArenaImpl::open_more(std::size_t pages) noexcept {
+  for (auto it = unused_.begin(); it != unused_.end(); ++it) {
+    if (it->second < pages) continue;
+    const std::uint32_t a = it->first;
+    const std::uint32_t n = static_cast<std::uint32_t>(std::min<std::size_t>(
+        it->second, std::max(pages, options_.open_pages)));
+    region_.set_state(a, a + n, PageState::open, 0);
+    if (over_budget()) {
+      region_.set_state(a, a + n, PageState::unused, 0);
+      return Error(Errc::vma_budget);
+    }
+    std::size_t calls = 0;
+    Result<void> r = region_.change(
+        a, a + n, [](std::size_t) { return PageState::unused; },
+        [](std::size_t) { return PageState::open; }, calls, sys_);
+    protection_calls_ += calls;
+    if (!r) {
+      region_.set_state(a, a + n, PageState::unused, 0);
+      return Error(r.error().code(), r.error().sys_errno());
+    }
+    carve_front(unused_, it, n);
+    insert_run(open_, a, n);
+    return {};
+  }
+  return Error(Errc::exhausted);
+}
+
+Result<void> ArenaImpl::recycle() noexcept {
+  // Entries that enough later releases have passed, oldest first.
+  std::size_t eligible = 0;
+  while (eligible < quarantine_.size() &&
+         released_ - quarantine_[eligible].seq >= options_.quarantine)
+    ++eligible;
+  if (eligible == 0) return {};
+  std::sort(quarantine_.begin(), quarantine_.begin() + eligible,
+            [](const Quarantined& x, const Quarantined& y) {
+              return x.head < y.head;
+            });
+  std::size_t done = 0;
+  Result<void> result;
+  while (done < eligible) {
+    // Coalesce address-adjacent entries into one run: one call for all.
+    std::size_t end = done + 1;
+    std::uint32_t a = quarantine_[done].head;
+    std::uint32_t b = a + quarantine_[done].pages;
+    while (end < eligible && quarantine_[end].head == b)
+      b += quarantine_[end++].pages;
+    region_.set_state(a, b, PageState::open, 0);
+    if (over_budget()) {
+      for (std::size_t k = done; k < end; ++k)
+        region_.set_state(quarantine_[k].head,
+                          quarantine_[k].head + quarantine_[k].pages,
+                          PageState::retired, quarantine_[k].head);
+      result = Error(Errc::vma_budget);
+      break;
+    }
+    std::size_t calls = 0;
+    Result<void> r = region_.change(
+        a, b, [](std::size_t) { return PageState::retired; },
+        [](std::size_t) { return PageState::open; }, calls, sys_);
+    protection_calls_ += calls;
+    if (!r) {
+      for (std::size_t k = done; k < end; ++k)
+        region_.set_state(quarantine_[k].head,
+                          quarantine_[k].head + quarantine_[k].pages,
+                          PageState::retired, quarantine_[k].head);
+      result = Error(r.error().code(), r.error().sys_errno());
+      break;
+    }
+    // Stale code must never run again: traps until new code is written.
+    region_.trap_fill(a, b);
+    try {
+      insert_run(open_, a, b - a);
+    } catch (const std::bad_alloc&) {
+      result = Error(Errc::out_of_memory, ENOMEM);  // pages stay open, unlisted
+      done = end;
+      break;
+    }
+    done = end;
+  }
+  quarantine_.erase(quarantine_.begin(), quarantine_.begin() + done);
+  // What is left of the eligible prefix went out of order: restore it.
+  std::sort(
+      quarantine_.begin(), quarantine_.end(),
+      [](const Quarantined& x, const Quarantined& y) { return x.seq < y.seq; });
+  return result;
+}
+
+Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
+  if (bytes == 0) return Error(Errc::zero_size);
+  const std::size_t ps = region_.page_size();
+  if (bytes > region_.pages() * ps) return Error(Errc::size_too_large);
+  const std::size_t pages = (bytes + ps - 1) >> region_.page_shift();
+
+  std::lock_guard lock(mutex_);
+  try {
+    std::ptrdiff_t a = take_open(pages);
+    if (a < 0) {
+      // Reuse quarantined space before taking more of the reservation.
+      Result<void> r = recycle();
+      a = take_open(pages);
+      if (a < 0) {
+        Result<void> opened = open_more(pages);
+        if (!opened) return r ? opened.error() : r.error();
+        a = take_open(pages);
+      }
+    }
+    if (a < 0) return Error(Errc::exhausted);
+    const auto head = static_cast<std::uint32_t>(a);
+    region_.set_state(head, head + pages, PageState::writable, head);
+    region_.set_length(head, static_cast<std::uint32_t>(pages));
+    ++chunks_[static_cast<int>(State::writable)];
+    ++allocations_;
+    return chunk_at(head, true);
+  } catch (const std::bad_alloc&) {
+    return Error(Errc::out_of_memory, ENOMEM);
+  }
+}
+
+Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
+  if (!p) return Error(Errc::null_pointer);
+  std::lock_guard lock(mutex_);
+  const std::ptrdiff_t i = region_.index_of(p, true);
+  if (i < 0) return Error(Errc::foreign_pointer, 0, p);
+  const PageState s = region_.state(static_cast<std::size_t>(i));
+  if (s == PageState::unused || s == PageState::open || s == PageState::retired)
+    return Error(Errc::not_allocated, 0, p);
+  const std::uint32_t head = region_.head(static_cast<std::size_t>(i));
+  ChunkInfo info;
+  info.chunk = chunk_at(head, s == PageState::writable);
+  info.state = to_public(s);
+  const bool in_rx = region_.index_of(p, false) >= 0;
+  const std::byte* base = in_rx ? region_.rx_page(head) : region_.rw_page(head);
+  info.offset =
+      static_cast<std::size_t>(static_cast<const std::byte*>(p) - base);
+  return info;
+}
+
+Result<void> ArenaImpl::trim() noexcept {
+  std::lock_guard lock(mutex_);
+  try {
+    // Quarantine that may be reused anyway: retired (inaccessible) already,
+    // so only its memory goes back.
+    std::size_t eligible = 0;
+    while (eligible < quarantine_.size() &&
+           released_ - quarantine_[eligible].seq >= options_.quarantine) {
+      const Quarantined& q = quarantine_[eligible];
+      if (Result<void> r = region_.decommit(q.head, q.head + q.pages, sys_); !r)
+        break;
+      region_.set_state(q.head, q.head + q.pages, PageState::unused, 0);
+      insert_run(unused_, q.head, q.pages);
+      ++eligible;
+    }
+    quarantine_.erase(quarantine_.begin(), quarantine_.begin() + eligible);
+
+    while (!open_.empty()) {
+      auto it = open_.begin();
+      const std::uint32_t a = it->first, n = it->second;
+      // Drop the contents first: if making the pages inaccessible then
+      // fails, they are still consistently open (and empty).
+      if (Result<void> r = region_.decommit(a, a + n, sys_); !r) return r;
+      region_.set_state(a, a + n, PageState::unused, 0);
+      if (over_budget()) {
+        region_.set_state(a, a + n, PageState::open, 0);
+        return Error(Errc::vma_budget);
+      }
+      std::size_t calls = 0;
+      Result<void> r = region_.change(
+          a, a + n, [](std::size_t) { return PageState::open; },
+          [](std::size_t) { return PageState::unused; }, calls, sys_);
+      protection_calls_ += calls;
+      if (!r) {
+        region_.set_state(a, a + n, PageState::open, 0);
+        return Error(r.error().code(), r.error().sys_errno());
+      }
+      open_.erase(it);
+      insert_run(unused_, a, n);
+    }
+  } catch (const std::bad_alloc&) {
+    return Error(Errc::out_of_memory, ENOMEM);
+  }
+  return {};
+}
+
+Stats ArenaImpl::stats() const noexcept {
+  std::lock_guard lock(mutex_);
+  Stats s;
+  const std::size_t ps = region_.page_size();
+  s.page_size = ps;
+  s.reserved_bytes = region_.pages() * ps;
+  s.open_bytes = region_.count(PageState::open) * ps;
+  s.committed_bytes = (region_.pages() - region_.count(PageState::unused)) * ps;
+  s.bytes[int(State::free)] =
+      (region_.count(PageState::unused) + region_.count(PageState::open)) * ps;
+  s.bytes[int(State::writable)] = region_.count(PageState::writable) * ps;
+  s.bytes[int(State::executable)] = region_.count(PageState::executable) * ps;
+  s.bytes[int(State::read_only)] = region_.count(PageState::read_only) * ps;
+  s.bytes[int(State::retired)] = region_.count(PageState::retired) * ps;
+  for (int i = 0; i < 5; ++i) s.chunks[i] = chunks_[i];
+  s.vmas = region_.vmas();
+  s.vma_budget = vma_budget_;
+  s.syscalls = sys_;
+  s.allocations = allocations_;
+  s.commits = commits_;
+  s.runs = run_count_;
+  s.protection_calls = protection_calls_;
+  s.flushes = flushes_;
+  s.barriers = barriers_;
+  return s;
+}
+
+std::vector<RunInfo> ArenaImpl::runs() const {
+  std::lock_guard lock(mutex_);
+  std::vector<RunInfo> out;
+  const std::size_t n = region_.pages();
+  std::size_t i = 0;
+  while (i < n) {
+    const PageState s = region_.state(i);
+    std::size_t j = i + 1;
+    while (j < n && region_.state(j) == s) ++j;
+    RunInfo r;
+    r.rx = region_.rx_page(i);
+    r.rw = region_.rw_page(i);
+    r.bytes = (j - i) << region_.page_shift();
+    r.state = to_public(s);
+    r.open = s == PageState::open;
+    r.rx_access = region_.access(s, View::rx);
+    r.rw_access = region_.dual() ? region_.access(s, View::rw) : r.rx_access;
+    out.push_back(r);
+    i = j;
+  }
+  return out;
+}
+
+}  // namespace detail
+
+// --- Arena -----------------------------------------------------------------
+
+Result<Arena> detail::create_arena(const Options& options,
+                                   detail::Pal& pal) noexcept {
+  void* mem = detail::meta_alloc(sizeof(detail::ArenaImpl));
+  if (!mem) return Error(Errc::out_of_memory, ENOMEM);
+  auto* impl = ::new (mem) detail::ArenaImpl(pal, options);
+  if (Result<void> r = impl->init(); !r) {
+    impl->~ArenaImpl();
+    detail::meta_free(mem);
+    return r.error();
+  }
+  return Arena(impl);
+}
+
+detail::ArenaImpl& detail::impl_of(Arena& arena) noexcept {
+  return *arena.impl_;
+}
+
+Result<Arena> Arena::create(const Options& options) noexcept {
+  return detail::create_arena(options, detail::system_pal());
+}
+
+Arena::Arena(Arena&& other) noexcept : impl_(other.impl_) {
+  other.impl_ = nullptr;
+}
+
+Arena& Arena::operator=(Arena&& other) noexcept {
+  if (this != &other) {
+    this->~Arena();
+    impl_ = other.impl_;
+    other.impl_ = nullptr;
+  }
+  return *this;
+}
+
+Arena::~Arena() {
+  if (impl_) {
+    impl_->~ArenaImpl();
+    detail::meta_free(impl_);
+    impl_ = nullptr;
+  }
+}
+
+Result<Chunk> Arena::allocate(std::size_t bytes) noexcept {
+  return impl_->allocate(bytes);
+}
+
+Result<void> Arena::seal(const void* rx, Seal to) noexcept {
+  const Batch::Op op{rx, to == Seal::execute ? detail::OpKind::seal_execute
+                                             : detail::OpKind::seal_read_only};
+  Result<CommitReport> r = impl_->commit(&op, 1, CommitFlags::none);
+  if (!r) return r.error();
+  return {};
+}
+
+Result<Chunk> Arena::unseal(const void* rx) noexcept {
+  const Batch::Op op{rx, detail::OpKind::unseal};
+  Result<CommitReport> r = impl_->commit(&op, 1, CommitFlags::none);
+  if (!r) return r.error();
+  Result<ChunkInfo> info = impl_->find(rx);
+  if (!info) return info.error();
+  return info->chunk;
+}
+
+Result<void> Arena::release(const void* rx) noexcept {
+  const Batch::Op op{rx, detail::OpKind::release};
+  Result<CommitReport> r = impl_->commit(&op, 1, CommitFlags::none);
+  if (!r) return r.error();
+  return {};
+}
+
+Result<ChunkInfo> Arena::find(const void* address) const noexcept {
+  return impl_->find(address);
+}
+
+Result<void> Arena::trim() noexcept { return impl_->trim(); }
+Stats Arena::stats() const noexcept { return impl_->stats(); }
+Backend Arena::backend() const noexcept { return impl_->backend(); }
+std::size_t Arena::page_size() const noexcept {
+  return impl_->region().page_size();
+}
+std::span<const std::byte> Arena::range() const noexcept {
+  const detail::Region& r = impl_->region();
+  return {r.rx_base(), r.pages() * r.page_size()};
+}
+std::span<std::byte> Arena::rw_range() const noexcept {
+  const detail::Region& r = impl_->region();
+  return {r.rw_base(), r.pages() * r.page_size()};
+}
+std::vector<RunInfo> Arena::runs() const { return impl_->runs(); }
+
+}  // namespace wxa

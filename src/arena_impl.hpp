@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: MIT
+// ArenaImpl: chunk allocation, lifecycle rules, quarantine, locking, stats
+// and the batch commit engine behind wxa::Arena and wxa::Batch.
+//
+// Layering: layers 4 and 5. Includes region.hpp (layer 3) and below. The
+// fault-injection tests reach in here through detail::create_arena().
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+#include "meta.hpp"
+#include "pal/pal.hpp"
+#include "region.hpp"
+#include "wxarena/arena.hpp"
+
+namespace wxa {
+
+namespace detail {
+/// What a queued transition asks for.
+enum class OpKind : std::uint8_t {
+  seal_execute,
+  seal_read_only,
+  unseal,
+  release
+};
+}  // namespace detail
+
+struct Batch::Op {
+  const void* rx;
+  detail::OpKind kind;
+};
+
+namespace detail {
+
+class ArenaImpl {
+ public:
+  ArenaImpl(Pal& pal, const Options& options) noexcept;
+  ~ArenaImpl();
+  ArenaImpl(const ArenaImpl&) = delete;
+  ArenaImpl& operator=(const ArenaImpl&) = delete;
+
+  [[nodiscard]] Result<void> init() noexcept;
+
+  [[nodiscard]] Result<Chunk> allocate(std::size_t bytes) noexcept;
+  [[nodiscard]] Result<CommitReport> commit(const Batch::Op* ops, std::size_t n,
+                                            CommitFlags flags) noexcept;
+  [[nodiscard]] Result<ChunkInfo> find(const void* p) const noexcept;
+  [[nodiscard]] Result<void> trim() noexcept;
+  [[nodiscard]] Stats stats() const noexcept;
+  [[nodiscard]] std::vector<RunInfo> runs() const;
+
+  [[nodiscard]] Backend backend() const noexcept { return region_.backend(); }
+  [[nodiscard]] const Region& region() const noexcept { return region_; }
+  [[nodiscard]] Chunk chunk_at(std::size_t head, bool writable) const noexcept;
+
+ private:
+  struct Quarantined {
+    std::uint32_t head, pages;
+    std::uint64_t seq;
+  };
+  struct Item {  // one validated transition in a commit
+    std::uint32_t head, pages;
+    PageState from, to;
+    std::uint32_t op;  // index in the caller's batch
+  };
+  struct Run {
+    std::uint32_t a, b;
+    PageState to;
+    std::uint32_t first_item, end_item;
+  };
+
+  [[nodiscard]] Result<std::uint32_t> validate(const void* rx, OpKind kind,
+                                               PageState& from,
+                                               PageState& to) const noexcept;
+  [[nodiscard]] std::ptrdiff_t take_open(std::size_t pages) noexcept;
+  [[nodiscard]] Result<void> open_more(std::size_t pages) noexcept;
+  [[nodiscard]] Result<void> recycle() noexcept;
+  [[nodiscard]] bool over_budget() const noexcept {
+    return region_.vmas() > vma_budget_;
+  }
+  [[nodiscard]] Result<CommitReport> commit_locked(const Batch::Op* ops,
+                                                   std::size_t n,
+                                                   CommitFlags flags);
+
+  Pal& pal_;
+  Options options_;
+  mutable std::mutex mutex_;
+  Region region_;
+  std::size_t vma_budget_ = 0;
+  bool barrier_registered_ = false;
+
+  // Free space: runs of pages by start index, coalesced.
+  MetaMap<std::uint32_t, std::uint32_t> open_;    // free, writable already
+  MetaMap<std::uint32_t, std::uint32_t> unused_;  // free, inaccessible
+  MetaVector<Quarantined> quarantine_;            // oldest first
+  std::uint64_t released_ = 0;
+
+  // Scratch reused by every commit, so a commit does not allocate.
+  MetaVector<Item> items_;
+  MetaVector<Run> runs_;
+
+  mutable SyscallCounts sys_;
+  std::size_t chunks_[5] = {};
+  std::uint64_t allocations_ = 0, commits_ = 0, run_count_ = 0,
+                protection_calls_ = 0, flushes_ = 0, barriers_ = 0;
+};
+
+}  // namespace detail
+}  // namespace wxa

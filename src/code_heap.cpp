@@ -1,0 +1,2 @@
+// SPDX-License-Identifier: MIT
+// CodeHeap: small-function packing (implementation pending).

@@ -1,0 +1,482 @@
+// SPDX-License-Identifier: MIT
+// The Linux platform layer: mmap, mprotect, madvise, memfd, membarrier, prctl.
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/membarrier.h>
+#include <linux/prctl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <mutex>
+
+#include "pal/pal.hpp"
+#include "wxa_config.h"
+
+#ifndef MFD_EXEC
+#define MFD_EXEC 0x0010U  // Linux 6.3: the memfd may be mapped executable
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+namespace wxa::detail {
+namespace {
+
+int prot_of(Access access) noexcept {
+  switch (access) {
+    case Access::none:
+      return PROT_NONE;
+    case Access::read:
+      return PROT_READ;
+    case Access::read_write:
+      return PROT_READ | PROT_WRITE;
+    case Access::read_execute:
+      return PROT_READ | PROT_EXEC;
+  }
+  return PROT_NONE;
+}
+
+// Flags of every inaccessible placeholder, so that adjacent placeholders
+// merge into one VMA whichever call made them.
+constexpr int kPlaceholderFlags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+
+struct MapsGap {
+  std::uintptr_t begin, end;
+};
+
+// Reads the gaps between the mappings of this process from /proc/self/maps
+// into `gaps` (at most `cap`); returns how many, or -1 on failure.
+int read_gaps(MapsGap* gaps, int cap, SyscallCounts& n) noexcept {
+  ++n.other;
+  int fd = ::open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  static constexpr std::size_t kBuf = 1 << 16;
+  char buf[kBuf];
+  std::size_t have = 0;
+  int count = 0;
+  std::uintptr_t prev_end = 0x10000;  // below vm.mmap_min_addr: never usable
+  bool eof = false;
+  while (!eof || have > 0) {
+    if (!eof && have < kBuf) {
+      ssize_t r = ::read(fd, buf + have, kBuf - have);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        ::close(fd);
+        return -1;
+      }
+      if (r == 0) eof = true;
+      have += static_cast<std::size_t>(r);
+    }
+    char* nl = static_cast<char*>(memchr(buf, '\n', have));
+    if (!nl) {
+      if (eof) break;
+      if (have == kBuf) {  // an absurdly long line: drop it
+        have = 0;
+      }
+      continue;
+    }
+    *nl = '\0';
+    char* end_ptr = nullptr;
+    std::uintptr_t b = strtoull(buf, &end_ptr, 16);
+    std::uintptr_t e =
+        (*end_ptr == '-') ? strtoull(end_ptr + 1, nullptr, 16) : 0;
+    if (e > b) {
+      if (b > prev_end && count < cap) gaps[count++] = {prev_end, b};
+      prev_end = std::max(prev_end, e);
+    }
+    std::size_t used = static_cast<std::size_t>(nl - buf) + 1;
+    memmove(buf, buf + used, have - used);
+    have -= used;
+  }
+  ::close(fd);
+  constexpr std::uintptr_t kTop = std::uintptr_t{1} << 47;  // user space
+  if (prev_end < kTop && count < cap) gaps[count++] = {prev_end, kTop};
+  return count;
+}
+
+std::size_t read_max_map_count() noexcept {
+  int fd = ::open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 65530;
+  char buf[32] = {};
+  ssize_t r = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (r <= 0) return 65530;
+  unsigned long v = strtoul(buf, nullptr, 10);
+  return v ? v : 65530;
+}
+
+int memfd_create_flags(bool exec_flag) noexcept {
+  return static_cast<int>(MFD_CLOEXEC | (exec_flag ? MFD_EXEC : 0U));
+}
+
+Capabilities probe() noexcept {
+  Capabilities caps;
+  long ps = ::sysconf(_SC_PAGESIZE);
+  caps.page_size = ps > 0 ? static_cast<std::size_t>(ps) : 4096;
+  caps.max_map_count = read_max_map_count();
+  std::size_t page = caps.page_size;
+
+  void* p = ::mmap(nullptr, page, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p != MAP_FAILED) {
+    caps.anon_exec = ::mprotect(p, page, PROT_READ | PROT_EXEC) == 0;
+    caps.vma_naming = ::prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME,
+                              reinterpret_cast<unsigned long>(p), page,
+                              reinterpret_cast<unsigned long>("wxarena")) == 0;
+    if (::munmap(p, page) != 0) caps.anon_exec = false;
+  }
+
+  // MFD_EXEC first: where vm.memfd_noexec is 1, a memfd without it is
+  // created non-executable. Older kernels reject the unknown flag (EINVAL).
+  int fd = static_cast<int>(
+      ::syscall(SYS_memfd_create, "wxarena-probe", memfd_create_flags(true)));
+  if (fd >= 0) {
+    caps.memfd_exec_flag = true;
+  } else if (errno == EINVAL) {
+    fd = static_cast<int>(::syscall(SYS_memfd_create, "wxarena-probe",
+                                    memfd_create_flags(false)));
+  }
+  if (fd >= 0) {
+    caps.shared_memory = ::ftruncate(fd, static_cast<off_t>(page)) == 0;
+    if (caps.shared_memory) {
+      void* x = ::mmap(nullptr, page, PROT_READ | PROT_EXEC, MAP_SHARED, fd, 0);
+      if (x != MAP_FAILED) {
+        caps.shared_exec = ::munmap(x, page) == 0;
+      }
+    }
+    if (::close(fd) != 0) caps.shared_memory = false;
+  }
+
+  long q = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+  caps.barrier = q >= 0 && (q & MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE);
+  return caps;
+}
+
+void write_all(int fd, const char* s, std::size_t len) noexcept {
+  while (len > 0) {
+    ssize_t w = ::write(fd, s, len);
+    if (w <= 0) {
+      if (w < 0 && errno == EINTR) continue;
+      return;  // nothing more can be done on the way to abort()
+    }
+    s += w;
+    len -= static_cast<std::size_t>(w);
+  }
+}
+
+std::size_t format_hex(char* out, std::uintptr_t v) noexcept {
+  char tmp[2 + 16];
+  std::size_t n = 0;
+  do {
+    tmp[n++] = "0123456789abcdef"[v & 15];
+    v >>= 4;
+  } while (v);
+  out[0] = '0';
+  out[1] = 'x';
+  for (std::size_t i = 0; i < n; ++i) out[2 + i] = tmp[n - 1 - i];
+  return n + 2;
+}
+
+}  // namespace
+
+const Capabilities& Pal::capabilities() noexcept {
+  static const Capabilities caps = probe();
+  return caps;
+}
+
+Result<std::byte*> Pal::reserve(std::size_t bytes, std::uintptr_t lo,
+                                std::uintptr_t hi, SyscallCounts& n) noexcept {
+  if (hi <= lo) {
+    ++n.mmap;
+    void* p = ::mmap(nullptr, bytes, PROT_NONE, kPlaceholderFlags, -1, 0);
+    if (p == MAP_FAILED) return error_from_errno(errno);
+    return static_cast<std::byte*>(p);
+  }
+  // Within a window: pick the free gap closest to the window's middle and
+  // map there without replacing anything (MAP_FIXED_NOREPLACE, Linux 4.17).
+  // Another thread may map into the gap meanwhile: then look again.
+  const std::uintptr_t page = capabilities().page_size;
+  const std::uintptr_t mid = lo + (hi - lo) / 2;
+  static constexpr int kMaxGaps = 4096;
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    auto* gaps = static_cast<MapsGap*>(meta_alloc(sizeof(MapsGap) * kMaxGaps));
+    if (!gaps) return Error(Errc::out_of_memory, ENOMEM);
+    int count = read_gaps(gaps, kMaxGaps, n);
+    if (count < 0) {
+      meta_free(gaps);
+      return error_from_errno(errno);
+    }
+    std::uintptr_t best = 0, best_dist = ~std::uintptr_t{0};
+    for (int i = 0; i < count; ++i) {
+      std::uintptr_t b = std::max(gaps[i].begin, lo);
+      std::uintptr_t e = std::min(gaps[i].end, hi);
+      b = (b + page - 1) & ~(page - 1);
+      e &= ~(page - 1);
+      if (e <= b || e - b < bytes) continue;
+      // The placement in [b, e - bytes] nearest to the middle.
+      std::uintptr_t want =
+          mid > bytes / 2 ? (mid - bytes / 2) & ~(page - 1) : 0;
+      std::uintptr_t at = std::clamp(want, b, e - bytes);
+      std::uintptr_t dist =
+          at + bytes / 2 > mid ? at + bytes / 2 - mid : mid - (at + bytes / 2);
+      if (dist < best_dist) best = at, best_dist = dist;
+    }
+    meta_free(gaps);
+    if (best == 0) return Error(Errc::unreachable_anchor);
+    ++n.mmap;
+    void* p = ::mmap(reinterpret_cast<void*>(best), bytes, PROT_NONE,
+                     kPlaceholderFlags | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p == reinterpret_cast<void*>(best)) return static_cast<std::byte*>(p);
+    if (p != MAP_FAILED) {
+      // A kernel without MAP_FIXED_NOREPLACE treats it as a hint.
+      ++n.munmap;
+      if (::munmap(p, bytes) != 0) return error_from_errno(errno);
+      return Error(Errc::not_supported);
+    }
+    if (errno != EEXIST) return error_from_errno(errno);
+  }
+  return Error(Errc::unreachable_anchor);
+}
+
+Result<void> Pal::unmap(void* p, std::size_t bytes, SyscallCounts& n) noexcept {
+  ++n.munmap;
+  if (::munmap(p, bytes) != 0) return error_from_errno(errno);
+  return {};
+}
+
+Result<void> Pal::protect(void* p, std::size_t bytes, Access access,
+                          SyscallCounts& n) noexcept {
+  ++n.mprotect;
+  if (::mprotect(p, bytes, prot_of(access)) != 0)
+    return error_from_errno(errno);
+  return {};
+}
+
+Result<void> Pal::reset(void* p, std::size_t bytes, SyscallCounts& n) noexcept {
+  ++n.mmap;
+  void* r = ::mmap(p, bytes, PROT_NONE, kPlaceholderFlags | MAP_FIXED, -1, 0);
+  if (r == MAP_FAILED) return error_from_errno(errno);
+  return {};
+}
+
+Result<void> Pal::decommit(void* p, std::size_t bytes,
+                           SyscallCounts& n) noexcept {
+  ++n.madvise;
+  if (::madvise(p, bytes, MADV_DONTNEED) != 0) return error_from_errno(errno);
+  return {};
+}
+
+Result<SharedHandle> Pal::create_shared(std::size_t bytes, const char* label,
+                                        SyscallCounts& n) noexcept {
+  const Capabilities& caps = capabilities();
+  if (!caps.shared_memory || !caps.shared_exec)
+    return Error(Errc::not_supported);
+  ++n.memfd;
+  int fd = static_cast<int>(::syscall(
+      SYS_memfd_create, label, memfd_create_flags(caps.memfd_exec_flag)));
+  if (fd < 0) return error_from_errno(errno);
+  ++n.other;
+  if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+    int err = errno;
+    ++n.other;
+    (void)::close(fd);  // already failing; the ftruncate error is reported
+    return error_from_errno(err);
+  }
+  return SharedHandle{fd};
+}
+
+Result<void> Pal::close_shared(SharedHandle h, SyscallCounts& n) noexcept {
+  ++n.other;
+  if (::close(h.fd) != 0) return error_from_errno(errno);
+  return {};
+}
+
+Result<void> Pal::map_shared(void* p, std::size_t bytes, SharedHandle h,
+                             std::size_t offset, Access access,
+                             SyscallCounts& n) noexcept {
+  ++n.mmap;
+  void* r = ::mmap(p, bytes, prot_of(access), MAP_SHARED | MAP_FIXED, h.fd,
+                   static_cast<off_t>(offset));
+  if (r == MAP_FAILED) return error_from_errno(errno);
+  if (access == Access::read_write) {
+    // A fork() child must not inherit a writable view of code pages
+    // (MADV_WIPEONFORK does not apply to shared mappings; DONTFORK does).
+    ++n.madvise;
+    if (::madvise(p, bytes, MADV_DONTFORK) != 0) {
+      int err = errno;
+      // Do not leave a forkable writable view behind.
+      ++n.mmap;
+      if (::mmap(p, bytes, PROT_NONE, kPlaceholderFlags | MAP_FIXED, -1, 0) ==
+          MAP_FAILED)
+        fatal("cannot drop a writable view after madvise failed", p, errno);
+      return error_from_errno(err);
+    }
+  }
+  return {};
+}
+
+Result<void> Pal::discard_shared(SharedHandle h, std::size_t offset,
+                                 std::size_t bytes, SyscallCounts& n) noexcept {
+  ++n.other;
+  if (::fallocate(h.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  static_cast<off_t>(offset), static_cast<off_t>(bytes)) != 0)
+    return error_from_errno(errno);
+  return {};
+}
+
+Result<void> Pal::name(void* p, std::size_t bytes, const char* label,
+                       SyscallCounts& n) noexcept {
+  ++n.other;
+  if (::prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME,
+              reinterpret_cast<unsigned long>(p), bytes,
+              reinterpret_cast<unsigned long>(label)) != 0)
+    return error_from_errno(errno);
+  return {};
+}
+
+Result<void> Pal::register_barrier(SyscallCounts& n) noexcept {
+  // membarrier(2): PRIVATE_EXPEDITED_SYNC_CORE needs one registration per
+  // process; repeating it is harmless but costs a call, so do it once.
+  static std::mutex m;
+  static bool done = false;
+  std::lock_guard lock(m);
+  if (done) return {};
+  if (!capabilities().barrier) return Error(Errc::not_supported);
+  ++n.membarrier;
+  if (::syscall(SYS_membarrier,
+                MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE, 0, 0) != 0)
+    return error_from_errno(errno);
+  done = true;
+  return {};
+}
+
+Result<void> Pal::barrier(SyscallCounts& n) noexcept {
+  ++n.membarrier;
+  if (::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0,
+                0) != 0)
+    return error_from_errno(errno);
+  return {};
+}
+
+void Pal::flush_icache(void* p, std::size_t bytes) noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  // Instruction fetch is coherent with stores on x86; nothing to do here.
+  (void)p;
+  (void)bytes;
+#else
+  auto* b = static_cast<char*>(p);
+  __builtin___clear_cache(b, b + bytes);
+#endif
+}
+
+Pal& system_pal() noexcept {
+  static Pal pal;
+  return pal;
+}
+
+Error error_from_errno(int err, const void* chunk) noexcept {
+  switch (err) {
+    case ENOMEM:
+      return Error(Errc::out_of_memory, err, chunk);
+    case EACCES:
+    case EPERM:
+      return Error(Errc::permission_denied, err, chunk);
+    case EINVAL:
+      return Error(Errc::invalid_argument, err, chunk);
+    case ENOSYS:
+    case EOPNOTSUPP:
+      return Error(Errc::not_supported, err, chunk);
+    default:
+      return Error(Errc::os_error, err, chunk);
+  }
+}
+
+void fatal(const char* what, const void* address, int err) noexcept {
+  char buf[512];
+  std::size_t len = 0;
+  auto put = [&](const char* s) {
+    while (*s && len < sizeof buf - 1) buf[len++] = *s++;
+  };
+  put("wxarena: fatal: ");
+  put(what);
+  if (address) {
+    put(" at ");
+    if (len + 20 < sizeof buf)
+      len += format_hex(buf + len, reinterpret_cast<std::uintptr_t>(address));
+  }
+  if (err) {
+    put(" (errno ");
+    if (len + 20 < sizeof buf) {
+      char num[16];
+      int k = 0;
+      for (int v = err; v > 0 && k < 15; v /= 10) num[k++] = char('0' + v % 10);
+      while (k > 0) buf[len++] = num[--k];
+    }
+    put(")");
+  }
+  put("\n");
+  write_all(2, buf, len);
+  ::abort();
+}
+
+// --- metadata allocation ---------------------------------------------------
+
+namespace {
+
+struct MiFunctions {
+  void* (*malloc)(std::size_t) = nullptr;
+  void* (*calloc)(std::size_t, std::size_t) = nullptr;
+  void (*free)(void*) = nullptr;
+};
+
+const MiFunctions& mi() noexcept {
+  static const MiFunctions f = [] {
+    MiFunctions r;
+#if WXA_HAVE_MIMALLOC
+    // RTLD_LOCAL keeps the library's malloc/free out of the global symbol
+    // scope, so the host's malloc is not replaced; only mi_* are used.
+    void* h = ::dlopen(WXA_MIMALLOC_SONAME, RTLD_NOW | RTLD_LOCAL);
+    if (h) {
+      r.malloc =
+          reinterpret_cast<void* (*)(std::size_t)>(::dlsym(h, "mi_malloc"));
+      r.calloc = reinterpret_cast<void* (*)(std::size_t, std::size_t)>(
+          ::dlsym(h, "mi_calloc"));
+      r.free = reinterpret_cast<void (*)(void*)>(::dlsym(h, "mi_free"));
+      if (!r.malloc || !r.calloc || !r.free) r = MiFunctions{};
+    }
+#endif
+    return r;
+  }();
+  return f;
+}
+
+}  // namespace
+
+void* meta_alloc(std::size_t bytes) noexcept {
+  const MiFunctions& f = mi();
+  return f.malloc ? f.malloc(bytes) : ::malloc(bytes);
+}
+
+void* meta_calloc(std::size_t count, std::size_t size) noexcept {
+  const MiFunctions& f = mi();
+  return f.calloc ? f.calloc(count, size) : ::calloc(count, size);
+}
+
+void meta_free(void* p) noexcept {
+  const MiFunctions& f = mi();
+  if (f.free)
+    f.free(p);
+  else
+    ::free(p);
+}
+
+bool meta_uses_mimalloc() noexcept { return mi().malloc != nullptr; }
+
+}  // namespace wxa::detail

@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: MIT
+// The platform contract: every OS call wxarena makes goes through Pal.
+//
+// Layering: layer 2 (see DESIGN.md). Includes only the public result and
+// arena types; nothing above this folder calls the OS. A Pal counts every
+// system call it makes (failed ones too) in the SyscallCounts it is handed.
+// Tests plug in a fake Pal (derived from the real one) to inject failures.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "wxarena/arena.hpp"
+#include "wxarena/result.hpp"
+
+namespace wxa::detail {
+
+/// What the platform allows; probed once per process.
+struct Capabilities {
+  std::size_t page_size = 0;
+  std::size_t max_map_count = 0;  ///< vm.max_map_count (65530 if unknown)
+  bool anon_exec = false;      ///< private anonymous memory may gain PROT_EXEC
+  bool shared_memory = false;  ///< memfd_create works
+  bool shared_exec = false;    ///< a memfd may be mapped PROT_EXEC
+  bool memfd_exec_flag = false;  ///< the kernel knows MFD_EXEC
+  bool barrier = false;          ///< membarrier PRIVATE_EXPEDITED_SYNC_CORE
+  bool vma_naming = false;       ///< PR_SET_VMA_ANON_NAME
+};
+
+/// A shared-memory object (memfd on Linux).
+struct SharedHandle {
+  int fd = -1;
+  [[nodiscard]] bool valid() const noexcept { return fd >= 0; }
+};
+
+class Pal {
+ public:
+  virtual ~Pal() = default;
+
+  /// Probes on first use (the probe's own calls are not charged to anyone).
+  [[nodiscard]] virtual const Capabilities& capabilities() noexcept;
+
+  /// Reserves `bytes` of inaccessible address space, nothing committed. If
+  /// hi > lo, the whole range lies within [lo, hi).
+  [[nodiscard]] virtual Result<std::byte*> reserve(std::size_t bytes,
+                                                   std::uintptr_t lo,
+                                                   std::uintptr_t hi,
+                                                   SyscallCounts& n) noexcept;
+  /// Unmaps a range for good.
+  [[nodiscard]] virtual Result<void> unmap(void* p, std::size_t bytes,
+                                           SyscallCounts& n) noexcept;
+  /// Changes the protection of an existing private mapping.
+  [[nodiscard]] virtual Result<void> protect(void* p, std::size_t bytes,
+                                             Access access,
+                                             SyscallCounts& n) noexcept;
+  /// Replaces a range with fresh inaccessible anonymous memory: drops any
+  /// view there and decommits (one call).
+  [[nodiscard]] virtual Result<void> reset(void* p, std::size_t bytes,
+                                           SyscallCounts& n) noexcept;
+  /// Gives the pages' contents back without changing protection.
+  [[nodiscard]] virtual Result<void> decommit(void* p, std::size_t bytes,
+                                              SyscallCounts& n) noexcept;
+  /// Creates a shared-memory object of `bytes` bytes that may be mapped
+  /// executable, closed on exec.
+  [[nodiscard]] virtual Result<SharedHandle> create_shared(
+      std::size_t bytes, const char* name, SyscallCounts& n) noexcept;
+  [[nodiscard]] virtual Result<void> close_shared(SharedHandle h,
+                                                  SyscallCounts& n) noexcept;
+  /// Maps [offset, offset+bytes) of `h` at p (replacing what is there).
+  /// Writable views are excluded from fork() children.
+  [[nodiscard]] virtual Result<void> map_shared(void* p, std::size_t bytes,
+                                                SharedHandle h,
+                                                std::size_t offset,
+                                                Access access,
+                                                SyscallCounts& n) noexcept;
+  /// Frees the backing store of part of a shared object.
+  [[nodiscard]] virtual Result<void> discard_shared(SharedHandle h,
+                                                    std::size_t offset,
+                                                    std::size_t bytes,
+                                                    SyscallCounts& n) noexcept;
+  /// Names an anonymous range in /proc/<pid>/maps.
+  [[nodiscard]] virtual Result<void> name(void* p, std::size_t bytes,
+                                          const char* label,
+                                          SyscallCounts& n) noexcept;
+  /// Registers this process for the cross-thread barrier (idempotent; the
+  /// call is made once per process).
+  [[nodiscard]] virtual Result<void> register_barrier(
+      SyscallCounts& n) noexcept;
+  /// Makes every thread of the process execute a serialising instruction
+  /// before it next runs user code.
+  [[nodiscard]] virtual Result<void> barrier(SyscallCounts& n) noexcept;
+  /// Makes code written at [p, p+bytes) visible to instruction fetch on this
+  /// core (no-op on x86-64). Not a system call.
+  virtual void flush_icache(void* p, std::size_t bytes) noexcept;
+};
+
+/// The process's real platform layer.
+[[nodiscard]] Pal& system_pal() noexcept;
+
+/// The one place an errno becomes an Error.
+[[nodiscard]] Error error_from_errno(int err,
+                                     const void* chunk = nullptr) noexcept;
+
+/// Writes a message to stderr without allocating, then aborts. The only
+/// fatal path: a failed re-seal of code or a detected W^X violation.
+[[noreturn]] void fatal(const char* what, const void* address,
+                        int err) noexcept;
+
+/// Allocation of metadata (never inside code pages): mimalloc, loaded so
+/// that it does not replace the host's malloc; the C library otherwise.
+[[nodiscard]] void* meta_alloc(std::size_t bytes) noexcept;
+[[nodiscard]] void* meta_calloc(std::size_t count, std::size_t size) noexcept;
+void meta_free(void* p) noexcept;
+/// True when metadata comes from mimalloc.
+[[nodiscard]] bool meta_uses_mimalloc() noexcept;
+
+}  // namespace wxa::detail
