@@ -1,2 +1,354 @@
 // SPDX-License-Identifier: MIT
-// CodeHeap: small-function packing (implementation pending).
+// CodeHeap: small functions bump-allocated in single-page arena chunks,
+// sealed (and emptied pages released) together in one commit per publish().
+//
+// Layering: layer 6, on the arena and its commit engine (arena_impl.hpp).
+// Space is reused at page granularity only: a page goes back to the arena
+// once no live function remains on it, and comes back (trap-filled, after
+// the quarantine) as a fresh page. So no byte is ever rewritten while any
+// view of it is executable.
+#include "wxarena/code_heap.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <new>
+
+#include "arena_impl.hpp"
+
+namespace wxa {
+namespace detail {
+
+class HeapImpl {
+ public:
+  HeapImpl(Arena& arena, ArenaImpl& impl, const HeapOptions& options) noexcept
+      : arena_(arena), impl_(impl), options_(options) {}
+  ~HeapImpl();
+
+  [[nodiscard]] Result<void> init() noexcept;
+  [[nodiscard]] Result<Function> allocate(std::size_t bytes,
+                                          std::size_t alignment) noexcept;
+  [[nodiscard]] Result<CommitReport> publish(CommitFlags flags) noexcept;
+  [[nodiscard]] Result<void> release(const void* rx) noexcept;
+  [[nodiscard]] HeapStats stats() const noexcept { return stats_; }
+  [[nodiscard]] Arena& arena() const noexcept { return arena_; }
+
+ private:
+  // One function on a page: its offset and size; the top bit marks it dead.
+  struct Fn {
+    std::uint32_t offset;
+    std::uint32_t size;  // kDead | bytes
+  };
+  static constexpr std::uint32_t kDead = 0x8000'0000u;
+
+  // One arena chunk the heap holds: a single page of small functions, or
+  // several pages for one large function.
+  struct Page {
+    const std::byte* rx;
+    std::byte* rw;  // valid while not sealed
+    std::uint32_t pages;
+    std::uint32_t used = 0;  // bump offset
+    std::uint32_t live = 0;
+    bool sealed = false;
+    bool queued = false;  // in pending_ (to seal) or empty_ (to release)
+    MetaVector<Fn> fns;
+    Page* prev = nullptr;  // every page the heap holds, in one list
+    Page* next = nullptr;
+  };
+
+  [[nodiscard]] Result<Page*> new_page(std::size_t pages) noexcept;
+  [[nodiscard]] Page* page_of(const void* rx) const noexcept;
+  void forget(Page* page) noexcept;
+
+  Arena& arena_;
+  ArenaImpl& impl_;
+  HeapOptions options_;
+  std::size_t page_size_ = 0;
+  unsigned shift_ = 0;
+  const std::byte* base_ = nullptr;
+  std::size_t arena_pages_ = 0;
+  Page** by_index_ = nullptr;  // arena page index -> the heap's page there
+  Page* current_ = nullptr;    // where small functions are bump-allocated
+  Page* all_ = nullptr;        // head of the list of every page held
+  MetaVector<Page*> pending_;  // written since the last publish()
+  MetaVector<Page*> empty_;    // sealed, no live function: to release
+  MetaVector<Batch::Op> ops_;  // scratch for publish()
+  HeapStats stats_;
+};
+
+HeapImpl::~HeapImpl() {
+  // Give every page back in one commit. A destructor cannot report an
+  // error; the pages stay retired in the arena either way.
+  ops_.clear();
+  try {
+    for (Page* p = all_; p; p = p->next)
+      ops_.push_back({p->rx, OpKind::release});
+  } catch (const std::bad_alloc&) {
+  }
+  if (!ops_.empty())
+    (void)impl_.commit(ops_.data(), ops_.size(), CommitFlags::none);
+  while (all_) forget(all_);
+  meta_free(by_index_);
+}
+
+Result<void> HeapImpl::init() noexcept {
+  if (options_.alignment == 0 || !std::has_single_bit(options_.alignment))
+    return Error(Errc::bad_alignment);
+  page_size_ = arena_.page_size();
+  if (options_.alignment > page_size_) return Error(Errc::bad_alignment);
+  shift_ = static_cast<unsigned>(std::countr_zero(page_size_));
+  base_ = arena_.range().data();
+  arena_pages_ = arena_.range().size() >> shift_;
+  // Untouched entries cost no memory: the OS hands out zero pages lazily.
+  by_index_ = static_cast<Page**>(meta_calloc(arena_pages_, sizeof(Page*)));
+  if (!by_index_) return Error(Errc::out_of_memory, ENOMEM);
+  try {
+    pending_.reserve(64);
+    empty_.reserve(64);
+    ops_.reserve(128);
+  } catch (const std::bad_alloc&) {
+    return Error(Errc::out_of_memory, ENOMEM);
+  }
+  return {};
+}
+
+HeapImpl::Page* HeapImpl::page_of(const void* rx) const noexcept {
+  auto u = reinterpret_cast<std::uintptr_t>(rx);
+  auto b = reinterpret_cast<std::uintptr_t>(base_);
+  if (u < b || ((u - b) >> shift_) >= arena_pages_) return nullptr;
+  return by_index_[(u - b) >> shift_];
+}
+
+Result<HeapImpl::Page*> HeapImpl::new_page(std::size_t pages) noexcept {
+  Result<Chunk> c = impl_.allocate(pages << shift_);
+  if (!c) return c.error();
+  void* mem = meta_alloc(sizeof(Page));
+  if (!mem) {
+    (void)arena_.release(c->rx());  // back to the arena; nothing was written
+    return Error(Errc::out_of_memory, ENOMEM);
+  }
+  auto* page = ::new (mem) Page{static_cast<const std::byte*>(c->rx()),
+                                c->rw().data(),
+                                static_cast<std::uint32_t>(pages),
+                                0,
+                                0,
+                                false,
+                                false,
+                                {},
+                                nullptr,
+                                nullptr};
+  try {
+    page->fns.reserve(pages == 1 ? 16 : 1);
+    pending_.reserve(pending_.size() + 1);
+  } catch (const std::bad_alloc&) {
+    page->~Page();
+    meta_free(page);
+    (void)arena_.release(c->rx());
+    return Error(Errc::out_of_memory, ENOMEM);
+  }
+  const std::size_t first =
+      static_cast<std::size_t>(page->rx - base_) >> shift_;
+  for (std::size_t i = 0; i < pages; ++i) by_index_[first + i] = page;
+  page->next = all_;
+  if (all_) all_->prev = page;
+  all_ = page;
+  stats_.pages += pages;
+  stats_.committed_bytes += pages << shift_;
+  return page;
+}
+
+void HeapImpl::forget(Page* page) noexcept {
+  const std::size_t first =
+      static_cast<std::size_t>(page->rx - base_) >> shift_;
+  for (std::size_t i = 0; i < page->pages; ++i) by_index_[first + i] = nullptr;
+  stats_.pages -= page->pages;
+  stats_.committed_bytes -= std::size_t{page->pages} << shift_;
+  if (current_ == page) current_ = nullptr;
+  if (page->prev)
+    page->prev->next = page->next;
+  else
+    all_ = page->next;
+  if (page->next) page->next->prev = page->prev;
+  page->~Page();
+  meta_free(page);
+}
+
+Result<Function> HeapImpl::allocate(std::size_t bytes,
+                                    std::size_t alignment) noexcept {
+  if (bytes == 0) return Error(Errc::zero_size);
+  if (alignment == 0) alignment = options_.alignment;
+  if (!std::has_single_bit(alignment) || alignment > page_size_)
+    return Error(Errc::bad_alignment);
+  if (bytes > arena_.range().size() || bytes >= kDead)
+    return Error(Errc::size_too_large);
+
+  Page* page = current_;
+  std::size_t offset = 0;
+  if (bytes > page_size_) {
+    // A large function gets chunk of its own, starting on a page.
+    Result<Page*> p = new_page((bytes + page_size_ - 1) >> shift_);
+    if (!p) return p.error();
+    page = *p;
+  } else {
+    if (page) offset = (page->used + alignment - 1) & ~(alignment - 1);
+    if (!page || offset + bytes > page_size_) {
+      Result<Page*> p = new_page(1);
+      if (!p) return p.error();
+      page = current_ = *p;
+      offset = 0;
+    }
+  }
+  try {
+    page->fns.push_back(Fn{static_cast<std::uint32_t>(offset),
+                           static_cast<std::uint32_t>(bytes)});
+  } catch (const std::bad_alloc&) {
+    return Error(Errc::out_of_memory, ENOMEM);  // the page stays usable
+  }
+  page->used = static_cast<std::uint32_t>(offset + bytes);
+  ++page->live;
+  if (!page->queued) {
+    page->queued = true;
+    pending_.push_back(page);  // capacity reserved in new_page()
+  }
+  ++stats_.live_functions;
+  ++stats_.pending_functions;
+  stats_.live_bytes += bytes;
+  return Function{std::span<std::byte>(page->rw + offset, bytes),
+                  page->rx + offset};
+}
+
+Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
+  ops_.clear();
+  try {
+    ops_.reserve(pending_.size() + empty_.size());
+  } catch (const std::bad_alloc&) {
+    return Error(Errc::out_of_memory, ENOMEM);
+  }
+  // Written pages are sealed; pages whose functions all died before being
+  // published, and sealed pages emptied since, are released instead.
+  for (Page* p : pending_)
+    ops_.push_back({p->rx, p->live ? OpKind::seal_execute : OpKind::release});
+  for (Page* p : empty_) ops_.push_back({p->rx, OpKind::release});
+  Result<CommitReport> r = impl_.commit(ops_.data(), ops_.size(), flags);
+  if (!r) return r.error();  // all-or-nothing: the heap is unchanged too
+
+  for (Page* p : pending_) {
+    p->queued = false;
+    if (p->live) {
+      p->sealed = true;
+      p->rw = nullptr;
+      if (current_ == p) current_ = nullptr;  // no more writes to it
+    } else {
+      forget(p);
+    }
+  }
+  for (Page* p : empty_) forget(p);
+  pending_.clear();
+  empty_.clear();
+  stats_.pending_functions = 0;
+  ++stats_.publishes;
+  return r;
+}
+
+Result<void> HeapImpl::release(const void* rx) noexcept {
+  if (!rx) return Error(Errc::null_pointer);
+  Page* page = page_of(rx);
+  if (!page) return Error(Errc::foreign_pointer, 0, rx);
+  const auto offset =
+      static_cast<std::uint32_t>(static_cast<const std::byte*>(rx) - page->rx);
+  // Functions on a page are in offset order (bump allocation).
+  auto it = std::lower_bound(
+      page->fns.begin(), page->fns.end(), offset,
+      [](const Fn& f, std::uint32_t off) { return f.offset < off; });
+  if (it == page->fns.end() || it->offset != offset) {
+    if (it != page->fns.begin()) {
+      const Fn& prev = *std::prev(it);
+      if (!(prev.size & kDead) && offset < prev.offset + prev.size)
+        return Error(Errc::interior_pointer, 0, rx);
+    }
+    return Error(Errc::not_allocated, 0, rx);
+  }
+  if (it->size & kDead) return Error(Errc::double_release, 0, rx);
+  if (!page->sealed) {
+    // A pending function: releasing it before publish() is allowed.
+    --stats_.pending_functions;
+  }
+  if (page->live == 1 && page->sealed) {
+    try {
+      empty_.push_back(page);
+    } catch (const std::bad_alloc&) {
+      return Error(Errc::out_of_memory, ENOMEM);  // nothing changed
+    }
+    page->queued = true;
+  }
+  stats_.live_bytes -= it->size;
+  it->size |= kDead;
+  --page->live;
+  --stats_.live_functions;
+  return {};
+}
+
+}  // namespace detail
+
+// --- CodeHeap --------------------------------------------------------------
+
+Result<CodeHeap> CodeHeap::create(Arena& arena,
+                                  const HeapOptions& options) noexcept {
+  void* mem = detail::meta_alloc(sizeof(detail::HeapImpl));
+  if (!mem) return Error(Errc::out_of_memory, ENOMEM);
+  auto* impl =
+      ::new (mem) detail::HeapImpl(arena, detail::impl_of(arena), options);
+  if (Result<void> r = impl->init(); !r) {
+    impl->~HeapImpl();
+    detail::meta_free(mem);
+    return r.error();
+  }
+  return CodeHeap(impl);
+}
+
+CodeHeap::CodeHeap(CodeHeap&& other) noexcept : impl_(other.impl_) {
+  other.impl_ = nullptr;
+}
+
+CodeHeap& CodeHeap::operator=(CodeHeap&& other) noexcept {
+  if (this != &other) {
+    this->~CodeHeap();
+    impl_ = other.impl_;
+    other.impl_ = nullptr;
+  }
+  return *this;
+}
+
+CodeHeap::~CodeHeap() {
+  if (impl_) {
+    impl_->~HeapImpl();
+    detail::meta_free(impl_);
+    impl_ = nullptr;
+  }
+}
+
+Result<Function> CodeHeap::allocate(std::size_t bytes,
+                                    std::size_t alignment) noexcept {
+  return impl_->allocate(bytes, alignment);
+}
+
+Result<Function> CodeHeap::emit(std::span<const std::byte> code,
+                                std::size_t alignment) noexcept {
+  Result<Function> f = impl_->allocate(code.size(), alignment);
+  if (f) std::memcpy(f->rw.data(), code.data(), code.size());
+  return f;
+}
+
+Result<CommitReport> CodeHeap::publish(CommitFlags flags) noexcept {
+  return impl_->publish(flags);
+}
+
+Result<void> CodeHeap::release(const void* rx) noexcept {
+  return impl_->release(rx);
+}
+
+HeapStats CodeHeap::stats() const noexcept { return impl_->stats(); }
+
+Arena& CodeHeap::arena() const noexcept { return impl_->arena(); }
+
+}  // namespace wxa

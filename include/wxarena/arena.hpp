@@ -21,6 +21,7 @@ struct Options;
 
 namespace detail {
 class ArenaImpl;
+class HeapImpl;
 class Pal;
 enum class OpKind : std::uint8_t;
 /// Creates an arena on a given platform layer (tests plug a fake one in).
@@ -291,6 +292,7 @@ class Batch {
  private:
   friend class detail::ArenaImpl;
   friend class Arena;
+  friend class detail::HeapImpl;
   struct Op;
   void push(const void* rx, detail::OpKind kind) noexcept;
   Arena* arena_ = nullptr;
