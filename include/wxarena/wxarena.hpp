@@ -4,4 +4,5 @@
 
 #include "wxarena/arena.hpp"
 #include "wxarena/code_heap.hpp"
+#include "wxarena/perf_map.hpp"
 #include "wxarena/result.hpp"

@@ -426,6 +426,42 @@ void fatal(const char* what, const void* address, int err) noexcept {
   ::abort();
 }
 
+// --- perf map ----------------------------------------------------------------
+
+void perf_map_name(char* out, std::size_t cap) noexcept {
+  std::snprintf(out, cap, "/tmp/perf-%d.map", static_cast<int>(::getpid()));
+}
+
+Result<void> append_perf_map(const char* text, std::size_t len) noexcept {
+  static std::mutex m;
+  static int fd = -1;
+  static pid_t owner = 0;
+  std::lock_guard lock(m);
+  if (fd >= 0 && owner != ::getpid()) {
+    // A fork() child writes its own file; drop the parent's descriptor.
+    const int old = fd;
+    fd = -1;
+    if (::close(old) != 0) return error_from_errno(errno);
+  }
+  if (fd < 0) {
+    char path[64];
+    perf_map_name(path, sizeof path);
+    fd = ::open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) return error_from_errno(errno);
+    owner = ::getpid();
+  }
+  while (len > 0) {
+    const ssize_t w = ::write(fd, text, len);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return error_from_errno(errno);
+    }
+    text += w;
+    len -= static_cast<std::size_t>(w);
+  }
+  return {};
+}
+
 // --- metadata allocation ---------------------------------------------------
 
 namespace {

@@ -106,6 +106,13 @@ class Pal {
 [[noreturn]] void fatal(const char* what, const void* address,
                         int err) noexcept;
 
+/// Appends `len` bytes to /tmp/perf-<pid>.map in one write(2); the file is
+/// opened once per process. Not counted: it touches no mapping.
+[[nodiscard]] Result<void> append_perf_map(const char* text,
+                                           std::size_t len) noexcept;
+/// The process's perf map file name.
+void perf_map_name(char* out, std::size_t cap) noexcept;
+
 /// Allocation of metadata (never inside code pages): mimalloc, loaded so
 /// that it does not replace the host's malloc; the C library otherwise.
 [[nodiscard]] void* meta_alloc(std::size_t bytes) noexcept;

@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: MIT
+// perf map lines: written for real JIT code and read back from the file.
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "wxarena/wxarena.hpp"
+
+namespace {
+
+bool file_has_line(const std::string& path, const std::string& want) {
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line))
+    if (line == want) return true;
+  return false;
+}
+
+TEST(PerfMap, NamesPublishedFunctions) {
+  wxa::Options options;
+  options.reserve_bytes = 8 << 20;
+  wxa::Result<wxa::Arena> arena = wxa::Arena::create(options);
+  ASSERT_TRUE(arena) << arena.error().to_string();
+  wxa::Result<wxa::CodeHeap> heap = wxa::CodeHeap::create(*arena);
+  ASSERT_TRUE(heap);
+  wxa::Result<wxa::Function> f = heap->allocate(6);
+  ASSERT_TRUE(f);
+  const unsigned char code[] = {0xB8, 9, 0, 0, 0, 0xC3};
+  std::memcpy(f->rw.data(), code, sizeof code);
+  ASSERT_TRUE(heap->publish());
+  ASSERT_EQ(f->entry<int()>()(), 9);
+
+  ASSERT_TRUE(wxa::perf_map_add(f->rx, 6, "jit::answer\nnine"));
+  std::ostringstream want;
+  want << std::hex << reinterpret_cast<std::uintptr_t>(f->rx)
+       << " 6 jit::answer nine";
+  EXPECT_TRUE(file_has_line(wxa::perf_map_path(), want.str()))
+      << "no line '" << want.str() << "' in " << wxa::perf_map_path();
+  EXPECT_EQ(wxa::perf_map_add(nullptr, 6, "x").error().code(),
+            wxa::Errc::null_pointer);
+  EXPECT_EQ(wxa::perf_map_add(f->rx, 0, "x").error().code(),
+            wxa::Errc::zero_size);
+  std::remove(wxa::perf_map_path().c_str());
+}
+
+}  // namespace
