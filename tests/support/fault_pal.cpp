@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: MIT
+// FaultPal: counts, logs and fails platform calls, forwarding the rest.
+#include "support/fault_pal.hpp"
+
+namespace wxa::test {
+
+std::string_view to_string(PalCall call) noexcept {
+  switch (call) {
+    case PalCall::reserve:
+      return "reserve";
+    case PalCall::unmap:
+      return "unmap";
+    case PalCall::protect:
+      return "protect";
+    case PalCall::reset:
+      return "reset";
+    case PalCall::decommit:
+      return "decommit";
+    case PalCall::create_shared:
+      return "create_shared";
+    case PalCall::close_shared:
+      return "close_shared";
+    case PalCall::map_shared:
+      return "map_shared";
+    case PalCall::discard_shared:
+      return "discard_shared";
+    case PalCall::name:
+      return "name";
+    case PalCall::register_barrier:
+      return "register_barrier";
+    case PalCall::barrier:
+      return "barrier";
+    case PalCall::flush_icache:
+      return "flush_icache";
+  }
+  return "?";
+}
+
+void FaultPal::arm(std::size_t k, int err, unsigned mask) noexcept {
+  reset_counts();
+  mask_ = mask;
+  fail_at_ = k;
+  errno_ = err;
+  persistent_ = false;
+  fired_ = false;
+}
+
+void FaultPal::arm_persistent(std::size_t k, int err, unsigned mask) noexcept {
+  arm(k, err, mask);
+  persistent_ = true;
+}
+
+void FaultPal::disarm() noexcept {
+  fail_at_ = 0;
+  persistent_ = false;
+}
+
+void FaultPal::count_only(unsigned mask) noexcept {
+  disarm();
+  reset_counts();
+  mask_ = mask;
+}
+
+void FaultPal::reset_counts() noexcept {
+  failable_ = 0;
+  for (std::size_t& c : per_call_) c = 0;
+  log_.clear();
+}
+
+Result<void> FaultPal::intercept(PalCall c, const void* p, std::size_t bytes,
+                                 Access access) noexcept {
+  ++per_call_[static_cast<int>(c)];
+  log_.push_back(PalEvent{c, p, bytes, access, false});
+  if (!(mask_ & bit(c))) return {};
+  ++failable_;
+  if (fail_at_ == 0 || failable_ < fail_at_) return {};
+  if (!persistent_ && failable_ != fail_at_) return {};
+  fired_ = true;
+  log_.back().failed = true;
+  return detail::error_from_errno(errno_);
+}
+
+void FaultPal::note_failure(const Result<void>& r) noexcept {
+  if (!r && !log_.empty()) log_.back().failed = true;
+}
+
+const detail::Capabilities& FaultPal::capabilities() noexcept {
+  return Pal::capabilities();
+}
+
+Result<std::byte*> FaultPal::reserve(std::size_t bytes, std::uintptr_t lo,
+                                     std::uintptr_t hi,
+                                     SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::reserve, nullptr, bytes); !f)
+    return f.error();
+  Result<std::byte*> r = Pal::reserve(bytes, lo, hi, n);
+  if (!r) log_.back().failed = true;
+  return r;
+}
+
+Result<void> FaultPal::unmap(void* p, std::size_t bytes,
+                             SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::unmap, p, bytes); !f) return f;
+  Result<void> r = Pal::unmap(p, bytes, n);
+  note_failure(r);
+  return r;
+}
+
+Result<void> FaultPal::protect(void* p, std::size_t bytes, Access access,
+                               SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::protect, p, bytes, access); !f)
+    return f;
+  Result<void> r = Pal::protect(p, bytes, access, n);
+  note_failure(r);
+  return r;
+}
+
+Result<void> FaultPal::reset(void* p, std::size_t bytes,
+                             SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::reset, p, bytes); !f) return f;
+  Result<void> r = Pal::reset(p, bytes, n);
+  note_failure(r);
+  return r;
+}
+
+Result<void> FaultPal::decommit(void* p, std::size_t bytes,
+                                SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::decommit, p, bytes); !f) return f;
+  Result<void> r = Pal::decommit(p, bytes, n);
+  note_failure(r);
+  return r;
+}
+
+Result<detail::SharedHandle> FaultPal::create_shared(
+    std::size_t bytes, const char* label, SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::create_shared, nullptr, bytes); !f)
+    return f.error();
+  Result<detail::SharedHandle> r = Pal::create_shared(bytes, label, n);
+  if (!r) log_.back().failed = true;
+  return r;
+}
+
+Result<void> FaultPal::close_shared(detail::SharedHandle h,
+                                    SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::close_shared, nullptr, 0); !f) {
+    // Do not leak the descriptor of an arena being destroyed: the injected
+    // failure is reported, the real close still happens.
+    SyscallCounts ignored;
+    (void)Pal::close_shared(h, ignored);
+    return f;
+  }
+  Result<void> r = Pal::close_shared(h, n);
+  note_failure(r);
+  return r;
+}
+
+Result<void> FaultPal::map_shared(void* p, std::size_t bytes,
+                                  detail::SharedHandle h, std::size_t offset,
+                                  Access access, SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::map_shared, p, bytes, access); !f)
+    return f;
+  Result<void> r = Pal::map_shared(p, bytes, h, offset, access, n);
+  note_failure(r);
+  return r;
+}
+
+Result<void> FaultPal::discard_shared(detail::SharedHandle h,
+                                      std::size_t offset, std::size_t bytes,
+                                      SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::discard_shared, nullptr, bytes); !f)
+    return f;
+  Result<void> r = Pal::discard_shared(h, offset, bytes, n);
+  note_failure(r);
+  return r;
+}
+
+Result<void> FaultPal::name(void* p, std::size_t bytes, const char* label,
+                            SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::name, p, bytes); !f) return f;
+  Result<void> r = Pal::name(p, bytes, label, n);
+  note_failure(r);
+  return r;
+}
+
+Result<void> FaultPal::register_barrier(SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::register_barrier, nullptr, 0); !f)
+    return f;
+  Result<void> r = Pal::register_barrier(n);
+  note_failure(r);
+  return r;
+}
+
+Result<void> FaultPal::barrier(SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::barrier, nullptr, 0); !f) return f;
+  Result<void> r = Pal::barrier(n);
+  note_failure(r);
+  return r;
+}
+
+void FaultPal::flush_icache(void* p, std::size_t bytes) noexcept {
+  ++per_call_[static_cast<int>(PalCall::flush_icache)];
+  log_.push_back(
+      PalEvent{PalCall::flush_icache, p, bytes, Access::none, false});
+  Pal::flush_icache(p, bytes);
+}
+
+}  // namespace wxa::test
