@@ -1,0 +1,288 @@
+// SPDX-License-Identifier: MIT
+// Reads /proc/<pid>/maps without library code and audits arenas against it.
+
+#include "support/maps.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cinttypes>
+#include <cstdio>
+#include <optional>
+#include <stdexcept>
+#include <system_error>
+#include <wxarena/arena.hpp>
+
+namespace wxa::test {
+namespace {
+
+std::string hex(std::uintptr_t value) {
+  char buf[2 + 16 + 1];
+  std::snprintf(buf, sizeof buf, "0x%" PRIxPTR, value);
+  return buf;
+}
+
+std::string read_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), path);
+  std::string text;
+  char buf[16384];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int error = errno;
+      ::close(fd);
+      throw std::system_error(error, std::generic_category(), path);
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  if (::close(fd) != 0) {
+    throw std::system_error(errno, std::generic_category(), path);
+  }
+  return text;
+}
+
+// Splits off the next field up to `separator` (or the end); throws if empty.
+std::string_view take(std::string_view& rest, char separator,
+                      std::string_view line) {
+  const std::size_t at = rest.find(separator);
+  const std::string_view field = rest.substr(0, at);
+  if (field.empty()) {
+    throw std::runtime_error("malformed maps line: " + std::string(line));
+  }
+  rest =
+      at == std::string_view::npos ? std::string_view() : rest.substr(at + 1);
+  return field;
+}
+
+std::uint64_t number(std::string_view field, int base, std::string_view line) {
+  std::uint64_t value = 0;
+  const auto [end, ec] =
+      std::from_chars(field.data(), field.data() + field.size(), value, base);
+  if (ec != std::errc() || end != field.data() + field.size()) {
+    throw std::runtime_error("malformed number in maps line: " +
+                             std::string(line));
+  }
+  return value;
+}
+
+std::string_view protection_of(wxa::Access access) noexcept {
+  switch (access) {
+    case wxa::Access::none:
+      return "---";
+    case wxa::Access::read:
+      return "r--";
+    case wxa::Access::read_write:
+      return "rw-";
+    case wxa::Access::read_execute:
+      return "r-x";
+  }
+  return "???";
+}
+
+struct Mismatch {
+  std::uintptr_t address = 0;
+  const Expected* expected = nullptr;
+  std::string actual;  // a protection, or "unmapped"
+};
+
+// One merged walk over two address-ordered sequences: O(expected + maps).
+std::optional<Mismatch> first_mismatch(const std::vector<Expected>& expected,
+                                       const std::vector<Mapping>& maps) {
+  auto map = maps.begin();
+  for (const Expected& want : expected) {
+    std::uintptr_t at = want.begin;
+    // Expected ranges are sorted, so the cursor only moves forward.
+    while (map != maps.end() && map->end <= at) ++map;
+    while (at < want.end) {
+      if (map == maps.end() || map->begin > at) {
+        return Mismatch{at, &want, "unmapped"};
+      }
+      const std::string actual = map->protection();
+      if (actual != want.protection) return Mismatch{at, &want, actual};
+      at = std::min(map->end, want.end);
+      if (at == map->end) ++map;
+    }
+  }
+  return std::nullopt;
+}
+
+std::string describe(const Mismatch& m) {
+  std::string s = "at " + hex(m.address) + ": expected " +
+                  m.expected->protection + ", kernel has " + m.actual;
+  if (!m.expected->what.empty()) s += " (" + m.expected->what + ")";
+  return s;
+}
+
+std::string describe(const std::vector<Mapping>& mappings) {
+  std::string s;
+  for (const Mapping& m : mappings) {
+    s += "\n  " + hex(m.begin) + "-" + hex(m.end) + " " + m.perms() + " " +
+         m.name;
+  }
+  return s;
+}
+
+// The audit proper; see audit_arena() in maps.hpp.
+::testing::AssertionResult audit_runs(const wxa::Arena& arena,
+                                      const std::vector<wxa::RunInfo>& runs,
+                                      const std::vector<Mapping>& maps) {
+  const auto rx_base = reinterpret_cast<std::uintptr_t>(arena.range().data());
+  const auto rx_limit = rx_base + arena.range().size();
+  const auto rw_base =
+      reinterpret_cast<std::uintptr_t>(arena.rw_range().data());
+  const bool dual = rw_base != rx_base;
+
+  // The runs must tile the reservation, lowest address first.
+  std::vector<Expected> rx_view, rw_view;
+  std::uintptr_t cursor = rx_base;
+  for (const wxa::RunInfo& run : runs) {
+    const auto rx = reinterpret_cast<std::uintptr_t>(run.rx);
+    const std::string state(wxa::to_string(run.state));
+    if (rx != cursor || run.bytes == 0) {
+      return ::testing::AssertionFailure()
+             << "arena.runs() do not tile range(): run at " << hex(rx) << " ("
+             << run.bytes << " bytes, " << state << ") where " << hex(cursor)
+             << " was expected";
+    }
+    cursor += run.bytes;
+    const std::string what = state + (run.open ? " (open)" : "") + " run at " +
+                             hex(rx) + ", " + std::to_string(run.bytes) +
+                             " bytes";
+    rx_view.push_back({rx, cursor, std::string(protection_of(run.rx_access)),
+                       "executable view, " + what});
+    if (dual) {
+      const std::uintptr_t rw = run.rw != nullptr
+                                    ? reinterpret_cast<std::uintptr_t>(run.rw)
+                                    : rw_base + (rx - rx_base);
+      rw_view.push_back({rw, rw + run.bytes,
+                         std::string(protection_of(run.rw_access)),
+                         "writable view, " + what});
+    }
+  }
+  if (cursor != rx_limit) {
+    return ::testing::AssertionFailure()
+           << "arena.runs() end at " << hex(cursor) << ", range() at "
+           << hex(rx_limit);
+  }
+  // A dual arena's writable view need not lie above its executable one.
+  std::sort(
+      rw_view.begin(), rw_view.end(),
+      [](const Expected& a, const Expected& b) { return a.begin < b.begin; });
+
+  std::string failures;
+  if (const auto m = first_mismatch(rx_view, maps)) failures += describe(*m);
+  if (const auto m = first_mismatch(rw_view, maps)) {
+    failures += (failures.empty() ? "" : "; ") + describe(*m);
+  }
+  std::vector<Mapping> wx;
+  for (const Mapping& m : maps) {
+    if (m.write && m.execute) wx.push_back(m);
+  }
+  if (!wx.empty()) {
+    failures += (failures.empty() ? "" : "; ") +
+                std::string("writable+executable mappings in the process:") +
+                describe(wx);
+  }
+  if (!failures.empty()) return ::testing::AssertionFailure() << failures;
+  return ::testing::AssertionSuccess();
+}
+
+}  // namespace
+
+std::string Mapping::protection() const {
+  return {read ? 'r' : '-', write ? 'w' : '-', execute ? 'x' : '-'};
+}
+
+std::string Mapping::perms() const {
+  return protection() + (shared ? 's' : 'p');
+}
+
+Mapping parse_maps_line(std::string_view line) {
+  // "begin-end perms offset major:minor inode   name", see proc(5).
+  Mapping m;
+  std::string_view rest = line;
+  m.begin = number(take(rest, '-', line), 16, line);
+  m.end = number(take(rest, ' ', line), 16, line);
+  const std::string_view perms = take(rest, ' ', line);
+  if (perms.size() != 4 || m.end < m.begin) {
+    throw std::runtime_error("malformed maps line: " + std::string(line));
+  }
+  m.read = perms[0] == 'r';
+  m.write = perms[1] == 'w';
+  m.execute = perms[2] == 'x';
+  m.shared = perms[3] == 's';
+  m.offset = number(take(rest, ' ', line), 16, line);
+  m.dev = std::string(take(rest, ' ', line));
+  m.inode = number(take(rest, ' ', line), 10, line);
+  // The name is padded with spaces and may itself contain spaces.
+  const std::size_t start = rest.find_first_not_of(' ');
+  if (start != std::string_view::npos) m.name = std::string(rest.substr(start));
+  return m;
+}
+
+std::vector<Mapping> read_maps(pid_t pid) {
+  const std::string path =
+      pid == 0 ? "/proc/self/maps" : "/proc/" + std::to_string(pid) + "/maps";
+  const std::string text = read_file(path);
+  std::vector<Mapping> maps;
+  std::string_view rest = text;
+  while (!rest.empty()) {
+    const std::size_t eol = rest.find('\n');
+    const std::string_view line = rest.substr(0, eol);
+    if (!line.empty()) maps.push_back(parse_maps_line(line));
+    rest = eol == std::string_view::npos ? std::string_view()
+                                         : rest.substr(eol + 1);
+  }
+  return maps;
+}
+
+std::vector<Mapping> writable_and_executable() {
+  std::vector<Mapping> found;
+  for (Mapping& m : read_maps()) {
+    if (m.write && m.execute) found.push_back(std::move(m));
+  }
+  return found;
+}
+
+std::size_t count_vmas(const void* begin, const void* end) {
+  const auto b = reinterpret_cast<std::uintptr_t>(begin);
+  const auto e = reinterpret_cast<std::uintptr_t>(end);
+  std::size_t n = 0;
+  for (const Mapping& m : read_maps()) n += m.begin < e && b < m.end;
+  return n;
+}
+
+Mapping mapping_at(const void* address) {
+  const auto a = reinterpret_cast<std::uintptr_t>(address);
+  for (Mapping& m : read_maps()) {
+    if (m.contains(a)) return std::move(m);
+  }
+  return {};
+}
+
+::testing::AssertionResult check_protection(
+    const std::vector<Expected>& expected, const std::vector<Mapping>& maps) {
+  if (const auto m = first_mismatch(expected, maps)) {
+    return ::testing::AssertionFailure() << describe(*m);
+  }
+  return ::testing::AssertionSuccess();
+}
+
+::testing::AssertionResult audit_arena(const wxa::Arena& arena) {
+  // runs() first: the snapshot then also sees any mapping runs() made.
+  const std::vector<wxa::RunInfo> runs = arena.runs();
+  return audit_runs(arena, runs, read_maps());
+}
+
+::testing::AssertionResult audit_arena(const wxa::Arena& arena,
+                                       const std::vector<Mapping>& maps) {
+  return audit_runs(arena, arena.runs(), maps);
+}
+
+}  // namespace wxa::test
