@@ -1,0 +1,274 @@
+// SPDX-License-Identifier: MIT
+// The W^X oracle judged: wxa-seccomp-run must make the kernel refuse exactly
+// what each policy forbids (rwx_probe reports what was allowed).
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "support/process.hpp"
+
+namespace wxa::test {
+namespace {
+
+// A path from the environment (set by tests/meson.build), else where the
+// build directory puts it next to this binary, else "".
+std::string helper_path(const char* env_name, const char* relative) {
+  std::string path = env_or_empty(env_name);
+  if (path.empty()) {
+    const std::string self = self_executable();
+    path = self.substr(0, self.rfind('/') + 1) + relative;
+  }
+  return ::access(path.c_str(), X_OK) == 0 ? path : std::string();
+}
+
+std::string seccomp_run() {
+  return helper_path("WXA_SECCOMP_RUN", "../tools/wxa-seccomp-run");
+}
+std::string rwx_probe() { return helper_path("WXA_RWX_PROBE", "rwx_probe"); }
+
+#define WXA_REQUIRE_HELPERS()                                                \
+  do {                                                                       \
+    if (seccomp_run().empty() || rwx_probe().empty())                        \
+      GTEST_SKIP() << "wxa-seccomp-run or rwx_probe not found: set "         \
+                      "WXA_SECCOMP_RUN and WXA_RWX_PROBE (meson test does)"; \
+  } while (0)
+
+// How strict a policy is; filters stack, so the stricter one wins.
+enum Level { none = 0, wx = 1, execmem = 2 };
+
+Level level_of(std::string_view policy) {
+  if (policy == "wx") return wx;
+  if (policy == "execmem") return execmem;
+  return none;
+}
+const char* name_of(Level level) {
+  return level == execmem ? "execmem" : level == wx ? "wx" : "none";
+}
+
+// The policy this test process already runs under (the suite's own runs).
+Level outer_level() { return level_of(env_or_empty("WXA_SECCOMP_POLICY")); }
+
+// Every probe case and its outcome under no filter, wx and execmem. "ok"
+// means the kernel allowed it (and, for run_*, the code returned the value
+// written into it).
+struct Case {
+  const char* name;
+  const char* outcome[3];
+};
+constexpr Case cases[] = {
+    {"mmap_anon_none", {"ok", "ok", "ok"}},
+    {"mmap_anon_r", {"ok", "ok", "ok"}},
+    {"mmap_anon_rw", {"ok", "ok", "ok"}},
+    {"mmap_anon_rx", {"ok", "ok", "EACCES"}},
+    {"mmap_anon_rwx", {"ok", "EACCES", "EACCES"}},
+    {"mmap_anon_wx", {"ok", "EACCES", "EACCES"}},
+    {"mprotect_anon_rw_to_r", {"ok", "ok", "ok"}},
+    {"mprotect_anon_rw_to_none", {"ok", "ok", "ok"}},
+    {"mprotect_anon_rw_to_rx", {"ok", "ok", "EACCES"}},
+    {"mprotect_anon_rw_to_rwx", {"ok", "EACCES", "EACCES"}},
+    {"mprotect_anon_none_to_rw", {"ok", "ok", "ok"}},
+    {"pkey_mprotect_anon_rw_to_r", {"ok", "ok", "ok"}},
+    {"pkey_mprotect_anon_rw_to_rx", {"ok", "ok", "EACCES"}},
+    {"pkey_mprotect_anon_rw_to_rwx", {"ok", "EACCES", "EACCES"}},
+    {"mmap_file_r", {"ok", "ok", "ok"}},
+    {"mmap_file_rx", {"ok", "ok", "ok"}},
+    {"mmap_memfd_rw_shared", {"ok", "ok", "ok"}},
+    {"mmap_memfd_rx_shared", {"ok", "ok", "ok"}},
+    {"mmap_memfd_rwx_shared", {"ok", "EACCES", "EACCES"}},
+    {"mprotect_memfd_r_to_rx", {"ok", "ok", "EACCES"}},
+    {"run_dual_map", {"ok", "ok", "ok"}},
+    {"run_rw_then_rx", {"ok", "ok", "EACCES"}},
+};
+
+struct Probe {
+  std::string policy;  // what the probe saw in WXA_SECCOMP_POLICY
+  std::map<std::string, std::string> outcome;
+};
+
+// Runs the probe, under `policy` unless it is empty.
+Probe run_probe(const std::string& policy) {
+  std::vector<std::string> argv;
+  if (!policy.empty()) argv = {seccomp_run(), "--policy", policy, "--"};
+  argv.push_back(rwx_probe());
+  const ProcessResult r = run_process(argv);
+  EXPECT_EQ(r.exit_code, 0) << "signal " << r.signal << ", stderr: " << r.err;
+  EXPECT_EQ(r.err, "");
+  Probe probe;
+  std::string_view rest = r.out;
+  while (!rest.empty()) {
+    const std::size_t eol = rest.find('\n');
+    const std::string_view line = rest.substr(0, eol);
+    rest = eol == std::string_view::npos ? "" : rest.substr(eol + 1);
+    const std::size_t space = line.find(' ');
+    if (space == std::string_view::npos) {
+      ADD_FAILURE() << "malformed probe line: " << line;
+      continue;
+    }
+    std::string key(line.substr(0, space)), value(line.substr(space + 1));
+    if (key == "policy") {
+      probe.policy = value;
+    } else {
+      EXPECT_TRUE(probe.outcome.emplace(key, value).second)
+          << "case reported twice: " << key;
+    }
+  }
+  return probe;
+}
+
+// Every case, and nothing else, has the outcome `level` prescribes.
+::testing::AssertionResult matches(const Probe& probe, Level level) {
+  std::string diffs;
+  for (const Case& c : cases) {
+    const auto it = probe.outcome.find(c.name);
+    const std::string got =
+        it == probe.outcome.end() ? "(missing)" : it->second;
+    if (got != c.outcome[level]) {
+      diffs += std::string("\n  ") + c.name + ": expected " + c.outcome[level] +
+               ", got " + got;
+    }
+  }
+  for (const auto& [name, outcome] : probe.outcome) {
+    const bool known =
+        std::any_of(std::begin(cases), std::end(cases),
+                    [&](const Case& c) { return name == c.name; });
+    if (!known) diffs += "\n  unexpected case " + name + " " + outcome;
+  }
+  if (diffs.empty()) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << "probe under effective policy " << name_of(level) << ":" << diffs;
+}
+
+TEST(SeccompOracle, WithoutFilterTheHostAllowsEveryCase) {
+  WXA_REQUIRE_HELPERS();
+  const Probe probe = run_probe("");
+  EXPECT_EQ(probe.policy, outer_level() == none
+                              ? "none"
+                              : env_or_empty("WXA_SECCOMP_POLICY"));
+  const ::testing::AssertionResult ok = matches(probe, outer_level());
+  if (!ok && outer_level() == none) {
+    // Then the host is stricter than no filter and the policy tests below
+    // cannot tell the filter's refusals from the host's.
+    GTEST_SKIP() << "the host itself refuses some mappings: " << ok.message();
+  }
+  EXPECT_TRUE(ok);
+}
+
+TEST(SeccompOracle, WxPolicyRefusesExactlyWritableAndExecutable) {
+  WXA_REQUIRE_HELPERS();
+  const Probe probe = run_probe("wx");
+  EXPECT_EQ(probe.policy, "wx");
+  EXPECT_TRUE(matches(probe, std::max(wx, outer_level())));
+}
+
+TEST(SeccompOracle, ExecmemPolicyAlsoRefusesAnonymousExecute) {
+  WXA_REQUIRE_HELPERS();
+  const Probe probe = run_probe("execmem");
+  EXPECT_EQ(probe.policy, "execmem");
+  EXPECT_TRUE(matches(probe, execmem));
+}
+
+TEST(SeccompOracle, PolicySpelledWithEqualsSign) {
+  WXA_REQUIRE_HELPERS();
+  const ProcessResult r =
+      run_process({seccomp_run(), "--policy=execmem", "--", rwx_probe()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("policy execmem\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("mmap_anon_rx EACCES\n"), std::string::npos) << r.out;
+}
+
+TEST(SeccompOracle, DefaultPolicyIsWx) {
+  WXA_REQUIRE_HELPERS();
+  const ProcessResult r = run_process({seccomp_run(), "--", rwx_probe()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("policy wx\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("mmap_anon_rwx EACCES\n"), std::string::npos) << r.out;
+}
+
+TEST(SeccompOracle, ANestedRunCannotLoosenTheFilter) {
+  WXA_REQUIRE_HELPERS();
+  // The inner launcher installs wx on top of execmem: filters stack and the
+  // kernel applies the strictest verdict, so execmem still holds.
+  {
+    const ProcessResult r =
+        run_process({seccomp_run(), "--policy", "execmem", "--", seccomp_run(),
+                     "--policy", "wx", "--", rwx_probe()});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("policy wx\n"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("run_rw_then_rx EACCES\n"), std::string::npos)
+        << r.out;
+    EXPECT_NE(r.out.find("mmap_anon_rx EACCES\n"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("run_dual_map ok\n"), std::string::npos) << r.out;
+  }
+}
+
+TEST(SeccompRun, PrintsNothingAndPassesOnTheExitStatus) {
+  WXA_REQUIRE_HELPERS();
+  for (const char* status : {"0", "7", "42"}) {
+    const ProcessResult r = run_process({seccomp_run(), "--policy", "execmem",
+                                         "--", rwx_probe(), "--exit", status});
+    EXPECT_EQ(r.exit_code, std::stoi(status));
+    EXPECT_EQ(r.out, "");
+    EXPECT_EQ(r.err, "");
+  }
+}
+
+TEST(SeccompRun, RejectsBadUsageWithStatus2) {
+  WXA_REQUIRE_HELPERS();
+  const std::vector<std::vector<std::string>> bad = {
+      {},
+      {"--policy"},
+      {"--policy", "bogus", "--", rwx_probe()},
+      {"--policy=", "--", rwx_probe()},
+      {rwx_probe()},
+      {"--"},
+      {"--policy", "wx"},
+      {"--verbose", "--", rwx_probe()},
+  };
+  for (const auto& args : bad) {
+    std::vector<std::string> argv = {seccomp_run()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const ProcessResult r = run_process(argv);
+    std::string shown;
+    for (const auto& a : args) shown += " '" + a + "'";
+    EXPECT_EQ(r.exit_code, 2) << "args:" << shown;
+    EXPECT_EQ(r.out, "") << "args:" << shown;
+    EXPECT_NE(r.err.find("wxa-seccomp-run: "), std::string::npos)
+        << "args:" << shown << " stderr: " << r.err;
+    EXPECT_NE(r.err.find("usage: "), std::string::npos) << "args:" << shown;
+  }
+}
+
+TEST(SeccompRun, ReportsAProgramItCannotRun) {
+  WXA_REQUIRE_HELPERS();
+  {
+    const ProcessResult r =
+        run_process({seccomp_run(), "--", "/nonexistent/wxa-program"});
+    EXPECT_EQ(r.exit_code, 127);
+    EXPECT_NE(r.err.find("cannot run /nonexistent/wxa-program"),
+              std::string::npos)
+        << r.err;
+  }
+  {
+    // A device is not executable: execve fails with EACCES.
+    const ProcessResult r = run_process({seccomp_run(), "--", "/dev/null"});
+    EXPECT_EQ(r.exit_code, 126);
+    EXPECT_NE(r.err.find("cannot run /dev/null"), std::string::npos) << r.err;
+  }
+}
+
+TEST(SeccompRun, HelpGoesToStdoutWithStatus0) {
+  WXA_REQUIRE_HELPERS();
+  const ProcessResult r = run_process({seccomp_run(), "--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("usage: "), std::string::npos);
+  EXPECT_EQ(r.err, "");
+}
+
+}  // namespace
+}  // namespace wxa::test
