@@ -1,0 +1,463 @@
+// SPDX-License-Identifier: MIT
+// Batch::commit(): coalescing into runs, the exact number of protection
+// calls, flush-before-execute, when the barrier is (not) issued, and
+// refusals of whole batches.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <iostream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "support/arena_util.hpp"
+#include "support/fault_pal.hpp"
+#include "support/maps.hpp"
+#include "wxarena/arena.hpp"
+
+namespace wxa::test {
+namespace {
+
+bool has_barrier() { return detail::system_pal().capabilities().barrier; }
+
+// Protection calls one run costs: protect changes one mapping; dual_map
+// changes both views of the run (the writable view is dropped or mapped,
+// the executable view is mapped or dropped).
+std::size_t calls_per_run(const Arena& arena) {
+  return arena.backend() == Backend::dual_map ? 2 : 1;
+}
+
+// --- N adjacent fresh chunks -------------------------------------------------
+
+class BatchFresh
+    : public ::testing::TestWithParam<std::tuple<Backend, std::size_t>> {
+ protected:
+  void SetUp() override { WXA_SKIP_IF_UNAVAILABLE(std::get<0>(GetParam())); }
+};
+
+// Chunks allocated one after another are adjacent, so sealing N of them in
+// one batch is one run and one protection call (two in dual_map, one per
+// view), whatever N; releasing them together is one run again.
+TEST_P(BatchFresh, AdjacentFreshChunksSealAndReleaseAsOneRun) {
+  const auto [backend, n] = GetParam();
+  Options o;
+  o.backend = backend;
+  o.reserve_bytes = kSmallReserve;
+  Result<Arena> made = Arena::create(o);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  const std::size_t ps = arena.page_size();
+
+  const Stats s0 = arena.stats();
+  std::vector<Chunk> chunks;
+  for (std::size_t i = 0; i < n; ++i) {
+    Result<Chunk> c = arena.allocate(256);
+    ASSERT_TRUE(Ok(c));
+    if (i > 0) {
+      ASSERT_EQ(c->rx(), static_cast<const std::byte*>(chunks.back().rx()) + ps)
+          << "allocation " << i << " is not adjacent to the previous one";
+    }
+    write_fn(*c, static_cast<std::uint32_t>(i * 3 + 1));
+    chunks.push_back(*c);
+  }
+  const Stats s1 = arena.stats();
+  // Pages are opened 64 at a time (Options::open_pages), one call each.
+  const std::size_t opens = (n + o.open_pages - 1) / o.open_pages;
+  EXPECT_EQ(s1.protection_calls - s0.protection_calls, opens);
+
+  Batch batch(arena);
+  for (const Chunk& c : chunks) batch.seal(c);
+  Result<CommitReport> r = batch.commit();
+  ASSERT_TRUE(Ok(r));
+  const Stats s2 = arena.stats();
+  EXPECT_EQ(r->chunks, n);
+  EXPECT_EQ(r->runs, 1u);
+  EXPECT_EQ(r->protection_calls, calls_per_run(arena));
+  EXPECT_EQ(r->flushes, 1u);
+  EXPECT_FALSE(r->barrier) << "fresh code at fresh addresses needs none";
+  EXPECT_EQ(s2.syscalls.total() - s1.syscalls.total(), calls_per_run(arena));
+  EXPECT_EQ(s2.syscalls.membarrier, s1.syscalls.membarrier);
+  EXPECT_TRUE(batch.empty()) << "a committed batch is emptied";
+  std::cout << "[ figures  ] " << to_string(backend) << ": sealing " << n
+            << " fresh chunks in one batch: " << r->runs << " run, "
+            << r->protection_calls << " protection call(s), "
+            << s2.syscalls.total() - s1.syscalls.total() << " system call(s)\n";
+  ::testing::Test::RecordProperty(
+      "seal_" + std::to_string(n) + "_protection_calls",
+      std::to_string(r->protection_calls));
+
+  for (std::size_t i = 0; i < n; ++i)
+    ASSERT_EQ(call(chunks[i].rx()), i * 3 + 1) << i;
+  EXPECT_TRUE(audit_arena(arena));
+
+  Batch release(arena);
+  for (const Chunk& c : chunks) release.release(c);
+  Result<CommitReport> q = release.commit();
+  ASSERT_TRUE(Ok(q));
+  EXPECT_EQ(q->runs, 1u);
+  // Only the executable view exists, in either backend: one call.
+  EXPECT_EQ(q->protection_calls, 1u);
+  EXPECT_EQ(q->flushes, 0u);
+  EXPECT_FALSE(q->barrier);
+  EXPECT_EQ(arena.stats().syscalls.total() - s2.syscalls.total(), 1u);
+  EXPECT_EQ(arena.stats().chunks_in(State::retired), n);
+  EXPECT_TRUE(audit_arena(arena));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Sizes, BatchFresh,
+    ::testing::Combine(::testing::ValuesIn(kBothBackends),
+                       ::testing::Values(std::size_t{1}, std::size_t{64},
+                                         std::size_t{1024})),
+    [](const ::testing::TestParamInfo<std::tuple<Backend, std::size_t>>& i) {
+      return std::string(to_string(std::get<0>(i.param))) + "_" +
+             std::to_string(std::get<1>(i.param));
+    });
+
+// --- Coalescing
+// ----------------------------------------------------------------
+
+using BatchRuns = BackendTest;
+
+// Allocates `n` adjacent one-page chunks, each with a function returning i.
+std::vector<Chunk> adjacent(Arena& arena, std::size_t n) {
+  std::vector<Chunk> out;
+  for (std::size_t i = 0; i < n; ++i) {
+    Result<Chunk> c = arena.allocate(arena.page_size());
+    EXPECT_TRUE(Ok(c));
+    if (!c) return out;
+    EXPECT_NE(write_return_imm(c->rw(), static_cast<std::uint32_t>(i)), 0u);
+    if (!out.empty()) {
+      EXPECT_EQ(c->rx(), static_cast<const std::byte*>(out.back().rx()) +
+                             arena.page_size());
+    }
+    out.push_back(*c);
+  }
+  return out;
+}
+
+TEST_P(BatchRuns, InterleavedTargetsMakeOneRunEach) {
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  std::vector<Chunk> c = adjacent(arena, 3);
+  ASSERT_EQ(c.size(), 3u);
+  Batch b(arena);
+  b.seal(c[0], Seal::execute);
+  b.seal(c[1], Seal::read_only);
+  b.seal(c[2], Seal::execute);
+  Result<CommitReport> r = b.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_EQ(r->runs, 3u);
+  EXPECT_EQ(r->protection_calls, 3 * calls_per_run(arena));
+  EXPECT_EQ(r->flushes, 2u) << "one flush per run that becomes executable";
+  EXPECT_EQ(call(c[0].rx()), 0u);
+  EXPECT_EQ(call(c[2].rx()), 2u);
+  EXPECT_TRUE(audit_arena(arena));
+}
+
+TEST_P(BatchRuns, ReleaseAndSealOfNeighboursMakeTwoRuns) {
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  std::vector<Chunk> c = adjacent(arena, 4);
+  ASSERT_EQ(c.size(), 4u);
+  // Two of the four executable first, so the release covers both states.
+  Batch pre(arena);
+  pre.seal(c[1]);
+  ASSERT_TRUE(Ok(pre.commit()));
+
+  Batch b(arena);
+  b.release(c[0]);  // writable -> retired
+  b.release(c[1]);  // executable -> retired
+  b.seal(c[2]);     // writable -> executable
+  b.seal(c[3]);
+  const Stats before = arena.stats();
+  Result<CommitReport> r = b.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_EQ(r->runs, 2u);
+  EXPECT_EQ(r->chunks, 4u);
+  // protect: one mprotect per run. dual_map: the release run drops c[0]'s
+  // writable view and c[1]'s executable view (2 calls); the seal run drops
+  // the writable views and maps the executable one (2 calls).
+  EXPECT_EQ(r->protection_calls, 2 * calls_per_run(arena));
+  EXPECT_EQ(arena.stats().syscalls.total() - before.syscalls.total(),
+            r->protection_calls);
+  EXPECT_EQ(call(c[2].rx()), 2u);
+  EXPECT_EQ(call(c[3].rx()), 3u);
+  EXPECT_TRUE(audit_arena(arena));
+}
+
+TEST_P(BatchRuns, OrderOfQueueingDoesNotMatterAndGapsSplitRuns) {
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  std::vector<Chunk> c = adjacent(arena, 9);
+  ASSERT_EQ(c.size(), 9u);
+  // Queued backwards and shuffled: sorted by address, still one run.
+  Batch b(arena);
+  for (int i : {3, 0, 2, 1}) b.seal(c[i]);
+  Result<CommitReport> r = b.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_EQ(r->runs, 1u);
+  // c[4] stays writable: c[5..6] and c[8] are two runs.
+  Batch g(arena);
+  g.seal(c[8]);
+  g.seal(c[6]);
+  g.seal(c[5]);
+  r = g.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_EQ(r->runs, 2u);
+  EXPECT_EQ(r->protection_calls, 2 * calls_per_run(arena));
+  for (int i : {0, 1, 2, 3, 5, 6, 8})
+    EXPECT_EQ(call(c[static_cast<std::size_t>(i)].rx()),
+              static_cast<unsigned>(i));
+  // Unsealing executable and read-only neighbours: one target (writable),
+  // so they coalesce into one run.
+  Batch ro(arena);
+  ro.seal(c[7], Seal::read_only);
+  ASSERT_TRUE(Ok(ro.commit()));
+  Batch u(arena);
+  u.unseal(c[6].rx());
+  u.unseal(c[7].rx());
+  u.unseal(c[8].rx());
+  r = u.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_EQ(r->runs, 1u) << "executable and read-only neighbours, one target";
+  EXPECT_TRUE(audit_arena(arena));
+}
+
+TEST_P(BatchRuns, DuplicatesAreRefusedAndNothingChanges) {
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  std::vector<Chunk> c = adjacent(arena, 3);
+  ASSERT_EQ(c.size(), 3u);
+  ASSERT_TRUE(Ok(arena.seal(c[2])));
+  const auto states = state_map(arena);
+  const auto kernel = kernel_map(arena);
+  const Stats before = arena.stats();
+
+  auto refused = [&](Batch& b, const void* culprit) {
+    Result<CommitReport> r = b.commit();
+    ASSERT_TRUE(FailsWith(r, Errc::duplicate_in_batch));
+    EXPECT_EQ(r.error().chunk(), culprit);
+    EXPECT_EQ(state_map(arena), states);
+    EXPECT_EQ(kernel_map(arena), kernel);
+    const Stats now = arena.stats();
+    EXPECT_EQ(now.syscalls.total(), before.syscalls.total());
+    EXPECT_EQ(chunk_counts(now), chunk_counts(before));
+    EXPECT_EQ(now.commits, before.commits);
+  };
+  {
+    Batch b(arena);
+    b.seal(c[0]);
+    b.seal(c[1]);
+    b.seal(c[0]);  // the same transition twice
+    refused(b, c[0].rx());
+    EXPECT_EQ(b.size(), 3u);
+  }
+  {
+    Batch b(arena);
+    b.seal(c[1]);
+    b.release(c[1]);  // two transitions of one chunk
+    refused(b, c[1].rx());
+  }
+  {
+    Batch b(arena);
+    b.unseal(c[2].rx());
+    b.seal(c[0]);
+    b.release(c[2]);
+    refused(b, c[2].rx());
+    // Emptied, the batch is usable again.
+    b.clear();
+    EXPECT_TRUE(b.empty());
+    b.seal(c[0]);
+    b.seal(c[1], Seal::read_only);
+    ASSERT_TRUE(Ok(b.commit()));
+  }
+  EXPECT_EQ(call(c[0].rx()), 0u);
+  EXPECT_EQ(call(c[2].rx()), 2u);
+  EXPECT_TRUE(still_works(arena));
+}
+
+TEST_P(BatchRuns, EmptyBatchIsFreeAndMovedBatchesCommit) {
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  const Stats before = arena.stats();
+  Batch empty(arena);
+  Result<CommitReport> r = empty.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_EQ(r->chunks, 0u);
+  EXPECT_EQ(r->runs, 0u);
+  EXPECT_EQ(arena.stats().syscalls.total(), before.syscalls.total());
+
+  std::vector<Chunk> c = adjacent(arena, 200);  // grows the queue past 64
+  ASSERT_EQ(c.size(), 200u);
+  Batch a(arena);
+  for (const Chunk& x : c) a.seal(x);
+  Batch moved(std::move(a));
+  EXPECT_EQ(moved.size(), 200u);
+  Batch assigned(arena);
+  assigned = std::move(moved);
+  r = assigned.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_EQ(r->chunks, 200u);
+  EXPECT_EQ(r->runs, 1u);
+  EXPECT_EQ(call(c[199].rx()), 199u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, BatchRuns,
+                         ::testing::ValuesIn(kBothBackends), backend_name);
+
+// --- Order of operations and the barrier, seen from the platform layer
+// --------
+
+class BatchOrder : public BackendTest {
+ protected:
+  Result<Arena> make(FaultPal& pal, std::size_t quarantine = 16) {
+    Options o = options();
+    o.quarantine = quarantine;
+    return detail::create_arena(o, pal);
+  }
+};
+
+// The instruction cache is flushed over a run before the call that makes
+// it executable, and once per such run.
+TEST_P(BatchOrder, FlushComesBeforeTheRunBecomesExecutable) {
+  FaultPal pal;
+  Result<Arena> made = make(pal);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  std::vector<Chunk> c = adjacent(arena, 5);
+  ASSERT_EQ(c.size(), 5u);
+  pal.count_only();
+  Batch b(arena);
+  b.seal(c[0]);
+  b.seal(c[1]);
+  b.seal(c[2], Seal::read_only);
+  b.seal(c[3]);
+  b.release(c[4]);
+  Result<CommitReport> r = b.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_EQ(r->runs, 4u);
+  EXPECT_EQ(pal.calls(PalCall::flush_icache), 2u);
+  EXPECT_EQ(r->flushes, 2u);
+
+  const std::vector<PalEvent>& log = pal.log();
+  const auto ps = arena.page_size();
+  // The executable-view address a logged call or flush refers to.
+  auto rx_of = [&](const void* p) {
+    const auto* b8 = static_cast<const std::byte*>(p);
+    const std::byte* rw = arena.rw_range().data();
+    if (b8 >= rw && b8 < rw + arena.rw_range().size())
+      return arena.range().data() + (b8 - rw);
+    return b8;
+  };
+  std::size_t checked = 0;
+  for (std::size_t i = 0; i < log.size(); ++i) {
+    const PalEvent& e = log[i];
+    if (e.access != Access::read_execute) continue;
+    const std::byte* at = rx_of(e.p);
+    bool flushed_before = false;
+    for (std::size_t k = 0; k < i; ++k)
+      if (log[k].call == PalCall::flush_icache && rx_of(log[k].p) <= at &&
+          at + e.bytes <= rx_of(log[k].p) + log[k].bytes)
+        flushed_before = true;
+    EXPECT_TRUE(flushed_before)
+        << "made executable at " << static_cast<const void*>(at) << " ("
+        << e.bytes / ps << " pages) without a flush first";
+    ++checked;
+  }
+  EXPECT_EQ(checked, 2u) << "two runs become executable";
+  EXPECT_EQ(call(c[0].rx()), 0u);
+  EXPECT_EQ(call(c[3].rx()), 3u);
+}
+
+// The barrier: none for fresh code; one (not one per chunk) when code lands
+// where code was before, or is resealed after patching; one on request.
+TEST_P(BatchOrder, BarrierOnlyWhenCodeIsReusedOrAsked) {
+  if (!has_barrier()) GTEST_SKIP() << "no membarrier SYNC_CORE here";
+  FaultPal pal;
+  Result<Arena> made = make(pal, /*quarantine=*/0);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  std::vector<Chunk> c = adjacent(arena, 8);
+  ASSERT_EQ(c.size(), 8u);
+
+  pal.count_only();
+  Batch fresh(arena);
+  for (const Chunk& x : c) fresh.seal(x);
+  Result<CommitReport> r = fresh.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_FALSE(r->barrier);
+  EXPECT_EQ(pal.calls(PalCall::barrier), 0u);
+
+  // Asked for.
+  std::vector<Chunk> d = adjacent(arena, 2);
+  Batch asked(arena);
+  asked.seal(d[0]);
+  pal.count_only();
+  r = asked.commit(CommitFlags::barrier);
+  ASSERT_TRUE(Ok(r));
+  EXPECT_TRUE(r->barrier);
+  EXPECT_EQ(pal.calls(PalCall::barrier), 1u);
+
+  // Read-only data is not code: sealing it needs no barrier.
+  Batch data(arena);
+  data.seal(d[1], Seal::read_only);
+  pal.count_only();
+  r = data.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_FALSE(r->barrier);
+
+  // Patching: unseal four, rewrite, reseal in one batch -> one barrier.
+  Batch un(arena);
+  for (int i = 0; i < 4; ++i) un.unseal(c[static_cast<std::size_t>(i)].rx());
+  ASSERT_TRUE(Ok(un.commit()));
+  Batch re(arena);
+  for (int i = 0; i < 4; ++i) {
+    write_fn(c[static_cast<std::size_t>(i)], 100u + static_cast<unsigned>(i));
+    re.seal(c[static_cast<std::size_t>(i)]);
+  }
+  pal.count_only();
+  r = re.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_TRUE(r->barrier);
+  EXPECT_EQ(pal.calls(PalCall::barrier), 1u) << "one barrier per commit";
+  EXPECT_EQ(call(c[3].rx()), 103u);
+
+  // Reuse: release everything (quarantine 0), allocate until an address
+  // that held code comes back, seal there -> barrier.
+  Batch rel(arena);
+  for (const Chunk& x : c) rel.release(x);
+  rel.release(d[0]);
+  rel.release(d[1]);
+  ASSERT_TRUE(Ok(rel.commit()));
+  std::vector<Chunk> churn;
+  bool reused = false;
+  for (int i = 0; i < 200 && !reused; ++i) {
+    Result<Chunk> n = arena.allocate(1);
+    ASSERT_TRUE(Ok(n));
+    churn.push_back(*n);
+    reused = n->rx() == c[0].rx();
+  }
+  ASSERT_TRUE(reused) << "the released address never came back";
+  write_fn(churn.back(), 0xBEEF);
+  Batch again(arena);
+  again.seal(churn.back());
+  pal.count_only();
+  r = again.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_TRUE(r->barrier);
+  EXPECT_EQ(pal.calls(PalCall::barrier), 1u);
+  EXPECT_EQ(call(churn.back().rx()), 0xBEEFu);
+  EXPECT_TRUE(audit_arena(arena));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, BatchOrder,
+                         ::testing::ValuesIn(kBothBackends), backend_name);
+
+}  // namespace
+}  // namespace wxa::test
