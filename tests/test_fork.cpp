@@ -1,0 +1,316 @@
+// SPDX-License-Identifier: MIT
+// Fork safety with a real fork(): a child can call the parent's sealed code but
+// cannot write it, and the parent's arena stays consistent whatever the child
+// does.
+//
+// The children report through _exit codes only (no gtest assertion runs in a
+// child); the parent decodes them. Faults expected in a child are provoked in
+// a grandchild, whose death by SIGSEGV the child checks.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "support/backends.hpp"
+#include "support/maps.hpp"
+#include "support/memfd_maps.hpp"
+#include "support/x86_code.hpp"
+#include "wxarena/arena.hpp"
+
+namespace wxa {
+namespace {
+
+// x86-64 `mov eax, value; ret`, then int3 over the rest of `out`. No gtest
+// assertion: children call it too.
+bool write_fn(std::span<std::byte> out, std::uint32_t value) {
+  return test::write_return_imm(out, value, out.size()) == out.size();
+}
+
+// What a child reports.
+enum ChildExit : int {
+  kChildOk = 0,
+  kChildArenaRefused = 1,  // the arena refused to work in the child: fine
+  kRwViewMapped = 10,      // the parent's writable view exists in the child
+  kMemfdWritable = 11,     // some writable view of the memfd in the child
+  kReadSurvived = 12,      // reading the writable view did not fault
+  kWriteSurvived = 13,     // writing the writable view did not fault
+  kWrongValue = 14,        // the inherited sealed code returned a wrong value
+  kRxNotInherited = 15,    // the executable view is not mapped in the child
+  kForkFailed = 16,
+  kPrivateWriteLost = 17,  // the child's own write did not read back
+  kPatchFailed = 18,       // the child could not patch its copy
+  kPipe = 19,
+};
+
+const char* describe(int code) {
+  switch (code) {
+    case kRwViewMapped:
+      return "the parent's writable view is mapped in the child";
+    case kMemfdWritable:
+      return "the child has a writable view of the arena's memfd";
+    case kReadSurvived:
+      return "reading the writable view's address did not fault in the child";
+    case kWriteSurvived:
+      return "writing the writable view's address did not fault in the child";
+    case kWrongValue:
+      return "sealed code called in the child returned a wrong value";
+    case kRxNotInherited:
+      return "the executable view is not mapped in the child";
+    case kForkFailed:
+      return "fork() failed in the child";
+    case kPrivateWriteLost:
+      return "the child's write to its private copy did not read back";
+    case kPatchFailed:
+      return "unseal/seal of the child's copy failed";
+    case kPipe:
+      return "pipe I/O failed in the child";
+    default:
+      return "unexpected exit code";
+  }
+}
+
+int call(const void* rx) {
+  return reinterpret_cast<int (*)()>(const_cast<void*>(rx))();
+}
+
+// Runs f() in a child and returns its exit code (or 128 + signal).
+template <class F>
+int in_child(F f) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(f());
+  if (pid < 0) return -1;
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -2;
+}
+
+// In a child: whether touching `p` (reading, or writing) kills a grandchild
+// with SIGSEGV. Async-signal-safe apart from fork.
+int touch_faults(void* p, bool write) {
+  const pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    struct rlimit none = {0, 0};
+    (void)::setrlimit(RLIMIT_CORE, &none);  // no core file for this fault
+    volatile auto* b = static_cast<volatile unsigned char*>(p);
+    if (write)
+      *b = 0xC3;
+    else
+      (void)*b;
+    ::_exit(0);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV ? 1 : 0;
+}
+
+// Whether [p, p + bytes) is mapped at all in this process (mincore fails
+// with ENOMEM on unmapped pages).
+bool mapped(const void* p, std::size_t bytes) {
+  unsigned char vec[64];
+  return ::mincore(const_cast<void*>(p), bytes, vec) == 0 || errno != ENOMEM;
+}
+
+// The parent's arena at fork time: one sealed function, one writable chunk
+// with known bytes.
+struct ForkScene {
+  Result<Arena> arena = Error(Errc::invalid_argument);
+  Chunk sealed, writable;
+  std::vector<std::byte> writable_bytes;  // what the parent wrote
+  std::vector<RunInfo> runs;              // the state map at fork time
+};
+
+void make_scene(Backend backend, ForkScene& s) {
+  Options o;
+  o.backend = backend;
+  o.reserve_bytes = std::size_t{16} << 20;
+  s.arena = Arena::create(o);
+  ASSERT_TRUE(s.arena) << s.arena.error().to_string();
+  Arena& arena = *s.arena;
+  const std::size_t ps = arena.page_size();
+  Result<Chunk> a = arena.allocate(ps);
+  ASSERT_TRUE(a) << a.error().to_string();
+  ASSERT_TRUE(write_fn(a->rw(), 42));
+  ASSERT_TRUE(arena.seal(*a));
+  s.sealed = *a;
+  Result<Chunk> b = arena.allocate(2 * ps);
+  ASSERT_TRUE(b) << b.error().to_string();
+  for (std::size_t i = 0; i < b->size(); ++i)
+    b->rw()[i] = static_cast<std::byte>(i * 7 + 1);
+  ASSERT_TRUE(write_fn(b->rw().first(16), 7));
+  s.writable = *b;
+  s.writable_bytes.assign(b->rw().begin(), b->rw().end());
+  s.runs = arena.runs();
+  ASSERT_EQ(call(s.sealed.rx()), 42);
+}
+
+// The parent after the child exited: its arena is as it was, the writable
+// chunk holds what the parent wrote, it seals and runs, and the audit passes.
+void check_parent_after(ForkScene& s) {
+  Arena& arena = *s.arena;
+  ASSERT_EQ(s.writable.rw().size(), s.writable_bytes.size());
+  EXPECT_EQ(std::memcmp(s.writable.rw().data(), s.writable_bytes.data(),
+                        s.writable_bytes.size()),
+            0)
+      << "the child changed the parent's writable chunk";
+  // The sealed code's bytes, read through the executable view.
+  std::vector<std::byte> expect(s.sealed.size());
+  ASSERT_TRUE(write_fn(expect, 42));
+  ASSERT_EQ(std::memcmp(s.sealed.rx(), expect.data(), expect.size()), 0)
+      << "the child changed the parent's sealed code";
+  EXPECT_EQ(call(s.sealed.rx()), 42);
+  const std::vector<RunInfo> now = arena.runs();
+  ASSERT_EQ(now.size(), s.runs.size());
+  for (std::size_t i = 0; i < now.size(); ++i) {
+    EXPECT_EQ(now[i].rx, s.runs[i].rx);
+    EXPECT_EQ(now[i].bytes, s.runs[i].bytes);
+    EXPECT_EQ(now[i].state, s.runs[i].state);
+  }
+  ASSERT_TRUE(arena.seal(s.writable));
+  EXPECT_EQ(call(s.writable.rx()), 7);
+  EXPECT_TRUE(test::audit_arena(arena));
+}
+
+TEST(ForkDualMap, ChildCannotReachTheWritableViewButRunsSealedCode) {
+#if !defined(__x86_64__)
+  GTEST_SKIP() << "writes x86-64 code";
+#endif
+  ForkScene s;
+  ASSERT_NO_FATAL_FAILURE(make_scene(Backend::dual_map, s));
+  const std::uint64_t inode = test::arena_memfd_inode(*s.arena);
+  ASSERT_NE(inode, 0u);
+  ASSERT_TRUE(mapped(s.writable.rw().data(), s.writable.size()));
+
+  const int code = in_child([&]() -> int {
+    void* rw = s.writable.rw().data();
+    // MADV_DONTFORK: the writable view was not copied into the child.
+    if (mapped(rw, s.writable.size())) return kRwViewMapped;
+    if (test::memfd_view_with(inode, 0, ~std::uint64_t{0}, 'w'))
+      return kMemfdWritable;
+    const int r = touch_faults(rw, false);
+    if (r < 0) return kForkFailed;
+    if (r == 0) return kReadSurvived;
+    const int w = touch_faults(rw, true);
+    if (w < 0) return kForkFailed;
+    if (w == 0) return kWriteSurvived;
+    // The executable view is inherited: the parent's code still runs.
+    test::MapLine l;
+    if (!test::map_line_at(s.sealed.rx(), l) || !l.executable() ||
+        l.inode != inode)
+      return kRxNotInherited;
+    if (call(s.sealed.rx()) != 42) return kWrongValue;
+    return kChildOk;
+  });
+  ASSERT_EQ(code, kChildOk) << describe(code) << " (child exit " << code << ")";
+  check_parent_after(s);
+}
+
+// The child goes on using the arena it inherited: it unseals the parent's
+// sealed function, patches it and seals it again. Whatever that does in the
+// child (or whether the library refuses it there), it must not change the
+// parent's code: the parent's function is executable, and strict W^X says
+// no writable view of it may exist anywhere.
+TEST(ForkDualMap, ChildPatchingThroughTheArenaLeavesParentCodeAlone) {
+#if !defined(__x86_64__)
+  GTEST_SKIP() << "writes x86-64 code";
+#endif
+  ForkScene s;
+  ASSERT_NO_FATAL_FAILURE(make_scene(Backend::dual_map, s));
+  const int code = in_child([&]() -> int {
+    Arena& arena = *s.arena;
+    Result<Chunk> c = arena.unseal(s.sealed.rx());
+    if (!c) return kChildArenaRefused;
+    if (!write_fn(c->rw(), 99)) return kPatchFailed;
+    if (!arena.seal(*c)) return kChildArenaRefused;
+    return call(s.sealed.rx()) == 99 ? kChildOk : kPatchFailed;
+  });
+  ASSERT_TRUE(code == kChildOk || code == kChildArenaRefused)
+      << describe(code) << " (child exit " << code << ")";
+  check_parent_after(s);
+}
+
+// The child trims the arena it inherited (gives free memory back) after the
+// parent has put new code on pages that were free at fork time. The parent's
+// new code must survive.
+TEST(ForkDualMap, ChildTrimmingTheArenaLeavesParentCodeAlone) {
+#if !defined(__x86_64__)
+  GTEST_SKIP() << "writes x86-64 code";
+#endif
+  ForkScene s;
+  ASSERT_NO_FATAL_FAILURE(make_scene(Backend::dual_map, s));
+  int go[2];
+  ASSERT_EQ(::pipe(go), 0);
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    char byte = 0;
+    if (::read(go[0], &byte, 1) != 1) ::_exit(kPipe);
+    ::_exit(s.arena->trim() ? kChildOk : kChildArenaRefused);
+  }
+  ::close(go[0]);
+  // After the fork, on pages that were free (open) then.
+  Result<Chunk> c = s.arena->allocate(s.arena->page_size());
+  ASSERT_TRUE(c) << c.error().to_string();
+  ASSERT_TRUE(write_fn(c->rw(), 77));
+  ASSERT_TRUE(s.arena->seal(*c));
+  s.runs = s.arena->runs();
+  ASSERT_EQ(::write(go[1], "x", 1), 1);
+  ::close(go[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  const int code = WEXITSTATUS(status);
+  ASSERT_TRUE(code == kChildOk || code == kChildArenaRefused)
+      << describe(code) << " (child exit " << code << ")";
+
+  std::vector<std::byte> expect(c->size());
+  ASSERT_TRUE(write_fn(expect, 77));
+  ASSERT_EQ(std::memcmp(c->rx(), expect.data(), expect.size()), 0)
+      << "the child's trim() discarded the parent's new code";
+  EXPECT_EQ(call(c->rx()), 77);
+  check_parent_after(s);
+}
+
+TEST(ForkProtect, ChildWritesItsPrivateCopyOnly) {
+#if !defined(__x86_64__)
+  GTEST_SKIP() << "writes x86-64 code";
+#endif
+  WXA_SKIP_IF_UNAVAILABLE(Backend::protect);
+  ForkScene s;
+  ASSERT_NO_FATAL_FAILURE(make_scene(Backend::protect, s));
+  ASSERT_EQ(static_cast<const void*>(s.writable.rw().data()), s.writable.rx());
+  const int code = in_child([&]() -> int {
+    // The writable chunk is a private copy-on-write page in the child.
+    std::span<std::byte> rw = s.writable.rw();
+    for (std::byte& b : rw) b = std::byte{0x5A};
+    for (std::byte b : rw)
+      if (b != std::byte{0x5A}) return kPrivateWriteLost;
+    if (call(s.sealed.rx()) != 42) return kWrongValue;
+    // Patching the child's copy of sealed code through the arena.
+    Arena& arena = *s.arena;
+    Result<Chunk> c = arena.unseal(s.sealed.rx());
+    if (!c) return kPatchFailed;
+    if (!write_fn(c->rw(), 99)) return kPatchFailed;
+    if (!arena.seal(*c)) return kPatchFailed;
+    if (call(s.sealed.rx()) != 99) return kPatchFailed;
+    return kChildOk;
+  });
+  ASSERT_EQ(code, kChildOk) << describe(code) << " (child exit " << code << ")";
+  check_parent_after(s);
+}
+
+}  // namespace
+}  // namespace wxa
