@@ -1,0 +1,191 @@
+// SPDX-License-Identifier: MIT
+// Backend::automatic picks protect where anonymous memory may gain PROT_EXEC
+// and dual_map under the execmem policy (a deny_execmem stand-in), and the
+// arena works either way.
+//
+// Which case applies comes from WXA_SECCOMP_POLICY, set by wxa-seccomp-run
+// (tests/meson.build runs this binary plain, under `--policy wx` and under
+// `--policy execmem`).
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "pal/pal.hpp"
+#include "support/backends.hpp"
+#include "support/maps.hpp"
+#include "support/x86_code.hpp"
+#include "wxarena/arena.hpp"
+#include "wxarena/code_heap.hpp"
+
+namespace wxa {
+namespace {
+
+// x86-64 `mov eax, value; ret`, then int3 over the rest of `out`.
+void write_fn(std::span<std::byte> out, std::uint32_t value) {
+  ASSERT_EQ(test::write_return_imm(out, value, out.size()), out.size());
+}
+
+Options small(Backend b) {
+  Options o;
+  o.backend = b;
+  o.reserve_bytes = std::size_t{16} << 20;
+  return o;
+}
+
+int call(const void* rx) {
+  return reinterpret_cast<int (*)()>(const_cast<void*>(rx))();
+}
+
+// The policy the launcher says is in force is the one the kernel enforces:
+// otherwise every other assertion here would test the wrong thing.
+TEST(BackendChoice, ThePolicyIsInForce) {
+  void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  const int rc = ::mprotect(p, 4096, PROT_READ | PROT_EXEC);
+  const int err = errno;
+  ASSERT_EQ(::munmap(p, 4096), 0);
+  if (test::execmem_denied()) {
+    EXPECT_NE(rc, 0) << "the execmem policy let anonymous memory gain X";
+    EXPECT_TRUE(err == EACCES || err == EPERM) << std::strerror(err);
+    EXPECT_FALSE(detail::system_pal().capabilities().anon_exec);
+  } else {
+    EXPECT_EQ(rc, 0) << std::strerror(err);
+    EXPECT_TRUE(detail::system_pal().capabilities().anon_exec);
+  }
+  // A memfd may be mapped executable in every run: dual_map always works.
+  EXPECT_TRUE(detail::system_pal().capabilities().shared_memory);
+  EXPECT_TRUE(detail::system_pal().capabilities().shared_exec);
+}
+
+TEST(BackendChoice, AutomaticPicksProtectUnlessExecmemIsDenied) {
+  Result<Arena> arena = Arena::create(small(Backend::automatic));
+  ASSERT_TRUE(arena) << arena.error().to_string();
+  const Backend want =
+      test::execmem_denied() ? Backend::dual_map : Backend::protect;
+  EXPECT_EQ(arena->backend(), want)
+      << "policy '" << test::seccomp_policy() << "': automatic picked "
+      << to_string(arena->backend()) << ", expected " << to_string(want);
+  if (arena->backend() == Backend::dual_map) {
+    EXPECT_NE(static_cast<const void*>(arena->rw_range().data()),
+              static_cast<const void*>(arena->range().data()));
+  } else {
+    EXPECT_EQ(static_cast<const void*>(arena->rw_range().data()),
+              static_cast<const void*>(arena->range().data()));
+  }
+  EXPECT_TRUE(test::audit_arena(*arena));
+}
+
+TEST(BackendChoice, ForcedProtectIsRefusedAtCreateUnderExecmem) {
+  Result<Arena> arena = Arena::create(small(Backend::protect));
+  if (test::execmem_denied()) {
+    ASSERT_FALSE(arena) << "Backend::protect was created under execmem";
+    EXPECT_EQ(arena.error(), Errc::permission_denied)
+        << arena.error().to_string();
+  } else {
+    ASSERT_TRUE(arena) << arena.error().to_string();
+    EXPECT_EQ(arena->backend(), Backend::protect);
+    EXPECT_TRUE(test::audit_arena(*arena));
+  }
+}
+
+TEST(BackendChoice, ForcedDualMapIsAvailableInEveryRun) {
+  Result<Arena> arena = Arena::create(small(Backend::dual_map));
+  ASSERT_TRUE(arena) << arena.error().to_string();
+  EXPECT_EQ(arena->backend(), Backend::dual_map);
+  EXPECT_TRUE(test::audit_arena(*arena));
+}
+
+// The skip helper agrees with the kernel: protect is skipped exactly when
+// it cannot be created.
+TEST(BackendChoice, SkipHelperMatchesWhatCreateDoes) {
+  const bool creatable = bool(Arena::create(small(Backend::protect)));
+  EXPECT_EQ(test::unavailable_reason(Backend::protect) == nullptr, creatable);
+  EXPECT_EQ(test::unavailable_reason(Backend::dual_map), nullptr);
+  EXPECT_EQ(test::unavailable_reason(Backend::automatic), nullptr);
+}
+
+// Whatever automatic picked, the whole lifecycle works: write, seal, call,
+// unseal, patch, reseal, read-only data, batches, release, quarantine reuse,
+// trim, and a CodeHeap on top.
+TEST(BackendChoice, EverythingWorksOnTheAutomaticBackend) {
+#if !defined(__x86_64__)
+  GTEST_SKIP() << "writes x86-64 code";
+#endif
+  Options o = small(Backend::automatic);
+  o.quarantine = 2;
+  o.open_pages = 4;
+  Result<Arena> arena = Arena::create(o);
+  ASSERT_TRUE(arena) << arena.error().to_string();
+  const std::size_t ps = arena->page_size();
+
+  std::vector<Chunk> code;
+  Batch batch(*arena);
+  for (std::uint32_t i = 0; i < 8; ++i) {
+    Result<Chunk> c = arena->allocate(ps * (1 + i % 2));
+    ASSERT_TRUE(c) << c.error().to_string();
+    write_fn(c->rw(), 500 + i);
+    batch.seal(*c);
+    code.push_back(*c);
+  }
+  Result<CommitReport> r = batch.commit();
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->runs, 1u);  // adjacent chunks coalesce
+  for (std::uint32_t i = 0; i < 8; ++i)
+    EXPECT_EQ(call(code[i].rx()), 500 + int(i));
+
+  Result<Chunk> patch = arena->unseal(code[3].rx());
+  ASSERT_TRUE(patch) << patch.error().to_string();
+  EXPECT_EQ(arena->find(code[3].rx())->state, State::writable);
+  write_fn(patch->rw(), 9999);
+  ASSERT_TRUE(arena->seal(*patch));
+  EXPECT_EQ(call(code[3].rx()), 9999);
+
+  Result<Chunk> data = arena->allocate(100);
+  ASSERT_TRUE(data);
+  std::memcpy(data->rw().data(), "constant", 9);
+  ASSERT_TRUE(arena->seal(*data, Seal::read_only));
+  EXPECT_STREQ(static_cast<const char*>(data->rx()), "constant");
+
+  EXPECT_TRUE(test::audit_arena(*arena));
+  Batch gone(*arena);
+  for (const Chunk& c : code) gone.release(c);
+  ASSERT_TRUE(gone.commit());
+  EXPECT_EQ(arena->stats().chunks_in(State::retired), 8u);
+  for (std::uint32_t i = 0; i < 8; ++i) {  // reuse after the quarantine
+    Result<Chunk> c = arena->allocate(ps);
+    ASSERT_TRUE(c) << c.error().to_string();
+    write_fn(c->rw(), 700 + i);
+    ASSERT_TRUE(arena->seal(*c));
+    EXPECT_EQ(call(c->rx()), 700 + int(i));
+  }
+  EXPECT_TRUE(test::audit_arena(*arena));
+  ASSERT_TRUE(arena->trim());
+  EXPECT_TRUE(test::audit_arena(*arena));
+
+  Result<CodeHeap> heap = CodeHeap::create(*arena);
+  ASSERT_TRUE(heap) << heap.error().to_string();
+  std::vector<const void*> fns;
+  for (std::uint32_t i = 0; i < 200; ++i) {
+    Result<Function> f = heap->allocate(32);
+    ASSERT_TRUE(f) << f.error().to_string();
+    write_fn(f->rw, 3000 + i);
+    fns.push_back(f->rx);
+  }
+  ASSERT_TRUE(heap->publish());
+  for (std::uint32_t i = 0; i < 200; ++i)
+    EXPECT_EQ(call(fns[i]), 3000 + int(i));
+  for (std::uint32_t i = 0; i < 200; i += 2) ASSERT_TRUE(heap->release(fns[i]));
+  ASSERT_TRUE(heap->publish());
+  for (std::uint32_t i = 1; i < 200; i += 2)
+    EXPECT_EQ(call(fns[i]), 3000 + int(i));
+  EXPECT_TRUE(test::audit_arena(*arena));
+}
+
+}  // namespace
+}  // namespace wxa
