@@ -1,0 +1,570 @@
+// SPDX-License-Identifier: MIT
+// The CodeHeap on both backends: packing and alignment, calls, release and
+// reuse, error codes, the system calls of a big publish, and fragmentation
+// under churn.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "support/backends.hpp"
+#include "support/maps.hpp"
+#include "support/x86_code.hpp"
+#include "wxarena/arena.hpp"
+#include "wxarena/code_heap.hpp"
+
+namespace wxa {
+namespace {
+
+// --- x86-64 functions of any size that say who they are --------------------
+//
+// size >= 6: mov eax, imm32; ret        -> returns `id` as int
+// size 3..5: mov al, imm8; ret          -> returns the low byte of `id`, as
+//                                          unsigned char (the ABI returns it
+//                                          in al; the rest of eax is garbage)
+// size 1..2: [nop;] ret                 -> returns nothing; identified by
+//                                          its bytes, read through rx
+// The rest of a function is int3. Every function is also checked byte for
+// byte through its executable address.
+std::vector<std::byte> code_for(std::size_t size, std::uint32_t id) {
+  std::vector<std::byte> b(size, std::byte{0xCC});
+  auto put = [&](std::size_t at, std::uint8_t v) { b[at] = std::byte{v}; };
+  if (size >= 6) {
+    put(0, 0xB8);
+    std::memcpy(b.data() + 1, &id, 4);
+    put(5, 0xC3);
+  } else if (size >= 3) {
+    put(0, 0xB0);
+    put(1, static_cast<std::uint8_t>(id));
+    put(2, 0xC3);
+  } else if (size == 2) {
+    put(0, 0x90);
+    put(1, 0xC3);
+  } else {
+    put(0, 0xC3);
+  }
+  return b;
+}
+
+// Calls the function and checks it is the one with this id and size.
+::testing::AssertionResult runs_as(const void* rx, std::size_t size,
+                                   std::uint32_t id) {
+  const std::vector<std::byte> want = code_for(size, id);
+  if (std::memcmp(rx, want.data(), size) != 0)
+    return ::testing::AssertionFailure()
+           << "function " << id << " (" << size << " B) at " << rx
+           << " does not hold its code";
+  void* fn = const_cast<void*>(rx);
+  if (size >= 6) {
+    const int got = reinterpret_cast<int (*)()>(fn)();
+    if (got != static_cast<int>(id))
+      return ::testing::AssertionFailure()
+             << "function " << id << " returned " << got;
+  } else if (size >= 3) {
+    const unsigned char got = reinterpret_cast<unsigned char (*)()>(fn)();
+    if (got != static_cast<unsigned char>(id))
+      return ::testing::AssertionFailure()
+             << "function " << id << " returned " << int(got);
+  } else {
+    reinterpret_cast<void (*)()>(fn)();  // it is executable and returns
+  }
+  return ::testing::AssertionSuccess();
+}
+
+struct Placed {
+  const void* rx;
+  std::size_t size, alignment;
+  std::uint32_t id;
+};
+
+std::string backend_name(const testing::TestParamInfo<Backend>& info) {
+  return std::string(to_string(info.param));
+}
+
+class CodeHeapTest : public testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override {
+#if !defined(__x86_64__)
+    GTEST_SKIP() << "writes x86-64 code";
+#endif
+    WXA_SKIP_IF_UNAVAILABLE(GetParam());
+    arena_ = make_arena();
+    ASSERT_TRUE(arena_) << arena_.error().to_string();
+    ASSERT_EQ(arena_->backend(), GetParam());
+  }
+
+  Result<Arena> make_arena(std::size_t open_pages = 64,
+                           std::size_t quarantine = 16) const {
+    Options o;
+    o.backend = GetParam();
+    o.reserve_bytes = std::size_t{64} << 20;
+    o.open_pages = open_pages;
+    o.quarantine = quarantine;
+    return Arena::create(o);
+  }
+
+  // Allocates and writes one function; records it.
+  void place(CodeHeap& heap, std::size_t size, std::size_t alignment,
+             std::vector<Placed>& out) {
+    const auto id = static_cast<std::uint32_t>(0x1000 + out.size());
+    Result<Function> f = heap.allocate(size, alignment);
+    ASSERT_TRUE(f) << f.error().to_string() << " for " << size << " B align "
+                   << alignment;
+    ASSERT_EQ(f->rw.size(), size);
+    if (GetParam() == Backend::protect)
+      EXPECT_EQ(static_cast<const void*>(f->rw.data()), f->rx);
+    else
+      EXPECT_NE(static_cast<const void*>(f->rw.data()), f->rx);
+    const std::vector<std::byte> code = code_for(size, id);
+    std::memcpy(f->rw.data(), code.data(), size);
+    out.push_back({f->rx, size, alignment, id});
+  }
+
+  Result<Arena> arena_ = Error(Errc::invalid_argument);
+};
+
+TEST_P(CodeHeapTest, SizesAndAlignmentsPackWithoutOverlapAndRun) {
+  Result<CodeHeap> heap = CodeHeap::create(*arena_);
+  ASSERT_TRUE(heap) << heap.error().to_string();
+  const std::size_t ps = arena_->page_size();
+  const std::size_t sizes[] = {1,    15,   16,   17,   100,  256,
+                               1000, 4095, 4096, 4097, 20000};
+  const std::size_t alignments[] = {1, 2, 8, 16, 64, 4096};
+  std::vector<Placed> fns;
+  // Two passes in different orders, so that every size lands after various
+  // others (various bump offsets), with the default alignment too.
+  for (std::size_t a : alignments)
+    for (std::size_t s : sizes)
+      ASSERT_NO_FATAL_FAILURE(place(*heap, s, a, fns));
+  for (std::size_t s : sizes)
+    for (std::size_t a : alignments)
+      ASSERT_NO_FATAL_FAILURE(place(*heap, s, a, fns));
+  for (std::size_t s : sizes) ASSERT_NO_FATAL_FAILURE(place(*heap, s, 0, fns));
+  EXPECT_EQ(heap->stats().pending_functions, fns.size());
+
+  Result<CommitReport> r = heap->publish();
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(heap->stats().pending_functions, 0u);
+  EXPECT_EQ(heap->stats().live_functions, fns.size());
+
+  std::size_t live_bytes = 0;
+  for (const Placed& f : fns) {
+    const std::size_t align = f.alignment ? f.alignment : 16;
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(f.rx) % align, 0u)
+        << f.size << " B asked at alignment " << align << " got " << f.rx;
+    if (f.size > ps) {  // a large function starts a chunk of its own
+      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(f.rx) % ps, 0u);
+    }
+    live_bytes += f.size;
+  }
+  EXPECT_EQ(heap->stats().live_bytes, live_bytes);
+  std::vector<Placed> sorted = fns;
+  std::sort(sorted.begin(), sorted.end(),
+            [](const Placed& x, const Placed& y) { return x.rx < y.rx; });
+  for (std::size_t i = 1; i < sorted.size(); ++i)
+    EXPECT_LE(
+        static_cast<const std::byte*>(sorted[i - 1].rx) + sorted[i - 1].size,
+        static_cast<const std::byte*>(sorted[i].rx))
+        << "functions " << sorted[i - 1].id << " and " << sorted[i].id
+        << " overlap";
+  for (const Placed& f : fns) EXPECT_TRUE(runs_as(f.rx, f.size, f.id));
+  EXPECT_TRUE(test::audit_arena(*arena_));
+}
+
+// Follows every page through its generations, as the arena reports them:
+// a page is given back by the publish() after its last function died, and
+// handed out again only after `quarantine` later releases, full of traps.
+class PageLedger {
+ public:
+  PageLedger(std::size_t page_size, std::uint64_t quarantine)
+      : ps_(page_size), quarantine_(quarantine) {}
+
+  // Before writing a new function: checks the page it landed on.
+  void allocated(const Function& f) {
+    const std::uintptr_t page = page_of(f.rx);
+    if (auto it = retired_at_.find(page); it != retired_at_.end()) {
+      ++reused_;
+      EXPECT_GE(released_ - it->second, quarantine_)
+          << "page " << reinterpret_cast<void*>(page)
+          << " reused before its quarantine passed";
+      retired_at_.erase(it);
+    }
+    if (!fresh_.count(page) && ever_.count(page)) {
+      for (std::byte b : f.rw)
+        ASSERT_EQ(b, std::byte{0xCC}) << "a reused page is not trap-filled";
+    }
+    fresh_.insert(page);  // written since handed out: no more checks
+    ever_.insert(page);
+    ++live_[page];
+  }
+  void released(const void* rx) { --live_[page_of(rx)]; }
+  // After publish(): pages left without live functions went back to the
+  // arena in that commit, by address.
+  void published() {
+    for (auto it = live_.begin(); it != live_.end();) {
+      if (it->second == 0) {
+        retired_at_[it->first] = ++released_;
+        fresh_.erase(it->first);
+        it = live_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  [[nodiscard]] std::size_t reused() const { return reused_; }
+  [[nodiscard]] std::size_t pages_held() const { return live_.size(); }
+
+ private:
+  std::uintptr_t page_of(const void* rx) const {
+    return reinterpret_cast<std::uintptr_t>(rx) & ~(ps_ - 1);
+  }
+  std::size_t ps_;
+  std::uint64_t quarantine_, released_ = 0;
+  std::size_t reused_ = 0;
+  std::map<std::uintptr_t, int> live_;  // pages held: live functions
+  std::map<std::uintptr_t, std::uint64_t> retired_at_;
+  std::set<std::uintptr_t> ever_, fresh_;
+};
+
+TEST_P(CodeHeapTest, ReleasedPagesComeBackTrapFilledAfterTheQuarantine) {
+  // Few pages opened ahead, so that reuse has to come from the quarantine.
+  constexpr std::size_t kQuarantine = 16;
+  arena_ = make_arena(/*open_pages=*/4, kQuarantine);
+  ASSERT_TRUE(arena_);
+  Result<CodeHeap> heap = CodeHeap::create(*arena_);
+  ASSERT_TRUE(heap) << heap.error().to_string();
+  const std::size_t ps = arena_->page_size();
+  PageLedger ledger(ps, kQuarantine);
+
+  auto add = [&](std::size_t size, std::uint32_t id) -> Placed {
+    Result<Function> f = heap->allocate(size);
+    EXPECT_TRUE(f) << f.error().to_string();
+    if (!f) return {};
+    ledger.allocated(*f);
+    const std::vector<std::byte> code = code_for(size, id);
+    std::memcpy(f->rw.data(), code.data(), size);
+    return {f->rx, size, 16, id};
+  };
+  auto publish = [&]() -> Result<CommitReport> {
+    Result<CommitReport> r = heap->publish();
+    if (r) ledger.published();
+    return r;
+  };
+
+  std::vector<Placed> first;
+  for (std::uint32_t i = 0; i < 64; ++i) first.push_back(add(256, 0x100 + i));
+  ASSERT_TRUE(publish());
+  for (const Placed& f : first) EXPECT_TRUE(runs_as(f.rx, f.size, f.id));
+  EXPECT_EQ(heap->stats().pages, 4u);  // 16 functions of 256 B per page
+
+  // Release everything: the pages go back to the arena at the next publish.
+  for (const Placed& f : first) {
+    ASSERT_TRUE(heap->release(f.rx));
+    ledger.released(f.rx);
+  }
+  EXPECT_EQ(heap->stats().live_functions, 0u);
+  EXPECT_EQ(heap->stats().pages, 4u);  // until publish
+  ASSERT_TRUE(publish());
+  EXPECT_EQ(heap->stats().pages, 0u);
+  EXPECT_EQ(heap->stats().committed_bytes, 0u);
+  EXPECT_EQ(arena_->stats().chunks_in(State::retired), 4u);
+  for (const Placed& f : first)  // retired: inaccessible, unknown
+    EXPECT_EQ(arena_->find(f.rx).error(), Errc::not_allocated);
+  EXPECT_TRUE(test::audit_arena(*arena_));
+
+  // Churn: one function (one page) at a time, published and released, so
+  // that the first pages pass the quarantine (and come back meanwhile).
+  for (std::uint32_t i = 0; i < 24; ++i) {
+    const Placed one = add(100, 0x200 + i);
+    ASSERT_TRUE(one.rx);
+    ASSERT_TRUE(publish());
+    EXPECT_TRUE(runs_as(one.rx, one.size, one.id));
+    ASSERT_TRUE(heap->release(one.rx));
+    ledger.released(one.rx);
+    ASSERT_TRUE(publish());
+  }
+  const std::size_t reused_in_churn = ledger.reused();
+  EXPECT_GT(reused_in_churn, 0u) << "no page was reused during the churn";
+
+  // Allocate again: pages that held code are handed out again, trap-filled.
+  std::vector<Placed> second;
+  for (std::uint32_t i = 0; i < 64; ++i) second.push_back(add(256, 0x300 + i));
+  EXPECT_GT(ledger.reused(), reused_in_churn)
+      << "the last allocation took no page that held code before";
+  Result<CommitReport> r = publish();
+  ASSERT_TRUE(r) << r.error().to_string();
+  // Code at addresses that held code: the cross-thread barrier is issued.
+  if (detail::system_pal().capabilities().barrier) {
+    EXPECT_TRUE(r->barrier);
+  }
+  for (const Placed& f : second) EXPECT_TRUE(runs_as(f.rx, f.size, f.id));
+  EXPECT_TRUE(test::audit_arena(*arena_));
+}
+
+TEST_P(CodeHeapTest, CallerMistakesGetTheirErrorCodeAndChangeNothing) {
+  Result<CodeHeap> heap = CodeHeap::create(*arena_);
+  ASSERT_TRUE(heap) << heap.error().to_string();
+  std::vector<Placed> fns;
+  for (int i = 0; i < 4; ++i) ASSERT_NO_FATAL_FAILURE(place(*heap, 64, 0, fns));
+  ASSERT_TRUE(heap->publish());
+  const HeapStats before = heap->stats();
+  auto same = [&] {
+    const HeapStats now = heap->stats();
+    EXPECT_EQ(now.live_functions, before.live_functions);
+    EXPECT_EQ(now.live_bytes, before.live_bytes);
+    EXPECT_EQ(now.pages, before.pages);
+    EXPECT_EQ(now.committed_bytes, before.committed_bytes);
+  };
+
+  EXPECT_EQ(heap->release(nullptr).error(), Errc::null_pointer);
+  EXPECT_EQ(heap->release(static_cast<const std::byte*>(fns[1].rx) + 1).error(),
+            Errc::interior_pointer);
+  EXPECT_EQ(
+      heap->release(static_cast<const std::byte*>(fns[1].rx) + 63).error(),
+      Errc::interior_pointer);
+  int on_stack = 0;
+  EXPECT_EQ(heap->release(&on_stack).error(), Errc::foreign_pointer);
+  // A chunk of the same arena that this heap does not hold.
+  Result<Chunk> chunk = arena_->allocate(1);
+  ASSERT_TRUE(chunk);
+  EXPECT_EQ(heap->release(chunk->rx()).error(), Errc::foreign_pointer);
+  // A function of another heap on the same arena.
+  Result<CodeHeap> other = CodeHeap::create(*arena_);
+  ASSERT_TRUE(other);
+  Result<Function> theirs = other->allocate(32);
+  ASSERT_TRUE(theirs);
+  EXPECT_EQ(heap->release(theirs->rx).error(), Errc::foreign_pointer);
+  EXPECT_EQ(other->release(fns[0].rx).error(), Errc::foreign_pointer);
+  same();
+
+  EXPECT_EQ(heap->allocate(0).error(), Errc::zero_size);
+  EXPECT_EQ(heap->emit({}).error(), Errc::zero_size);
+  EXPECT_EQ(heap->allocate(16, 3).error(), Errc::bad_alignment);
+  EXPECT_EQ(heap->allocate(16, 24).error(), Errc::bad_alignment);
+  EXPECT_EQ(heap->allocate(16, 2 * arena_->page_size()).error(),
+            Errc::bad_alignment);
+  EXPECT_EQ(heap->allocate(std::size_t{1} << 40).error(), Errc::size_too_large);
+  same();
+
+  // Double release: the page is still held (another function lives on it).
+  ASSERT_TRUE(heap->release(fns[1].rx));
+  EXPECT_EQ(heap->release(fns[1].rx).error(), Errc::double_release);
+  // ... and once the page is emptied but not yet given back (publish).
+  ASSERT_TRUE(heap->release(fns[0].rx));
+  ASSERT_TRUE(heap->release(fns[2].rx));
+  ASSERT_TRUE(heap->release(fns[3].rx));
+  EXPECT_EQ(heap->release(fns[3].rx).error(), Errc::double_release);
+  EXPECT_EQ(heap->stats().live_functions, 0u);
+
+  // Bad default alignments refuse to create a heap.
+  for (std::size_t a : {std::size_t{0}, std::size_t{3}, std::size_t{48},
+                        2 * arena_->page_size()}) {
+    HeapOptions ho;
+    ho.alignment = a;
+    Result<CodeHeap> bad = CodeHeap::create(*arena_, ho);
+    ASSERT_FALSE(bad) << "alignment " << a;
+    EXPECT_EQ(bad.error(), Errc::bad_alignment) << "alignment " << a;
+  }
+  // A good non-default one works.
+  HeapOptions ho;
+  ho.alignment = 64;
+  Result<CodeHeap> wide = CodeHeap::create(*arena_, ho);
+  ASSERT_TRUE(wide);
+  std::vector<Placed> w;
+  ASSERT_NO_FATAL_FAILURE(place(*wide, 10, 0, w));
+  ASSERT_NO_FATAL_FAILURE(place(*wide, 10, 0, w));
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(w[1].rx) % 64, 0u);
+  ASSERT_TRUE(wide->publish());
+  EXPECT_TRUE(runs_as(w[1].rx, 10, w[1].id));
+
+  ASSERT_TRUE(heap->publish());
+  ASSERT_TRUE(other->publish());
+  ASSERT_TRUE(arena_->release(*chunk));
+  EXPECT_TRUE(test::audit_arena(*arena_));
+}
+
+TEST_P(CodeHeapTest, FunctionsReleasedBeforePublishAreNotSealed) {
+  Result<CodeHeap> heap = CodeHeap::create(*arena_);
+  ASSERT_TRUE(heap) << heap.error().to_string();
+  const std::size_t ps = arena_->page_size();
+
+  // Page 1: every function dies before publish -> released, not sealed.
+  std::vector<Placed> dead;
+  for (int i = 0; i < 16; ++i)
+    ASSERT_NO_FATAL_FAILURE(place(*heap, 256, 0, dead));
+  // A large function that also dies before publish.
+  ASSERT_NO_FATAL_FAILURE(place(*heap, 3 * ps, 0, dead));
+  // Page 2: some die, some live.
+  std::vector<Placed> mixed;
+  for (int i = 0; i < 8; ++i)
+    ASSERT_NO_FATAL_FAILURE(place(*heap, 256, 0, mixed));
+  const void* dead_page = dead[0].rx;
+  const void* large = dead.back().rx;
+  const void* mixed_page = mixed[0].rx;
+  ASSERT_NE(reinterpret_cast<std::uintptr_t>(dead_page) / ps,
+            reinterpret_cast<std::uintptr_t>(mixed_page) / ps);
+
+  for (const Placed& f : dead) ASSERT_TRUE(heap->release(f.rx));
+  for (int i = 0; i < 8; i += 2) ASSERT_TRUE(heap->release(mixed[i].rx));
+  EXPECT_EQ(heap->stats().pending_functions, 4u);
+  EXPECT_EQ(heap->stats().live_functions, 4u);
+  EXPECT_EQ(heap->release(dead[3].rx).error(), Errc::double_release);
+
+  Result<CommitReport> r = heap->publish();
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->chunks, 3u);  // one page sealed, one page + one large released
+  const Stats s = arena_->stats();
+  EXPECT_EQ(s.chunks_in(State::executable), 1u);
+  EXPECT_EQ(s.chunks_in(State::retired), 2u);
+  EXPECT_EQ(s.chunks_in(State::writable), 0u);
+  EXPECT_EQ(arena_->find(dead_page).error(), Errc::not_allocated);
+  EXPECT_EQ(arena_->find(large).error(), Errc::not_allocated);
+  Result<ChunkInfo> info = arena_->find(mixed_page);
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->state, State::executable);
+  EXPECT_EQ(heap->stats().pages, 1u);
+  EXPECT_EQ(heap->stats().committed_bytes, ps);
+  for (int i = 1; i < 8; i += 2)
+    EXPECT_TRUE(runs_as(mixed[i].rx, mixed[i].size, mixed[i].id));
+  // The emptied page's functions are gone with the page.
+  EXPECT_EQ(heap->release(dead[0].rx).error(), Errc::foreign_pointer);
+  EXPECT_TRUE(test::audit_arena(*arena_));
+}
+
+// 1,000 functions of 256 bytes, written and published in one go, on a fresh
+// arena. The count follows from the design (DESIGN.md, "system-call
+// budget"): 16 functions fill a 4 KiB page, so they take 63 adjacent pages;
+// the first allocate opens `open_pages` (64) pages ahead with one change,
+// every later one is a bump with no call; publish() seals the 63 adjacent
+// pages as one run with one change; fresh addresses need no barrier.
+//   protect:  open = 1 mprotect (PROT_NONE -> RW over 64 pages),
+//             seal = 1 mprotect (RW -> RX over 63 pages)           = 2 calls
+//   dual_map: open = 1 mmap of the memfd RW at the writable view
+//                    + 1 madvise(MADV_DONTFORK) on it,
+//             seal = 1 mmap of a PROT_NONE placeholder over the writable
+//                    view + 1 mmap of the memfd R+X at the rx view     = 4
+//                    calls
+TEST_P(CodeHeapTest, ThousandFunctionsPublishWithAHandfulOfSystemCalls) {
+  const std::size_t ps = arena_->page_size();
+  if (ps != 4096) GTEST_SKIP() << "the count assumes 4 KiB pages";
+  Result<CodeHeap> heap = CodeHeap::create(*arena_);
+  ASSERT_TRUE(heap) << heap.error().to_string();
+  const Stats before = arena_->stats();
+
+  std::vector<Placed> fns;
+  fns.reserve(1000);
+  for (int i = 0; i < 1000; ++i)
+    ASSERT_NO_FATAL_FAILURE(place(*heap, 256, 0, fns));
+  Result<CommitReport> r = heap->publish();
+  ASSERT_TRUE(r) << r.error().to_string();
+  const Stats after = arena_->stats();
+
+  SyscallCounts d;
+  d.mmap = after.syscalls.mmap - before.syscalls.mmap;
+  d.munmap = after.syscalls.munmap - before.syscalls.munmap;
+  d.mprotect = after.syscalls.mprotect - before.syscalls.mprotect;
+  d.madvise = after.syscalls.madvise - before.syscalls.madvise;
+  d.memfd = after.syscalls.memfd - before.syscalls.memfd;
+  d.membarrier = after.syscalls.membarrier - before.syscalls.membarrier;
+  d.other = after.syscalls.other - before.syscalls.other;
+  std::printf("[ figures  ] %s: 1000 x 256 B published with %" PRIu64
+              " system calls (mmap %" PRIu64 ", munmap %" PRIu64
+              ", mprotect %" PRIu64 ", madvise %" PRIu64 ", memfd %" PRIu64
+              ", membarrier %" PRIu64 ", other %" PRIu64
+              "); commit: %zu chunks, %zu runs, %zu protection calls\n",
+              std::string(to_string(GetParam())).c_str(), d.total(), d.mmap,
+              d.munmap, d.mprotect, d.madvise, d.memfd, d.membarrier, d.other,
+              r->chunks, r->runs, r->protection_calls);
+
+  EXPECT_EQ(r->chunks, 63u);
+  EXPECT_EQ(r->runs, 1u);
+  EXPECT_FALSE(r->barrier);
+  EXPECT_EQ(heap->stats().pages, 63u);
+  if (GetParam() == Backend::protect) {
+    EXPECT_EQ(d.mprotect, 2u);
+    EXPECT_EQ(d.total(), 2u);
+    EXPECT_EQ(r->protection_calls, 1u);
+  } else {
+    EXPECT_EQ(d.mmap, 3u);
+    EXPECT_EQ(d.madvise, 1u);
+    EXPECT_EQ(d.total(), 4u);
+    EXPECT_EQ(r->protection_calls, 2u);
+  }
+  for (const Placed& f : fns) ASSERT_TRUE(runs_as(f.rx, f.size, f.id));
+  EXPECT_TRUE(test::audit_arena(*arena_));
+}
+
+// A steady live set of random-size functions (16..512 B, fixed seed),
+// churned: release a random live one, allocate a new one, publish every 64
+// steps. Prints committed / live bytes (HeapStats::committed_per_live).
+//
+// Why the bound is 4 and not lower: the heap reuses space only by whole
+// pages (a page goes back to the arena once every function on it died, and
+// publish() closes the page being filled). With deaths picked uniformly at
+// random, a page of k functions lives as long as the longest-lived of k
+// memoryless lifetimes, H(k) = 1 + 1/2 + ... + 1/k times the mean, while it
+// holds on average one mean's worth of each function: committed / live is
+// about H(k), 3.3 for the ~15 functions of ~264 B a 4 KiB page holds here,
+// plus the partly filled last page of every publish. Measured: 3.63 at the
+// end, 3.86 at worst (both backends alike: they share the packing). Going
+// under 3 needs reuse of holes inside sealed pages, which this CodeHeap does
+// not do (see the report on issue 4).
+TEST_P(CodeHeapTest, FragmentationUnderChurnStaysBounded) {
+  Result<CodeHeap> heap = CodeHeap::create(*arena_);
+  ASSERT_TRUE(heap) << heap.error().to_string();
+  std::mt19937 rng(20240917);
+  std::uniform_int_distribution<std::size_t> size_of(16, 512);
+  constexpr std::size_t kLive = 2000, kSteps = 20000, kPublishEvery = 64;
+
+  std::vector<Placed> live;
+  live.reserve(kLive + kPublishEvery);
+  for (std::size_t i = 0; i < kLive; ++i) {
+    ASSERT_NO_FATAL_FAILURE(place(*heap, size_of(rng), 0, live));
+    if ((i + 1) % kPublishEvery == 0) {
+      ASSERT_TRUE(heap->publish());
+    }
+  }
+  ASSERT_TRUE(heap->publish());
+  double worst = 0;
+  for (std::size_t step = 0; step < kSteps; ++step) {
+    std::uniform_int_distribution<std::size_t> pick(0, live.size() - 1);
+    const std::size_t k = pick(rng);
+    ASSERT_TRUE(heap->release(live[k].rx));
+    live[k] = live.back();
+    live.pop_back();
+    ASSERT_NO_FATAL_FAILURE(place(*heap, size_of(rng), 0, live));
+    if ((step + 1) % kPublishEvery == 0) {
+      ASSERT_TRUE(heap->publish());
+      if (step >= kSteps / 2)
+        worst = std::max(worst, heap->stats().committed_per_live());
+    }
+  }
+  ASSERT_TRUE(heap->publish());
+  const HeapStats hs = heap->stats();
+  std::printf(
+      "[ figures  ] %s: after %zu churn steps, %zu live functions, "
+      "%zu live bytes on %zu pages: committed/live %.2f (worst in "
+      "the second half %.2f)\n",
+      std::string(to_string(GetParam())).c_str(), kSteps, hs.live_functions,
+      hs.live_bytes, hs.pages, hs.committed_per_live(), worst);
+  EXPECT_EQ(hs.live_functions, kLive);
+  EXPECT_LT(hs.committed_per_live(), 4.0);
+  EXPECT_LT(worst, 4.0);
+  EXPECT_GT(hs.committed_per_live(), 1.0);
+  for (const Placed& f : live) ASSERT_TRUE(runs_as(f.rx, f.size, f.id));
+  EXPECT_TRUE(test::audit_arena(*arena_));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, CodeHeapTest,
+                         testing::Values(Backend::protect, Backend::dual_map),
+                         backend_name);
+
+}  // namespace
+}  // namespace wxa
