@@ -114,6 +114,7 @@ Result<void> ArenaImpl::init() noexcept {
     return Error(Errc::out_of_memory, ENOMEM);
   }
   if (caps.barrier) barrier_registered_ = bool(pal_.register_barrier(sys_));
+  fork_generation_ = fork_generation();
   return {};
 }
 
@@ -232,6 +233,7 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
   const std::size_t pages = (bytes + ps - 1) >> region_.page_shift();
 
   std::lock_guard lock(mutex_);
+  if (foreign_process()) return Error(Errc::wrong_process);
   try {
     std::ptrdiff_t a = take_open(pages);
     if (a < 0) {
@@ -277,6 +279,7 @@ Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
 
 Result<void> ArenaImpl::trim() noexcept {
   std::lock_guard lock(mutex_);
+  if (foreign_process()) return Error(Errc::wrong_process);
   try {
     // Quarantine that may be reused anyway: retired (inaccessible) already,
     // so only its memory goes back.
@@ -284,8 +287,12 @@ Result<void> ArenaImpl::trim() noexcept {
     while (eligible < quarantine_.size() &&
            released_ - quarantine_[eligible].seq >= options_.quarantine) {
       const Quarantined& q = quarantine_[eligible];
-      if (Result<void> r = region_.decommit(q.head, q.head + q.pages, sys_); !r)
-        break;
+      if (Result<void> r = region_.decommit(q.head, q.head + q.pages, sys_);
+          !r) {
+        // What was given back stays given back; the rest stays retired.
+        quarantine_.erase(quarantine_.begin(), quarantine_.begin() + eligible);
+        return r;
+      }
       region_.set_state(q.head, q.head + q.pages, PageState::unused, 0);
       insert_run(unused_, q.head, q.pages);
       ++eligible;

@@ -90,6 +90,13 @@ class ArenaImpl {
   Region region_;
   std::size_t vma_budget_ = 0;
   bool barrier_registered_ = false;
+  std::uint64_t fork_generation_ = 0;  // of the process that made the arena
+
+  // A dual_map arena's pages are shared with fork() children: only the
+  // process that made it may change them.
+  [[nodiscard]] bool foreign_process() const noexcept {
+    return region_.dual() && fork_generation() != fork_generation_;
+  }
 
   // Free space: runs of pages by start index, coalesced.
   MetaMap<std::uint32_t, std::uint32_t> open_;    // free, writable already

@@ -46,6 +46,7 @@ Result<std::uint32_t> ArenaImpl::validate(const void* rx, OpKind kind,
 Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
                                        CommitFlags flags) noexcept {
   std::lock_guard lock(mutex_);
+  if (foreign_process()) return Error(Errc::wrong_process);
   try {
     return commit_locked(ops, n, flags);
   } catch (const std::bad_alloc&) {

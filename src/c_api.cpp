@@ -11,6 +11,7 @@
 #include "wxarena/wxarena.hpp"
 
 static_assert(WXA_OS_ERROR == static_cast<int>(wxa::Errc::os_error));
+static_assert(WXA_WRONG_PROCESS == static_cast<int>(wxa::Errc::wrong_process));
 static_assert(WXA_STATE_RETIRED == static_cast<int>(wxa::State::retired));
 static_assert(WXA_BACKEND_DUAL_MAP == static_cast<int>(wxa::Backend::dual_map));
 

@@ -50,6 +50,9 @@ std::string_view to_string(Errc code) noexcept {
       return "not supported on this system";
     case Errc::os_error:
       return "system call failed";
+    case Errc::wrong_process:
+      return "arena shared with the parent process: changes refused in a "
+             "fork() child";
   }
   return "unknown error";
 }

@@ -16,7 +16,7 @@
 namespace wxa {
 namespace {
 
-constexpr Errc kLastErrc = Errc::os_error;
+constexpr Errc kLastErrc = Errc::wrong_process;
 
 TEST(Errc, EveryCodeHasADistinctNonEmptyMessage) {
   std::set<std::string> seen;

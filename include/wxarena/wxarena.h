@@ -36,7 +36,8 @@ typedef enum wxa_errc {
   WXA_OUT_OF_MEMORY,
   WXA_PERMISSION_DENIED,
   WXA_NOT_SUPPORTED,
-  WXA_OS_ERROR
+  WXA_OS_ERROR,
+  WXA_WRONG_PROCESS
 } wxa_errc;
 
 typedef enum wxa_backend {
@@ -54,7 +55,10 @@ typedef enum wxa_state {
 } wxa_state;
 
 /* What a seal turns a writable chunk into. */
-typedef enum wxa_seal_to { WXA_SEAL_EXECUTE = 0, WXA_SEAL_READ_ONLY } wxa_seal_to;
+typedef enum wxa_seal_to {
+  WXA_SEAL_EXECUTE = 0,
+  WXA_SEAL_READ_ONLY
+} wxa_seal_to;
 
 /* Flags for commits and publishes. */
 enum { WXA_COMMIT_BARRIER = 1 };
@@ -103,14 +107,13 @@ typedef struct wxa_stats {
   size_t bytes[5];  /* by wxa_state */
   size_t chunks[5]; /* live chunks by wxa_state */
   size_t vmas, vma_budget;
-  uint64_t mmap_calls, munmap_calls, mprotect_calls, madvise_calls,
-      memfd_calls, membarrier_calls, other_calls;
+  uint64_t mmap_calls, munmap_calls, mprotect_calls, madvise_calls, memfd_calls,
+      membarrier_calls, other_calls;
   uint64_t allocations, commits, runs, protection_calls, flushes, barriers;
 } wxa_stats;
 
 typedef struct wxa_heap_stats {
-  size_t live_functions, pending_functions, live_bytes, committed_bytes,
-      pages;
+  size_t live_functions, pending_functions, live_bytes, committed_bytes, pages;
   uint64_t publishes;
 } wxa_heap_stats;
 

@@ -12,7 +12,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <mutex>
 
@@ -374,6 +377,24 @@ void Pal::flush_icache(void* p, std::size_t bytes) noexcept {
   auto* b = static_cast<char*>(p);
   __builtin___clear_cache(b, b + bytes);
 #endif
+}
+
+namespace {
+std::atomic<std::uint64_t> g_fork_generation{0};
+void on_fork_child() noexcept {
+  g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+}
+}  // namespace
+
+std::uint64_t fork_generation() noexcept {
+  static const bool registered = [] {
+    // pthread_atfork(3): the child handler runs in the child of every fork().
+    if (::pthread_atfork(nullptr, nullptr, on_fork_child) != 0)
+      fatal("cannot register a fork handler", nullptr, 0);
+    return true;
+  }();
+  (void)registered;
+  return g_fork_generation.load(std::memory_order_relaxed);
 }
 
 Pal& system_pal() noexcept {

@@ -94,6 +94,10 @@ class Pal {
   virtual void flush_icache(void* p, std::size_t bytes) noexcept;
 };
 
+/// Counts fork()s in this process's ancestry line: a child sees a value
+/// its parent never had. Cheap (no system call) after the first use.
+[[nodiscard]] std::uint64_t fork_generation() noexcept;
+
 /// The process's real platform layer.
 [[nodiscard]] Pal& system_pal() noexcept;
 
