@@ -2,6 +2,7 @@
 // wxa_bench: every way a JIT can get executable memory, side by side in one
 // run; see docs/benchmarks.md. Adds --quick to Google Benchmark's flags.
 #include <benchmark/benchmark.h>
+#include <sys/utsname.h>
 
 #include <cstdio>
 #include <cstring>
@@ -89,6 +90,9 @@ int main(int argc, char** argv) {
   std::string names;
   for (const wxb::Factory& f : factories())
     names += (names.empty() ? "" : " ") + f.name;
+  if (utsname u{}; ::uname(&u) == 0)
+    benchmark::AddCustomContext("kernel",
+                                std::string(u.sysname) + " " + u.release);
   const unsigned cores = std::thread::hardware_concurrency();
   benchmark::AddCustomContext(
       "cores", "this machine has " + std::to_string(cores) +

@@ -1,0 +1,425 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Turns wxa_bench's JSON output into an SVG (or PNG) plot and Markdown tables.
+
+    build/bench/wxa_bench --benchmark_out=bench.json --benchmark_out_format=json
+    tools/bench_plot.py bench.json --plot docs/benchmarks.svg --markdown out.md
+
+The plot shows ns per function against batch size (log-log), one line per
+strategy and one panel per function size. The Markdown holds the publish
+tables (size 256 and 65536) with ratios to asmjit_rwx and naive_mmap, the
+startup, churn, vma_pressure and threads figures, and the targets of issue 5
+with whether this run meets them.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+# Plot order and style: wxarena first (solid), peers (dashed), floor (dotted).
+STRATEGIES = [
+    "wxarena_protect", "wxarena_dual", "wxarena_heap",
+    "naive_mmap", "malloc_mprotect", "llvm_smm",
+    "asmjit_rwx", "asmjit_dual", "raw_rwx_floor",
+]
+SIZES = [64, 256, 4096, 65536]
+BATCHES = [1, 64, 1024]
+
+
+def parse_name(name):
+    """'publish/x/size:256/batch:64/real_time/threads:2' -> (workload, strategy, params)."""
+    parts = name.split("/")
+    params = {}
+    for part in parts[2:]:
+        key, sep, value = part.partition(":")
+        if sep:
+            try:
+                params[key] = int(value)
+            except ValueError:
+                params[key] = value
+    return parts[0], parts[1] if len(parts) > 1 else "", params
+
+
+class Results:
+    """The runs of one JSON file, keyed by (workload, strategy, params)."""
+
+    def __init__(self, doc):
+        self.context = doc.get("context", {})
+        runs = defaultdict(list)
+        errors = {}
+        aggregates = {}
+        self.names = {}
+        for b in doc.get("benchmarks", []):
+            name = b.get("run_name", b["name"])
+            workload, strategy, params = parse_name(name)
+            key = (workload, strategy, tuple(sorted(params.items())))
+            self.names[key] = name
+            if b.get("error_occurred"):
+                errors[key] = b.get("error_message", "error")
+                continue
+            if b.get("run_type") == "aggregate":
+                if b.get("aggregate_name") == "median":
+                    aggregates[key] = b
+                continue
+            runs[key].append(b)
+        self.errors = errors
+        self.data = {}
+        for key, rs in runs.items():
+            if key in aggregates:
+                self.data[key] = aggregates[key]
+                continue
+            merged = dict(rs[0])
+            for field in rs[0]:
+                values = [r[field] for r in rs if isinstance(r.get(field), (int, float))]
+                if len(values) == len(rs) and len(rs) > 1:
+                    merged[field] = statistics.median(values)
+            self.data[key] = merged
+
+    def get(self, workload, strategy, **params):
+        key = (workload, strategy, tuple(sorted(params.items())))
+        return self.data.get(key)
+
+    def error(self, workload, strategy, **params):
+        key = (workload, strategy, tuple(sorted(params.items())))
+        return self.errors.get(key)
+
+    def value(self, field, workload, strategy, **params):
+        run = self.get(workload, strategy, **params)
+        if run is None:
+            return None
+        return run.get(field)
+
+    def strategies(self):
+        seen = {k[1] for k in self.data} | {k[1] for k in self.errors}
+        known = [s for s in STRATEGIES if s in seen]
+        return known + sorted(seen - set(known))
+
+
+def fmt_ns(ns):
+    if ns is None:
+        return "–"
+    if ns >= 1e9:
+        return f"{ns / 1e9:,.2f} s"
+    if ns >= 1e6:
+        return f"{ns / 1e6:,.2f} ms"
+    if ns >= 1e4:
+        return f"{ns / 1e3:,.1f} µs"
+    if ns >= 1e3:
+        return f"{ns / 1e3:,.2f} µs"
+    return f"{ns:,.0f} ns"
+
+
+def fmt_num(x, digits=2):
+    if x is None:
+        return "–"
+    if x == int(x) and abs(x) >= 1:
+        return f"{int(x):,}"
+    if abs(x) < 0.01 and x != 0:
+        return f"{x:.4f}"
+    return f"{x:,.{digits}f}"
+
+
+def fmt_ratio(x):
+    if x is None:
+        return "–"
+    if x >= 100:
+        return f"{x:,.0f}×"
+    if x >= 10:
+        return f"{x:.1f}×"
+    if x >= 0.1:
+        return f"{x:.2f}×"
+    return f"{x:.2g}×"
+
+
+def fmt_error(message):
+    """A table cell for a run that ended in an error (details below the tables)."""
+    return "refused¹" if ": refused: " in (message or "") else "error¹"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def table(header, rows):
+    if not rows:
+        return "(not in this run)"
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def publish_tables(r, size):
+    strategies = r.strategies()
+    ns = {(s, b): r.value("ns_per_fn", "publish", s, size=size, batch=b)
+          for s in strategies for b in BATCHES}
+    rows = []
+    for s in strategies:
+        row = [f"`{s}`"]
+        for b in BATCHES:
+            err = r.error("publish", s, size=size, batch=b)
+            if ns[(s, b)] is None and err:
+                row.append(fmt_error(err))
+            else:
+                row.append(fmt_ns(ns[(s, b)]))
+        b64 = r.get("publish", s, size=size, batch=64) or {}
+        row += [fmt_num(b64.get("syscalls_per_fn"), 3),
+                fmt_num(b64.get("mprotect_per_fn"), 3),
+                fmt_num(b64.get("vmas"))]
+        rows.append(row)
+    out = [f"#### publish, {size}-byte functions: time per function",
+           "",
+           table(["strategy"] + [f"batch {b}" for b in BATCHES]
+                 + ["syscalls/fn (b64)", "mprotect/fn (b64)", "VMAs (b64)"], rows)]
+    for ref in ("asmjit_rwx", "naive_mmap"):
+        if not any(ns[(ref, b)] for b in BATCHES):
+            continue
+        rows = []
+        for s in strategies:
+            rows.append([f"`{s}`"] + [fmt_ratio(ratio(ns[(s, b)], ns[(ref, b)]))
+                                      for b in BATCHES])
+        out += ["", f"Ratio to `{ref}` (time per function; below 1 is faster):", "",
+                table(["strategy"] + [f"batch {b}" for b in BATCHES], rows)]
+    return "\n".join(out)
+
+
+def startup_table(r):
+    rows = []
+    floor = r.value("ns_per_fn", "startup", "raw_rwx_floor", functions=50000, batch=256)
+    asm = r.value("ns_per_fn", "startup", "asmjit_rwx", functions=50000, batch=256)
+    for s in r.strategies():
+        run = r.get("startup", s, functions=50000, batch=256)
+        if run is None:
+            err = r.error("startup", s, functions=50000, batch=256)
+            if err:
+                rows.append([f"`{s}`", fmt_error(err), "", "", "", "", ""])
+            continue
+        ns = run.get("ns_per_fn")
+        rows.append([f"`{s}`", fmt_ns(ns * 50000 if ns else None), fmt_ns(ns),
+                     fmt_ratio(ratio(ns, floor)), fmt_ratio(ratio(ns, asm)),
+                     fmt_num(run.get("syscalls_per_fn"), 4), fmt_num(run.get("vmas"))])
+    return table(["strategy", "total", "per function", "× raw_rwx_floor",
+                  "× asmjit_rwx", "syscalls/fn", "VMAs"], rows)
+
+
+def churn_table(r):
+    rows = []
+    for s in r.strategies():
+        run = r.get("churn", s, live=2000, ops=32)
+        if run is None:
+            err = r.error("churn", s, live=2000, ops=32)
+            if err:
+                rows.append([f"`{s}`", fmt_error(err), "", "", ""])
+            continue
+        rows.append([f"`{s}`", fmt_ns(run.get("ns_per_fn")),
+                     fmt_num(run.get("syscalls_per_fn"), 3),
+                     fmt_num(run.get("committed_per_live")), fmt_num(run.get("vmas"))])
+    return table(["strategy", "per function", "syscalls/fn", "committed / live",
+                  "VMAs"], rows)
+
+
+def vma_table(r):
+    rows = []
+    for s in r.strategies():
+        run = r.get("vma_pressure", s, live=20000, size=256, iterations=1)
+        if run is None:
+            err = r.error("vma_pressure", s, live=20000, size=256, iterations=1)
+            if err:
+                rows.append([f"`{s}`", fmt_error(err), "", "", ""])
+            continue
+        rows.append([f"`{s}`", fmt_num(run.get("vmas")),
+                     fmt_num(run.get("vmas_after_free")),
+                     fmt_num(run.get("committed_per_live")),
+                     fmt_num(run.get("committed_per_live_after_free"))])
+    return table(["strategy", "VMAs, 20,000 live", "VMAs, every 2nd freed",
+                  "committed / live", "after freeing"], rows)
+
+
+def threads_table(r):
+    rows = []
+    for s in r.strategies():
+        one = r.value("fn_per_s", "threads", s, size=256, batch=64, threads=1)
+        two = r.value("fn_per_s", "threads", s, size=256, batch=64, threads=2)
+        if one is None and two is None:
+            continue
+        rows.append([f"`{s}`", fmt_num(one / 1e3 if one else None, 0),
+                     fmt_num(two / 1e3 if two else None, 0), fmt_ratio(ratio(two, one))])
+    return table(["strategy", "1 thread (k fn/s)", "2 threads (k fn/s)", "speed-up"], rows)
+
+
+def targets(r):
+    """The targets of issue 5, each with the figure measured in this run."""
+    def ns(s, size, batch):
+        return r.value("ns_per_fn", "publish", s, size=size, batch=batch)
+
+    rows = []
+
+    def check(text, measured, ok):
+        state = "–" if ok is None else ("met" if ok else "**missed**")
+        rows.append([text, measured, state])
+
+    x = ratio(ns("wxarena_heap", 256, 1024), ns("asmjit_rwx", 256, 1024))
+    check("publish heap 256 B batch 1024 ≤ 1.2 × asmjit_rwx",
+          fmt_ratio(x), None if x is None else x <= 1.2)
+    x = ratio(ns("wxarena_heap", 256, 64), ns("asmjit_rwx", 256, 64))
+    check("publish heap 256 B batch 64 ≤ 3 × asmjit_rwx",
+          fmt_ratio(x), None if x is None else x <= 3)
+    x = ratio(ns("naive_mmap", 256, 64), ns("wxarena_heap", 256, 64))
+    check("publish heap 256 B batch 64 ≥ 50 × faster than naive_mmap",
+          fmt_ratio(x) + " faster" if x else "–", None if x is None else x >= 50)
+    x = ratio(ns("llvm_smm", 256, 64), ns("wxarena_heap", 256, 64))
+    check("publish heap 256 B batch 64 ≥ 5 × faster than llvm_smm",
+          fmt_ratio(x) + " faster" if x else "–", None if x is None else x >= 5)
+    x = ratio(ns("naive_mmap", 256, 1), ns("wxarena_protect", 256, 1))
+    check("publish protect 256 B batch 1 ≥ 2.5 × faster than naive_mmap",
+          fmt_ratio(x) + " faster" if x else "–", None if x is None else x >= 2.5)
+    x = ratio(ns("wxarena_protect", 65536, 64), ns("asmjit_rwx", 65536, 64))
+    check("publish protect 64 KiB batch 64 ≤ 0.25 × asmjit_rwx",
+          fmt_ratio(x), None if x is None else x <= 0.25)
+    worst = None
+    for size in SIZES:
+        m = r.value("mprotect_per_fn", "publish", "wxarena_protect", size=size, batch=64)
+        if m is not None:
+            worst = m if worst is None else max(worst, m)
+    check("publish protect batch 64: mprotect_per_fn ≤ 2/64 (0.031), every size",
+          "worst " + fmt_num(worst, 4) if worst is not None else "–",
+          None if worst is None else worst <= 2 / 64 + 1e-9)
+    for s in ("wxarena_protect", "wxarena_dual", "wxarena_heap"):
+        run = r.get("vma_pressure", s, live=20000, size=256, iterations=1)
+        if run is None:
+            continue
+        a, b = run.get("vmas"), run.get("vmas_after_free")
+        check(f"vma_pressure `{s}` ≤ 16 VMAs, and after freeing half",
+              f"{fmt_num(a)} / {fmt_num(b)}",
+              None if a is None or b is None else max(a, b) <= 16)
+    asm = r.value("ns_per_fn", "startup", "asmjit_rwx", functions=50000, batch=256)
+    for s in ("wxarena_protect", "wxarena_dual", "wxarena_heap"):
+        x = ratio(r.value("ns_per_fn", "startup", s, functions=50000, batch=256), asm)
+        if x is not None:
+            check(f"startup `{s}` ≤ 1.2 × asmjit_rwx", fmt_ratio(x), x <= 1.2)
+    one = r.value("fn_per_s", "threads", "wxarena_heap", size=256, batch=64, threads=1)
+    two = r.value("fn_per_s", "threads", "wxarena_heap", size=256, batch=64, threads=2)
+    x = ratio(two, one)
+    check("threads `wxarena_heap`: 2 threads ≥ 1.6 × one thread",
+          fmt_ratio(x), None if x is None else x >= 1.6)
+    return table(["target", "this run", "verdict"], rows)
+
+
+def markdown(r):
+    ctx = r.context
+    out = ["### Machine", "",
+           f"- {ctx.get('num_cpus', '?')} CPUs at {ctx.get('mhz_per_cpu', '?')} MHz "
+           f"({ctx.get('cores', '')})",
+           f"- {ctx.get('kernel', 'kernel ?')}; load average at the start "
+           f"{', '.join(f'{x:.2f}' for x in ctx.get('load_avg', [])) or '?'}",
+           f"- run {ctx.get('date', '?')}, {ctx.get('executable', 'wxa_bench')}",
+           f"- syscall counter: {ctx.get('syscall_counter', '?')}", ""]
+    out += ["### Targets", "", targets(r), ""]
+    for size in (256, 65536):
+        out += [publish_tables(r, size), ""]
+    out += ["#### startup: 50,000 functions of 32–512 bytes, published in batches of 256",
+            "", startup_table(r), "",
+            "#### churn: 2,000 live functions of 32–2,048 bytes, 32 freed and 32 published per step",
+            "", churn_table(r), "",
+            "#### vma_pressure: 20,000 live 256-byte functions", "", vma_table(r), "",
+            "#### threads: publish 256 B, batch 64", "", threads_table(r), ""]
+    if r.errors:
+        out += ["¹ Errors reported by the run:", ""]
+        for key, message in sorted(r.errors.items(), key=lambda kv: r.names[kv[0]]):
+            out.append(f"- `{r.names[key]}`: {message}")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(r, path):
+    try:
+        import matplotlib
+    except ImportError:
+        sys.exit(f"bench_plot.py: --plot needs matplotlib, which {sys.executable} "
+                 "lacks (Debian: apt install python3-matplotlib, then run this "
+                 "script with /usr/bin/python3)")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    strategies = r.strategies()
+    sizes = [size for size in SIZES
+             if any(r.get("publish", s, size=size, batch=b)
+                    for s in strategies for b in BATCHES)]
+    if not sizes:
+        sys.exit("bench_plot.py: no publish results to plot")
+    colors = plt.get_cmap("tab10")
+    cols = 2 if len(sizes) > 1 else 1
+    rows = (len(sizes) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows + 0.9),
+                             squeeze=False)
+    for ax in axes.flat[len(sizes):]:
+        ax.set_visible(False)
+    legend = {}
+    for ax, size in zip(axes.flat, sizes):
+        for i, s in enumerate(strategies):
+            points = [(b, r.value("ns_per_fn", "publish", s, size=size, batch=b))
+                      for b in BATCHES]
+            points = [(b, v) for b, v in points if v]
+            if not points:
+                continue
+            style = "-" if s.startswith("wxarena") else (":" if s == "raw_rwx_floor" else "--")
+            (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], style,
+                              marker="o", markersize=4, color=colors(i % 10),
+                              linewidth=2.2 if s.startswith("wxarena") else 1.4,
+                              label=s)
+            legend.setdefault(s, line)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(BATCHES)
+        ax.set_xticklabels([str(b) for b in BATCHES])
+        ax.minorticks_off()
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10))
+        ax.set_title(f"{size}-byte functions")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xlabel("functions published together (batch)")
+        ax.set_ylabel("ns per function")
+    order = [s for s in strategies if s in legend]
+    fig.legend([legend[s] for s in order], order, loc="lower center", ncol=5,
+               frameon=False)
+    fig.suptitle("publish: allocate, write, make executable, call, free "
+                 "(ns per function, lower is better)")
+    fig.tight_layout(rect=(0, 0.9 / (4.2 * rows + 0.9) + 0.02, 1, 0.96))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("json", help="wxa_bench --benchmark_format=json output")
+    ap.add_argument("--plot", help="write the plot here (.svg or .png)")
+    ap.add_argument("--markdown", help="write the tables here (default: stdout)")
+    args = ap.parse_args(argv)
+
+    with open(args.json, encoding="utf-8") as f:
+        text = f.read()
+    # --benchmark_format=json on stdout may follow other output: skip to '{'.
+    start = text.find("{")
+    if start < 0:
+        sys.exit(f"{args.json}: no JSON object found")
+    r = Results(json.loads(text[start:]))
+    if not r.data and not r.errors:
+        sys.exit(f"{args.json}: no benchmark results")
+
+    md = markdown(r)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(md)
+    else:
+        print(md)
+    if args.plot:
+        plot(r, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
