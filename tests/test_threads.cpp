@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: MIT
+// Cross-thread publication: one thread keeps replacing a function (reusing
+// addresses after the quarantine) while others call whatever is published;
+// every call returns the generation its pointer was published with.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <iostream>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "support/arena_util.hpp"
+#include "support/maps.hpp"
+#include "wxarena/arena.hpp"
+
+namespace wxa::test {
+namespace {
+
+// What the writer publishes: the entry and the value it must return.
+struct Published {
+  const void* entry;
+  std::uint32_t generation;
+};
+
+constexpr int kReaders = 2;  // the writer needs a share of the two cores
+constexpr std::uint64_t kTargetCalls = 600000;
+constexpr auto kTimeLimit = std::chrono::seconds(2);
+
+// Readers announce the Published they are about to call in a hazard slot
+// (hazard pointers): the writer releases a function only when no slot
+// names it, so no thread ever runs code that has been released.
+struct Shared {
+  std::atomic<Published*> current{nullptr};
+  std::atomic<Published*> hazard[kReaders] = {};
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> calls{0}, wrong{0};
+  std::atomic<std::uint64_t> first_wrong_got{0}, first_wrong_want{0};
+};
+
+void reader(Shared& sh, int slot) {
+  std::uint64_t local = 0;
+  while (!sh.stop.load(std::memory_order_relaxed)) {
+    Published* p = sh.current.load(std::memory_order_acquire);
+    if (!p) continue;
+    // Announce, then check it is still current: a seq_cst store and load,
+    // so the writer's scan (after its own store and fence) cannot miss us.
+    sh.hazard[slot].store(p, std::memory_order_seq_cst);
+    if (sh.current.load(std::memory_order_seq_cst) != p) continue;
+    const unsigned got = call(p->entry);
+    if (got != p->generation &&
+        sh.wrong.fetch_add(1, std::memory_order_relaxed) == 0) {
+      sh.first_wrong_got.store(got);
+      sh.first_wrong_want.store(p->generation);
+    }
+    sh.hazard[slot].store(nullptr, std::memory_order_release);
+    if (++local % 256 == 0) sh.calls.fetch_add(256, std::memory_order_relaxed);
+  }
+  sh.hazard[slot].store(nullptr, std::memory_order_release);
+  sh.calls.fetch_add(local % 256, std::memory_order_relaxed);
+}
+
+using Threads = BackendTest;
+
+TEST_P(Threads, ReadersCallWhatOneWriterKeepsReplacing) {
+  Options o = options();
+  o.quarantine = 2;  // addresses come back soon: the barrier must be used
+  o.open_pages = 8;
+  Result<Arena> made = Arena::create(o);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+
+  Shared sh;
+  std::vector<std::thread> readers;
+  for (int i = 0; i < kReaders; ++i)
+    readers.emplace_back(reader, std::ref(sh), i);
+
+  std::vector<Published*> retired;
+  std::set<const void*> seen;
+  std::uint64_t generations = 0, reused = 0;
+  const auto start = std::chrono::steady_clock::now();
+  Error failure;
+  for (std::uint32_t gen = 1;; ++gen) {
+    if (std::chrono::steady_clock::now() - start > kTimeLimit) break;
+    if (sh.calls.load(std::memory_order_relaxed) >= kTargetCalls &&
+        generations >= 1000)
+      break;
+    // Release what no reader may be running, in one batch.
+    Batch release(arena);
+    std::vector<Published*> still;
+    for (Published* r : retired) {
+      bool held = false;
+      for (auto& h : sh.hazard) held |= h.load(std::memory_order_seq_cst) == r;
+      if (held) {
+        still.push_back(r);
+      } else {
+        release.release(r->entry);
+        delete r;
+      }
+    }
+    retired.swap(still);
+    if (Result<CommitReport> r = release.commit(); !r) {
+      failure = r.error();
+      break;
+    }
+    // Write, seal, publish.
+    Result<Chunk> c = arena.allocate(64);
+    if (!c) {
+      failure = c.error();
+      break;
+    }
+    reused += !seen.insert(c->rx()).second;
+    if (write_return_imm(c->rw(), gen) == 0) break;
+    if (Result<void> s = arena.seal(*c); !s) {
+      failure = s.error();
+      break;
+    }
+    Published* old = sh.current.load(std::memory_order_relaxed);
+    sh.current.store(new Published{c->rx(), gen}, std::memory_order_release);
+    // Orders the publication before the next hazard scan (see reader()).
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (old) retired.push_back(old);
+    ++generations;
+  }
+  sh.stop.store(true);
+  for (std::thread& t : readers) t.join();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+
+  EXPECT_EQ(failure.code(), Errc::ok) << failure.to_string();
+  EXPECT_EQ(sh.wrong.load(), 0u)
+      << "a call returned " << sh.first_wrong_got.load() << " for generation "
+      << sh.first_wrong_want.load();
+  const Stats s = arena.stats();
+  std::cout << "[ figures  ] " << to_string(arena.backend()) << ": "
+            << sh.calls.load() << " calls by " << kReaders << " readers over "
+            << generations << " generations in " << seconds << " s; " << reused
+            << " reused addresses, " << s.barriers
+            << " barriers, 0 wrong results expected, " << sh.wrong.load()
+            << " seen\n";
+  ::testing::Test::RecordProperty("thread_barriers",
+                                  std::to_string(s.barriers));
+  EXPECT_GE(sh.calls.load(), 10000u) << "the readers hardly ran";
+  EXPECT_GE(generations, 100u) << "the writer hardly ran";
+  EXPECT_GT(reused, 0u) << "no address was reused: the test proves little";
+  if (detail::system_pal().capabilities().barrier) {
+    EXPECT_GT(s.barriers, 0u) << "code at reused addresses, but no barrier";
+    EXPECT_LE(s.barriers, s.commits);
+  }
+
+  // Clean up: everything released, nothing left writable or executable.
+  Batch last(arena);
+  for (Published* r : retired) {
+    last.release(r->entry);
+    delete r;
+  }
+  if (Published* p = sh.current.load()) {
+    EXPECT_EQ(call(p->entry), p->generation);
+    last.release(p->entry);
+    delete p;
+  }
+  EXPECT_TRUE(Ok(last.commit()));
+  EXPECT_EQ(arena.stats().chunks_in(State::executable), 0u);
+  EXPECT_TRUE(audit_arena(arena));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, Threads, ::testing::ValuesIn(kBothBackends),
+                         backend_name);
+
+}  // namespace
+}  // namespace wxa::test
