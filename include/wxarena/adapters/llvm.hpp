@@ -43,6 +43,7 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <string>
 #include <system_error>
 
@@ -57,9 +58,7 @@ namespace wxa::llvm {
 /// exhausted to not_enough_memory, permission_denied to permission_denied).
 class ErrcCategory final : public std::error_category {
  public:
-  [[nodiscard]] const char* name() const noexcept override {
-    return "wxarena";
-  }
+  [[nodiscard]] const char* name() const noexcept override { return "wxarena"; }
   [[nodiscard]] std::string message(int code) const override {
     return std::string(to_string(static_cast<Errc>(code)));
   }
@@ -187,16 +186,11 @@ class MemoryMapper final : public ::llvm::SectionMemoryManager::MemoryMapper {
     Result<ChunkInfo> info = arena_.find(range.base());
     if (!info) return record(Error(Errc::invalid_argument));
     const Chunk& chunk = info->chunk;
-    Purpose purpose;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = blocks_.find(chunk.rx());
-      if (it == blocks_.end()) return record(Error(Errc::invalid_argument));
-      purpose = it->second;
-    }
+    const std::optional<Purpose> purpose = purpose_of(chunk.rx());
+    if (!purpose) return record(Error(Errc::invalid_argument));
     if (range.allocatedSize() > chunk.size() - info->offset)
       return record(Error(Errc::invalid_argument, 0, chunk.rx()));
-    if (const Errc refused = check_access(purpose, flags); refused != Errc::ok)
+    if (const Errc refused = check_access(*purpose, flags); refused != Errc::ok)
       return record(Error(refused, 0, chunk.rx()));
 
     const unsigned rwe = flags & kRwe;
@@ -224,13 +218,9 @@ class MemoryMapper final : public ::llvm::SectionMemoryManager::MemoryMapper {
   std::error_code releaseMappedMemory(
       ::llvm::sys::MemoryBlock& block) noexcept override {
     const void* rx = block.base();
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = blocks_.find(rx);
-      if (it == blocks_.end()) return record(Error(Errc::invalid_argument));
-      blocks_.erase(it);
-    }
+    if (!purpose_of(rx)) return record(Error(Errc::invalid_argument));
     if (Result<void> r = arena_.release(rx); !r) return record(r.error());
+    forget(rx);
     block = ::llvm::sys::MemoryBlock();
     return {};
   }
@@ -265,6 +255,20 @@ class MemoryMapper final : public ::llvm::SectionMemoryManager::MemoryMapper {
     return Errc::ok;
   }
 
+  /// The purpose `rx` was allocated for, if it is a block of this mapper.
+  std::optional<Purpose> purpose_of(const void* rx) const noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = blocks_.find(rx);
+    if (it == blocks_.end()) return std::nullopt;
+    return it->second;
+  }
+
+  void forget(const void* rx) noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    blocks_.erase(rx);
+  }
+
+  // Takes the mutex: never call with it held.
   std::error_code record(const Error& error) const noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
     last_error_ = error;
@@ -272,7 +276,7 @@ class MemoryMapper final : public ::llvm::SectionMemoryManager::MemoryMapper {
   }
 
   ::llvm::sys::MemoryBlock fail(std::error_code& ec,
-                              const Error& error) const noexcept {
+                                const Error& error) const noexcept {
     ec = record(error);
     return {};
   }
