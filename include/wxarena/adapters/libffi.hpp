@@ -8,7 +8,7 @@
 //   wxa::CodeHeap heap = wxa::CodeHeap::create(arena).value();
 //   auto add = wxa::ffi::Callback<int(int, int)>::create(
 //       heap, [k](int a, int b) { return k * (a + b); }).value();
-//   heap.publish().value();        // writable -> executable, all at once
+//   if (!heap.publish()) ...       // writable -> executable, all at once
 //   int (*fn)(int, int) = add.entry();
 //   fn(2, 3);                      // 5 * k, through the trampoline
 //
