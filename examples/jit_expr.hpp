@@ -9,6 +9,7 @@
 //   jit_expr::Config config;              // 50,000 functions, batches of 1024
 //   auto sink = jit_expr::WxarenaSink::create().value();
 //   jit_expr::Report r = jit_expr::run_jit(*sink, config);
+//   // or, in one call: jit_expr::run_jit(wxa::Options{}, config)
 //
 // The expressions: leaves x and 64-bit constants; +, -, *, ^, &, |, unsigned
 // min and max (cmp + cmov), negation, not, shifts by a constant, and x^k
@@ -29,6 +30,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <span>
 #include <string>
@@ -446,16 +448,13 @@ struct Report {
   }
 };
 
-/// Compiles config.functions random expressions (the same ones for the same
-/// seed), publishes them through `sink` in batches, calls each on
-/// config.inputs values, and (if config.verify) checks every result against
-/// the interpreter. Functions stay in the sink.
-inline Report run_jit(CodeSink& sink, const Config& config) {
+namespace detail {
+// The body of run_jit(); Xbyak reports failures by throwing.
+inline void run_batches(CodeSink& sink, const Config& config, Report& rep) {
   using Clock = std::chrono::steady_clock;
   auto seconds = [](Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double>(b - a).count();
   };
-  Report rep;
   Rng rng(config.seed);
   Compiler compiler;
   const std::size_t batch = config.batch ? config.batch : 1;
@@ -479,14 +478,14 @@ inline Report run_jit(CodeSink& sink, const Config& config) {
       add_s += seconds(a0, Clock::now());
       if (!entries[i]) {
         rep.error = "add: " + sink.error();
-        return rep;
+        return;
       }
       rep.code_bytes += code.size();
     }
     auto t1 = Clock::now();
     if (!sink.publish()) {
       rep.error = "publish: " + sink.error();
-      return rep;
+      return;
     }
     auto t2 = Clock::now();
     for (std::size_t i = 0; i < n; ++i) {
@@ -516,7 +515,30 @@ inline Report run_jit(CodeSink& sink, const Config& config) {
     ++rep.batches;
     done += n;
   }
+}
+}  // namespace detail
+
+/// Compiles config.functions random expressions (the same ones for the same
+/// seed), publishes them through `sink` in batches, calls each on
+/// config.inputs values, and (if config.verify) checks every result against
+/// the interpreter. Functions stay in the sink.
+inline Report run_jit(CodeSink& sink, const Config& config) {
+  Report rep;
+  try {
+    detail::run_batches(sink, config, rep);
+  } catch (const std::exception& e) {  // Xbyak::Error, std::bad_alloc
+    rep.error = std::string("compile: ") + e.what();
+  }
   return rep;
+}
+
+/// run_jit() on a fresh strict-W^X WxarenaSink made with `options`; the
+/// functions are released with it. Errors: the sink's creation errors.
+inline wxa::Result<Report> run_jit(const wxa::Options& options,
+                                   const Config& config) {
+  wxa::Result<std::unique_ptr<WxarenaSink>> sink = WxarenaSink::create(options);
+  if (!sink) return sink.error();
+  return run_jit(**sink, config);
 }
 
 }  // namespace jit_expr
