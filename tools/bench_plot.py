@@ -346,6 +346,10 @@ def plot(r, path):
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
+    # Text stays text, and the same input gives the same file.
+    matplotlib.rcParams["svg.fonttype"] = "none"
+    matplotlib.rcParams["svg.hashsalt"] = "wxa_bench"
+
     strategies = r.strategies()
     sizes = [size for size in SIZES
              if any(r.get("publish", s, size=size, batch=b)
@@ -389,7 +393,7 @@ def plot(r, path):
     fig.suptitle("publish: allocate, write, make executable, call, free "
                  "(ns per function, lower is better)")
     fig.tight_layout(rect=(0, 0.9 / (4.2 * rows + 0.9) + 0.02, 1, 0.96))
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Date": None} if path.endswith(".svg") else None)
     plt.close(fig)
 
 
