@@ -209,6 +209,7 @@ Result<void> ArenaImpl::recycle() noexcept {
     }
     // Stale code must never run again: traps until new code is written.
     region_.trap_fill(a, b);
+    chunks_[static_cast<int>(State::retired)] -= end - done;  // free now
     try {
       insert_run(open_, a, b - a);
     } catch (const std::bad_alloc&) {
@@ -295,6 +296,7 @@ Result<void> ArenaImpl::trim() noexcept {
       }
       region_.set_state(q.head, q.head + q.pages, PageState::unused, 0);
       insert_run(unused_, q.head, q.pages);
+      --chunks_[static_cast<int>(State::retired)];
       ++eligible;
     }
     quarantine_.erase(quarantine_.begin(), quarantine_.begin() + eligible);
