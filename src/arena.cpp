@@ -165,6 +165,15 @@ Result<void> ArenaImpl::open_more(std::size_t pages) noexcept {
   return Error(Errc::exhausted);
 }
 
+std::size_t ArenaImpl::eligible_pages() const noexcept {
+  std::size_t pages = 0;
+  for (const Quarantined& q : quarantine_) {
+    if (released_ - q.seq < options_.quarantine) break;
+    pages += q.pages;
+  }
+  return pages;
+}
+
 Result<void> ArenaImpl::recycle() noexcept {
   // Entries that enough later releases have passed, oldest first.
   std::size_t eligible = 0;
@@ -238,13 +247,24 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
   try {
     std::ptrdiff_t a = take_open(pages);
     if (a < 0) {
-      // Reuse quarantined space before taking more of the reservation.
-      Result<void> r = recycle();
-      a = take_open(pages);
+      // Quarantined pages come back in bulk, once open_pages of them have
+      // passed the quarantine: one call per coalesced run for many chunks.
+      // Until then fresh address space is opened (it costs no memory until
+      // written). When the reservation runs out, whatever may be reused is.
+      Result<void> recycled;
+      if (eligible_pages() >= options_.open_pages) {
+        recycled = recycle();
+        a = take_open(pages);
+      }
       if (a < 0) {
         Result<void> opened = open_more(pages);
-        if (!opened) return r ? opened.error() : r.error();
-        a = take_open(pages);
+        if (opened) {
+          a = take_open(pages);
+        } else {
+          recycled = recycle();
+          a = take_open(pages);
+          if (a < 0) return recycled ? opened.error() : recycled.error();
+        }
       }
     }
     if (a < 0) return Error(Errc::exhausted);

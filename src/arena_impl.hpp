@@ -77,6 +77,7 @@ class ArenaImpl {
   [[nodiscard]] std::ptrdiff_t take_open(std::size_t pages) noexcept;
   [[nodiscard]] Result<void> open_more(std::size_t pages) noexcept;
   [[nodiscard]] Result<void> recycle() noexcept;
+  [[nodiscard]] std::size_t eligible_pages() const noexcept;
   [[nodiscard]] bool over_budget() const noexcept {
     return region_.vmas() > vma_budget_;
   }

@@ -191,10 +191,12 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
     ++chunks_[static_cast<int>(to_public(it.to))];
   }
   if (releases) {
-    // Quarantine order is release order: by address within one commit.
+    // Chunks released together pass the quarantine together, so they come
+    // back as one run (one call) instead of piecemeal.
+    released_ += releases;
     for (const Item& it : items_)
       if (it.to == PageState::retired)
-        quarantine_.push_back(Quarantined{it.head, it.pages, ++released_});
+        quarantine_.push_back(Quarantined{it.head, it.pages, released_});
   }
   report.chunks = items_.size();
   report.runs = runs_.size();

@@ -319,6 +319,7 @@ class BatchOrder : public BackendTest {
   Result<Arena> make(FaultPal& pal, std::size_t quarantine = 16) {
     Options o = options();
     o.quarantine = quarantine;
+    o.open_pages = 1;  // recycle as soon as the quarantine allows
     return detail::create_arena(o, pal);
   }
 };

@@ -71,14 +71,16 @@ struct Options {
   std::size_t reach = 0;
   /// A released chunk's pages are not handed out again until this many
   /// later chunks have been released too (a stale call faults meanwhile).
+  /// Chunks released in one commit pass the quarantine together.
   std::size_t quarantine = 16;
   /// Most kernel VMAs the arena may occupy; 0 means a quarter of
   /// vm.max_map_count. Operations that would exceed it fail with
   /// Errc::vma_budget before the kernel would.
   std::size_t vma_budget = 0;
   /// Pages made writable ahead of need with one call, so that allocate()
-  /// is usually free of system calls.
-  std::size_t open_pages = 64;
+  /// is usually free of system calls (they cost no memory until written);
+  /// also how many quarantined pages are recycled together.
+  std::size_t open_pages = 1024;
   /// Name the arena's mappings in /proc/<pid>/maps where the kernel allows.
   bool name_mappings = true;
 };
