@@ -39,6 +39,7 @@
 #include <llvm/ExecutionEngine/SectionMemoryManager.h>
 #include <llvm/Support/Memory.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <map>
 #include <mutex>
@@ -162,8 +163,8 @@ class MemoryMapper final : public ::llvm::SectionMemoryManager::MemoryMapper {
       return fail(ec, Error(Errc::out_of_memory, ENOMEM));
     }
     ::llvm::sys::MemoryBlock block(chunk->rw().data(), chunk->size());
-    // A block asked for without write access gets it now (LLVM itself only
-    // ever asks for read-write).
+    // A block asked for with an access other than read-write gets it now
+    // (SectionMemoryManager itself only ever asks for read-write).
     if ((flags & kRwe) != (kRead | kWrite) && (flags & kRwe) != kWrite) {
       ec = protectMappedMemory(block, flags);
       if (ec) {
