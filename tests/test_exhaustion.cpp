@@ -1,0 +1,418 @@
+// SPDX-License-Identifier: MIT
+// Resource exhaustion, for real, in child processes: a tiny address-space
+// limit, a reservation that fills up, a VMA budget that runs out, a memfd
+// the kernel refuses. Each yields its specific error and nothing is lost.
+//
+// Each case runs in a fork()ed child (the limits and filters it sets must not
+// touch the test runner) and reports through its exit code: 0 is success,
+// any other value names the first check that failed (see Fail). The child
+// makes no gtest assertion; the parent turns the code into a message.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "pal/pal.hpp"
+#include "support/arena_util.hpp"
+#include "support/backends.hpp"
+#include "support/maps.hpp"
+#include "support/x86_code.hpp"
+#include "wxarena/arena.hpp"
+
+namespace wxa::test {
+namespace {
+
+// Why a child failed: its exit code.
+enum Fail : int {
+  kOk = 0,
+  kSetup = 1,              // a limit or filter could not be set
+  kUnexpectedSuccess = 2,  // the operation should have failed
+  kWrongError = 3,         // it failed with another Errc
+  kWrongErrno = 4,         // the right Errc with the wrong errno
+  kLost = 5,               // something made before no longer works
+  kAfterwards = 6,         // the arena (or a new one) fails afterwards
+  kAudit = 7,              // tracked states and the kernel disagree, or W+X
+  kCount = 8,              // a count or a stat is off
+  kException = 9,          // a test helper threw
+};
+
+const char* explain(int code) {
+  switch (code) {
+    case kOk:
+      return "ok";
+    case kSetup:
+      return "the limit or filter could not be set up";
+    case kUnexpectedSuccess:
+      return "the operation succeeded although the resource ran out";
+    case kWrongError:
+      return "the operation failed with the wrong Errc";
+    case kWrongErrno:
+      return "the right Errc, but the wrong errno behind it";
+    case kLost:
+      return "code or data made before the exhaustion no longer works";
+    case kAfterwards:
+      return "the arena (or a new one) does not work afterwards";
+    case kAudit:
+      return "tracked states and /proc/self/maps disagree, or W+X exists";
+    case kCount:
+      return "a count or a stat is off";
+    case kException:
+      return "a test helper threw in the child";
+    default:
+      return code >= 100 ? "the child was killed by a signal (100 + signal)"
+                         : "unknown";
+  }
+}
+
+// Runs `body` in a fork()ed child; its exit code, or 100 + the signal.
+int in_child(const std::function<int()>& body) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    int rc = kException;
+    try {
+      rc = body();
+    } catch (...) {
+    }
+    std::fflush(nullptr);
+    ::_exit(rc);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return WIFSIGNALED(status) ? 100 + WTERMSIG(status) : -1;
+}
+
+::testing::AssertionResult child_ok(const std::function<int()>& body) {
+  const int rc = in_child(body);
+  if (rc == kOk) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << "the child exited with " << rc << ": " << explain(rc);
+}
+
+std::size_t page_size() {
+  return detail::system_pal().capabilities().page_size;
+}
+
+// Writes, seals and runs a function: does the arena still do its job?
+bool works(Arena& arena, std::uint32_t value) {
+  return static_cast<bool>(still_works(arena, value));
+}
+
+// The backends this run can force (protect is refused under execmem).
+std::vector<Backend> usable_backends() {
+  std::vector<Backend> out;
+  for (Backend b : kBothBackends)
+    if (!unavailable_reason(b)) out.push_back(b);
+  return out;
+}
+
+// --- A tiny RLIMIT_AS -------------------------------------------------------
+
+std::size_t virtual_size() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  std::size_t kb = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "VmSize: %zu kB", &kb) == 1) break;
+  std::fclose(f);
+  return kb * 1024;
+}
+
+int tiny_address_space(Backend backend) {
+  (void)detail::system_pal().capabilities();  // probe before the limit
+  rlimit old{};
+  if (::getrlimit(RLIMIT_AS, &old) != 0) return kSetup;
+  // Room for a few small allocations, none for a 1 GiB reservation.
+  rlimit tiny = old;
+  tiny.rlim_cur = virtual_size() + (std::size_t{16} << 20);
+  if (tiny.rlim_cur > old.rlim_max || ::setrlimit(RLIMIT_AS, &tiny) != 0)
+    return kSetup;
+  Options o;
+  o.backend = backend;
+  o.reserve_bytes = std::size_t{1} << 30;
+  Result<Arena> a = Arena::create(o);
+  if (a) return kUnexpectedSuccess;
+  if (a.error().code() != Errc::out_of_memory) return kWrongError;
+  if (a.error().sys_errno() != ENOMEM) return kWrongErrno;
+  if (!writable_and_executable().empty()) return kAudit;
+  // Back to the old limit: the same request works.
+  if (::setrlimit(RLIMIT_AS, &old) != 0) return kSetup;
+  Result<Arena> again = Arena::create(o);
+  if (!again || !works(*again, 0xA5)) return kAfterwards;
+  return audit_arena(*again) ? kOk : kAudit;
+}
+
+TEST(Exhaustion, TinyAddressSpaceLimitRefusesTheReservation) {
+  for (Backend backend : usable_backends()) {
+    SCOPED_TRACE(to_string(backend));
+    EXPECT_TRUE(child_ok([backend] { return tiny_address_space(backend); }));
+  }
+}
+
+// --- A reservation that fills up --------------------------------------------
+
+int fill_reservation(Backend backend) {
+  const std::size_t ps = page_size();
+  constexpr std::size_t kPages = 32;
+  Options o;
+  o.backend = backend;
+  o.reserve_bytes = kPages * ps;
+  o.quarantine = 0;
+  o.open_pages = 4;
+  Result<Arena> made = Arena::create(o);
+  if (!made) return kSetup;
+  Arena& arena = *made;
+  // Chunks of 1, 2 and 3 pages until one does not fit, then single pages
+  // until none does: code, and every fourth one read-only data.
+  struct Made {
+    Chunk chunk;
+    std::uint32_t value;
+    bool code;
+  };
+  std::vector<Made> all;
+  std::size_t pages = 0;
+  bool singles = false;
+  for (std::uint32_t i = 0;; ++i) {
+    const std::size_t want = singles ? 1 : 1 + i % 3;
+    Result<Chunk> c = arena.allocate(want * ps - 7);
+    if (!c) {
+      if (c.error().code() != Errc::exhausted) return kWrongError;
+      if (singles) break;
+      singles = true;
+      continue;
+    }
+    const bool code = i % 4 != 3;
+    if (write_return_imm(c->rw(), 0x100 + i) == 0) return kSetup;
+    if (!arena.seal(*c, code ? Seal::execute : Seal::read_only)) return kSetup;
+    all.push_back({*c, 0x100 + i, code});
+    pages += want;
+  }
+  if (pages != kPages) return kCount;
+  const Stats full = arena.stats();
+  if (full.bytes_in(State::free) != 0 ||
+      full.chunks_in(State::executable) + full.chunks_in(State::read_only) !=
+          all.size())
+    return kCount;
+  // Asking for more changes nothing; everything made before still works.
+  for (std::size_t bytes : {std::size_t{1}, ps, 5 * ps}) {
+    Result<Chunk> more = arena.allocate(bytes);
+    if (more) return kUnexpectedSuccess;
+    if (more.error().code() != Errc::exhausted) return kWrongError;
+  }
+  if (chunk_counts(arena.stats()) != chunk_counts(full)) return kCount;
+  for (const Made& m : all) {
+    if (m.code) {
+      if (call(m.chunk.rx()) != m.value) return kLost;
+    } else if (*static_cast<const std::uint8_t*>(m.chunk.rx()) != 0xB8) {
+      return kLost;
+    }
+  }
+  if (!audit_arena(arena)) return kAudit;
+  // Giving one chunk back makes room again (quarantine 0).
+  if (!arena.release(all[1].chunk)) return kAfterwards;
+  if (!works(arena, 0xBEEF)) return kAfterwards;
+  return audit_arena(arena) ? kOk : kAudit;
+}
+
+TEST(Exhaustion, FullReservationRefusesAndKeepsEverything) {
+  for (Backend backend : usable_backends()) {
+    SCOPED_TRACE(to_string(backend));
+    EXPECT_TRUE(child_ok([backend] { return fill_reservation(backend); }));
+  }
+}
+
+// --- A VMA budget that runs out ---------------------------------------------
+
+int run_out_of_vmas(Backend backend) {
+  Options o;
+  o.backend = backend;
+  o.reserve_bytes = 256 * page_size();
+  o.vma_budget = 9;
+  o.open_pages = 256;
+  Result<Arena> made = Arena::create(o);
+  if (!made) return kSetup;
+  Arena& arena = *made;
+  // Seal every other page to code: each seal in the middle of writable
+  // pages splits a mapping, until the budget says no.
+  std::vector<std::pair<Chunk, std::uint32_t>> sealed;
+  std::vector<Chunk> writable;
+  Errc refused = Errc::ok;
+  const void* culprit = nullptr;
+  const void* named = nullptr;
+  for (std::uint32_t i = 0; i < 128 && refused == Errc::ok; ++i) {
+    Result<Chunk> c = arena.allocate(1);
+    if (!c) {
+      refused = c.error().code();
+      break;
+    }
+    if (write_return_imm(c->rw(), i) == 0) return kSetup;
+    if (i % 2) {
+      writable.push_back(*c);
+      continue;
+    }
+    const Stats before = arena.stats();
+    Result<void> s = arena.seal(*c);
+    if (!s) {
+      refused = s.error().code();
+      culprit = c->rx();
+      named = s.error().chunk();
+      // Refused before any system call, and nothing changed.
+      if (arena.stats().syscalls.total() != before.syscalls.total())
+        return kCount;
+      if (chunk_counts(arena.stats()) != chunk_counts(before)) return kCount;
+      writable.push_back(*c);
+      break;
+    }
+    sealed.push_back({*c, i});
+  }
+  if (refused == Errc::ok) return kUnexpectedSuccess;
+  if (refused != Errc::vma_budget) return kWrongError;
+  if (culprit && named != culprit) return kWrongError;
+  if (arena.stats().vmas > o.vma_budget || kernel_vmas(arena) > o.vma_budget)
+    return kCount;
+  if (sealed.empty()) return kCount;
+  for (const auto& [c, value] : sealed)
+    if (call(c.rx()) != value) return kLost;
+  for (const Chunk& c : writable) {
+    Result<ChunkInfo> info = arena.find(c.rx());
+    if (!info || info->state != State::writable) return kLost;
+    c.rw()[8] = std::byte{1};  // still writable
+  }
+  if (!audit_arena(arena)) return kAudit;
+  // Giving everything back merges the mappings again: room for more.
+  Batch b(arena);
+  for (const auto& [c, value] : sealed) b.release(c);
+  for (const Chunk& c : writable) b.release(c);
+  if (!b.commit()) return kAfterwards;
+  if (!works(arena, 0x1234)) return kAfterwards;
+  return audit_arena(arena) ? kOk : kAudit;
+}
+
+TEST(Exhaustion, VmaBudgetRefusesBeforeTheKernelWould) {
+  for (Backend backend : usable_backends()) {
+    SCOPED_TRACE(to_string(backend));
+    EXPECT_TRUE(child_ok([backend] { return run_out_of_vmas(backend); }));
+  }
+}
+
+// --- A memfd the kernel refuses ---------------------------------------------
+
+// The lowest free descriptor number: the next one the kernel hands out.
+int lowest_free_fd() {
+  const int fd = ::dup(0);
+  if (fd >= 0) ::close(fd);
+  return fd;
+}
+
+// dual_map must fail with `code` (and `err`); automatic must still work
+// where it does not need a memfd (anonymous memory may be executable).
+int expect_memfd_refused(Errc code, int err) {
+  Options o;
+  o.backend = Backend::dual_map;
+  o.reserve_bytes = 64 * page_size();
+  Result<Arena> dual = Arena::create(o);
+  if (dual) return kUnexpectedSuccess;
+  if (dual.error().code() != code) return kWrongError;
+  if (dual.error().sys_errno() != err) return kWrongErrno;
+  if (!writable_and_executable().empty()) return kAudit;
+  if (!detail::system_pal().capabilities().anon_exec) return kOk;
+  o.backend = Backend::automatic;
+  Result<Arena> automatic = Arena::create(o);
+  if (!automatic || automatic->backend() != Backend::protect)
+    return kAfterwards;
+  if (!works(*automatic, 0xCAFE)) return kAfterwards;
+  return audit_arena(*automatic) ? kOk : kAudit;
+}
+
+int memfd_without_descriptors() {
+  const bool anon_exec = detail::system_pal().capabilities().anon_exec;
+  // RLIMIT_NOFILE at the next free number: memfd_create gets EMFILE.
+  rlimit old{};
+  if (::getrlimit(RLIMIT_NOFILE, &old) != 0) return kSetup;
+  rlimit none = old;
+  none.rlim_cur = static_cast<rlim_t>(lowest_free_fd());
+  if (::setrlimit(RLIMIT_NOFILE, &none) != 0) return kSetup;
+  if (::dup(0) >= 0 || errno != EMFILE) return kSetup;
+  Options o;
+  o.reserve_bytes = 64 * page_size();
+  o.backend = Backend::dual_map;
+  Result<Arena> dual = Arena::create(o);
+  if (dual) return kUnexpectedSuccess;
+  if (dual.error().code() != Errc::os_error) return kWrongError;
+  if (dual.error().sys_errno() != EMFILE) return kWrongErrno;
+  // Anonymous memory needs no descriptor: automatic works all the same.
+  o.backend = Backend::automatic;
+  Result<Arena> automatic = Arena::create(o);
+  if (anon_exec && (!automatic || !works(*automatic, 0xCAFE)))
+    return kAfterwards;
+  // Descriptors back (the checks read /proc): nothing was left behind, and
+  // dual_map works again.
+  if (::setrlimit(RLIMIT_NOFILE, &old) != 0) return kSetup;
+  if (!writable_and_executable().empty()) return kAudit;
+  if (automatic && !audit_arena(*automatic)) return kAudit;
+  o.backend = Backend::dual_map;
+  Result<Arena> again = Arena::create(o);
+  if (!again || !works(*again, 0xD0A1)) return kAfterwards;
+  return audit_arena(*again) ? kOk : kAudit;
+}
+
+TEST(Exhaustion, MemfdRefusedForLackOfDescriptors) {
+  if (!detail::system_pal().capabilities().shared_memory)
+    GTEST_SKIP() << "no memfd on this kernel: nothing to refuse";
+  EXPECT_TRUE(child_ok(memfd_without_descriptors));
+}
+
+#if defined(__x86_64__)
+// A seccomp filter on which memfd_create(2) fails with EPERM, everything
+// else allowed (raw BPF: the child needs nothing but the kernel).
+bool refuse_memfd_create() {
+  sock_filter f[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_memfd_create, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog prog{static_cast<unsigned short>(std::size(f)), f};
+  return ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+         ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
+}
+
+int memfd_refused_by_policy() {
+  (void)detail::system_pal().capabilities();  // probed with memfd allowed
+  if (!refuse_memfd_create()) return kSetup;
+  if (::syscall(SYS_memfd_create, "probe", 0) >= 0 || errno != EPERM)
+    return kSetup;
+  return expect_memfd_refused(Errc::permission_denied, EPERM);
+}
+
+TEST(Exhaustion, MemfdRefusedByPolicy) {
+  if (!detail::system_pal().capabilities().shared_memory)
+    GTEST_SKIP() << "no memfd on this kernel: nothing to refuse";
+  EXPECT_TRUE(child_ok(memfd_refused_by_policy));
+}
+#endif
+
+}  // namespace
+}  // namespace wxa::test
