@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <iostream>
+#include <ostream>
 #include <random>
 #include <string>
 #include <tuple>
@@ -26,6 +27,7 @@ struct Shape {
   std::size_t reserve_pages, open_pages, quarantine;
 };
 const Shape kShapes[] = {{"roomy", 16384, 64, 16}, {"tiny", 96, 8, 2}};
+void PrintTo(const Shape& s, std::ostream* os) { *os << s.name; }
 
 class VmaRandom : public ::testing::TestWithParam<std::tuple<Backend, Shape>> {
  protected:
