@@ -393,7 +393,7 @@ class Harness {
   void verify(Slot& s);
   void kernel_check();
   void sync_recycled(Slot& s);
-  void retire(Slot& s, std::vector<std::uintptr_t> heads);
+  void retire(Slot& s, const std::vector<std::uintptr_t>& heads);
   void take_pages(Slot& s, std::uintptr_t rx, std::size_t pages);
 
   // --- operations
@@ -659,15 +659,16 @@ void Harness::sync_recycled(Slot& s) {
   }
 }
 
-// The model's chunks released by one commit get their quarantine order: by
-// address within a commit, as the header's batch contract sorts them.
-void Harness::retire(Slot& s, std::vector<std::uintptr_t> heads) {
-  std::sort(heads.begin(), heads.end());
+// Chunks released by one commit pass the quarantine together (the header's
+// Options::quarantine): each counts as a release, and all of them wait until
+// `quarantine` releases after the last one.
+void Harness::retire(Slot& s, const std::vector<std::uintptr_t>& heads) {
+  s.released += heads.size();
   for (std::uintptr_t h : heads) {
     ChunkM& c = s.chunks.at(h);
     c.state = State::retired;
     c.rw = nullptr;
-    c.seq = ++s.released;
+    c.seq = s.released;
     remember(h);
   }
 }
