@@ -6,7 +6,8 @@
 // Each case runs in a fork()ed child (the limits and filters it sets must not
 // touch the test runner) and reports through its exit code: 0 is success,
 // any other value names the first check that failed (see Fail). The child
-// makes no gtest assertion; the parent turns the code into a message.
+// makes no gtest assertion; the parent turns the code into a message. The
+// last test, disabled, shows a known limitation of exhausted (see there).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/audit.h>
@@ -379,6 +380,32 @@ TEST(Exhaustion, MemfdRefusedForLackOfDescriptors) {
   if (!detail::system_pal().capabilities().shared_memory)
     GTEST_SKIP() << "no memfd on this kernel: nothing to refuse";
   EXPECT_TRUE(child_ok(memfd_without_descriptors));
+}
+
+// --- Known limitation: exhausted with a free run that would fit ------------
+
+// Free pages are kept as two kinds of runs, open (already writable) and
+// unused (inaccessible), and allocate() looks for a long enough run of one
+// kind: 15 free pages in a row, 3 open and 12 unused, do not satisfy a
+// 15-page request, so it fails with exhausted although the header says
+// that means "the reservation has no free run large enough". Found while
+// writing the fuzzer's honesty check for exhausted (which checks the
+// library's own rule instead). Disabled until open_more() also opens an
+// unused run that extends an open one (src/arena.cpp).
+TEST(Exhaustion, DISABLED_ExhaustedOnlyWhenNoFreeRunFits) {
+  const std::size_t ps = page_size();
+  Options o;
+  o.reserve_bytes = 16 * ps;
+  o.open_pages = 4;
+  o.quarantine = 0;
+  Result<Arena> made = Arena::create(o);
+  ASSERT_TRUE(Ok(made));
+  Result<Chunk> first = made->allocate(1);  // opens 4 pages, takes 1
+  ASSERT_TRUE(Ok(first));
+  EXPECT_EQ(made->stats().bytes_in(State::free), 15 * ps);
+  Result<Chunk> rest = made->allocate(15 * ps);  // pages 1..15 are free
+  EXPECT_TRUE(Ok(rest));
+  EXPECT_TRUE(audit_arena(*made));
 }
 
 #if defined(__x86_64__)
