@@ -13,6 +13,7 @@
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -406,6 +407,62 @@ TEST(Exhaustion, DISABLED_ExhaustedOnlyWhenNoFreeRunFits) {
   Result<Chunk> rest = made->allocate(15 * ps);  // pages 1..15 are free
   EXPECT_TRUE(Ok(rest));
   EXPECT_TRUE(audit_arena(*made));
+}
+
+// --- Known limitation: the VMA count assumes the kernel merges -------------
+
+// The arena counts its VMAs from its state map, assuming adjacent mappings
+// with one protection merge. The kernel merges anonymous mappings only if
+// their anon_vmas agree: when arena B lies right below arena A, B's
+// inaccessible tail merges with A's released (once written, so with its own
+// anon_vma) first page, and pages B opens there later carry A's anon_vma and
+// stay apart from B's other writable pages. B then occupies more VMAs than
+// it counts, and could pass its budget (DESIGN.md invariant 7). Found by the
+// fuzzer (seed fuzz/corpus/found_adjacent_arenas; the harness now compares
+// merged runs). Disabled until a reservation cannot merge with a neighbour
+// (for example one MAP_SHARED placeholder page at each end).
+TEST(Exhaustion, DISABLED_VmaCountHoldsNextToAnotherArena) {
+  const std::size_t ps = page_size();
+  const std::size_t pages = 64, bytes = pages * ps;
+  // Room for both, then A in the top half and B in the bottom half: each is
+  // placed nearest the middle of its anchor's window.
+  void* hole = ::mmap(nullptr, 2 * bytes, PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  ASSERT_NE(hole, MAP_FAILED);
+  ASSERT_EQ(::munmap(hole, 2 * bytes), 0);
+  auto* base = static_cast<std::byte*>(hole);
+  Options o;
+  o.backend = Backend::protect;
+  WXA_SKIP_IF_UNAVAILABLE(o.backend);
+  o.reserve_bytes = bytes;
+  o.open_pages = 8;
+  o.quarantine = 0;
+  o.reach = bytes;
+  o.anchor = base + bytes + bytes / 2;
+  Result<Arena> a = Arena::create(o);
+  ASSERT_TRUE(Ok(a));
+  o.anchor = base + bytes / 2;
+  Result<Arena> b = Arena::create(o);
+  ASSERT_TRUE(Ok(b));
+  ASSERT_EQ(b->range().data() + bytes, a->range().data()) << "not adjacent";
+
+  Result<Chunk> a0 = a->allocate(1);
+  ASSERT_TRUE(Ok(a0));
+  write_fn(*a0, 1);  // A's first page gets an anon_vma
+  Result<Chunk> b0 = b->allocate(ps);
+  ASSERT_TRUE(Ok(b0));
+  write_fn(*b0, 2);  // so do B's first eight pages (a different one)
+  ASSERT_TRUE(Ok(a->release(*a0)));  // merges with B's inaccessible tail
+  std::vector<Chunk> more;
+  for (std::size_t i = 0; i < 8; ++i) {  // B opens pages 8..15 there
+    Result<Chunk> c = b->allocate(ps);
+    ASSERT_TRUE(Ok(c));
+    write_fn(*c, 3);
+    more.push_back(*c);
+  }
+  EXPECT_TRUE(audit_arena(*b));
+  EXPECT_LE(kernel_vmas(*b), b->stats().vmas)
+      << "the kernel has more mappings in B than B counts";
 }
 
 #if defined(__x86_64__)
