@@ -424,12 +424,13 @@ TEST(Exhaustion, DISABLED_ExhaustedOnlyWhenNoFreeRunFits) {
 TEST(Exhaustion, DISABLED_VmaCountHoldsNextToAnotherArena) {
   const std::size_t ps = page_size();
   const std::size_t pages = 64, bytes = pages * ps;
-  // Room for both, then A in the top half and B in the bottom half: each is
-  // placed nearest the middle of its anchor's window.
-  void* hole = ::mmap(nullptr, 2 * bytes, PROT_NONE,
+  // A hole of eight arenas' size; A is placed nearest the middle of its
+  // anchor's window, [4, 5) arenas up, B right below it. Whatever else maps
+  // into the hole meanwhile lands at its top (mmap allocates top down).
+  void* hole = ::mmap(nullptr, 8 * bytes, PROT_NONE,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   ASSERT_NE(hole, MAP_FAILED);
-  ASSERT_EQ(::munmap(hole, 2 * bytes), 0);
+  ASSERT_EQ(::munmap(hole, 8 * bytes), 0);
   auto* base = static_cast<std::byte*>(hole);
   Options o;
   o.backend = Backend::protect;
@@ -438,10 +439,10 @@ TEST(Exhaustion, DISABLED_VmaCountHoldsNextToAnotherArena) {
   o.open_pages = 8;
   o.quarantine = 0;
   o.reach = bytes;
-  o.anchor = base + bytes + bytes / 2;
+  o.anchor = base + 4 * bytes + bytes / 2;
   Result<Arena> a = Arena::create(o);
   ASSERT_TRUE(Ok(a));
-  o.anchor = base + bytes / 2;
+  o.anchor = base + 3 * bytes + bytes / 2;
   Result<Arena> b = Arena::create(o);
   ASSERT_TRUE(Ok(b));
   ASSERT_EQ(b->range().data() + bytes, a->range().data()) << "not adjacent";
