@@ -449,6 +449,17 @@ struct Report {
 };
 
 namespace detail {
+// One batch's inputs, drawn before its expressions: run_jit() and
+// expected_checksum() must consume the generator in the same order.
+inline void draw_inputs(Rng& rng, std::vector<std::uint64_t>& xs) {
+  for (std::uint64_t& x : xs) x = rng.next() >> rng.below(64);
+}
+
+// Folds one result into Report::checksum (FNV-1a style, order-sensitive).
+inline std::uint64_t mix(std::uint64_t checksum, std::uint64_t value) {
+  return (checksum ^ value) * 0x100000001B3ull;
+}
+
 // The body of run_jit(); Xbyak reports failures by throwing.
 inline void run_batches(CodeSink& sink, const Config& config, Report& rep) {
   using Clock = std::chrono::steady_clock;
@@ -466,7 +477,7 @@ inline void run_batches(CodeSink& sink, const Config& config, Report& rep) {
 
   for (std::size_t done = 0; done < config.functions;) {
     const std::size_t n = std::min(batch, config.functions - done);
-    for (std::uint64_t& x : xs) x = rng.next() >> rng.below(64);
+    draw_inputs(rng, xs);
 
     auto t0 = Clock::now();
     double add_s = 0;
@@ -498,7 +509,7 @@ inline void run_batches(CodeSink& sink, const Config& config, Report& rep) {
     for (std::size_t i = 0; i < n; ++i) {
       for (std::size_t j = 0; j < xs.size(); ++j) {
         const std::uint64_t got = results[i * xs.size() + j];
-        rep.checksum = (rep.checksum ^ got) * 0x100000001B3ull;
+        rep.checksum = mix(rep.checksum, got);
         if (config.verify && evaluate(exprs[i], xs[j], scratch) != got)
           ++rep.mismatches;
       }
@@ -530,6 +541,29 @@ inline Report run_jit(CodeSink& sink, const Config& config) {
     rep.error = std::string("compile: ") + e.what();
   }
   return rep;
+}
+
+/// The checksum run_jit() reports for `config` (whatever the sink),
+/// computed by the interpreter alone: no code is compiled or run. Ignores
+/// config.verify.
+inline std::uint64_t expected_checksum(const Config& config) {
+  Rng rng(config.seed);
+  const std::size_t batch = config.batch ? config.batch : 1;
+  Expr expr;
+  std::vector<std::uint64_t> xs(static_cast<std::size_t>(config.inputs));
+  std::vector<std::uint64_t> scratch;
+  std::uint64_t checksum = 0;
+  for (std::size_t done = 0; done < config.functions;) {
+    const std::size_t n = std::min(batch, config.functions - done);
+    detail::draw_inputs(rng, xs);
+    for (std::size_t i = 0; i < n; ++i) {
+      random_expr(rng, expr, config.max_ops);
+      for (const std::uint64_t x : xs)
+        checksum = detail::mix(checksum, evaluate(expr, x, scratch));
+    }
+    done += n;
+  }
+  return checksum;
 }
 
 /// run_jit() on a fresh strict-W^X WxarenaSink made with `options`; the
