@@ -2,11 +2,13 @@
 // raw_rwx_floor: the cost floor, one pre-mapped buffer that is readable,
 // writable and executable at once, with memcpy + call and no allocation.
 //
-// THIS IS THE ONLY RWX MAPPING IN THE PROJECT. It exists to measure what no
-// protection at all costs and is built into the benchmark only, never into
-// the library. When the OS refuses it (e.g. under the W^X seccomp filter the
-// test suite runs in, or SELinux deny_execmem), the strategy reports an error
-// and its benchmarks skip themselves.
+// THIS FILE MAKES THE ONLY RWX MAPPINGS IN THE PROJECT: the floor's buffer,
+// and (through map_rwx()) the memory of example_jit_rwx, the example JIT on
+// RWX memory. They exist to measure what no protection at all costs and are
+// built into the benchmark only, never into the library or the examples.
+// When the OS refuses them (e.g. under the W^X seccomp filter the test suite
+// runs in, or SELinux deny_execmem), the benchmarks using them report a
+// refusal and skip themselves.
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -72,18 +74,26 @@ std::unique_ptr<Strategy> make_floor(Shared*, const Request& request,
   // are not part of the floor.
   const std::size_t round = request.capacity + request.capacity / 8;
   const std::size_t bytes = (round + (1u << 20) + 4095) & ~std::size_t{4095};
-  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE | PROT_EXEC,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-  if (p == MAP_FAILED) {
-    error = std::string(kRefusedPrefix) +
-            errno_message("mmap PROT_READ|PROT_WRITE|PROT_EXEC", errno) +
-            "; the RWX floor cannot run under a W^X policy";
-    return nullptr;
-  }
-  return std::make_unique<RwxFloor>(static_cast<std::byte*>(p), bytes, round);
+  std::byte* p = map_rwx(bytes, /*populate=*/true, error);
+  if (!p) return nullptr;
+  return std::make_unique<RwxFloor>(p, bytes, round);
 }
 
 }  // namespace
+
+std::byte* map_rwx(std::size_t bytes, bool populate, std::string& error) {
+  const int flags =
+      MAP_PRIVATE | MAP_ANONYMOUS | (populate ? MAP_POPULATE : MAP_NORESERVE);
+  void* p =
+      ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE | PROT_EXEC, flags, -1, 0);
+  if (p == MAP_FAILED) {
+    error = std::string(kRefusedPrefix) +
+            errno_message("mmap PROT_READ|PROT_WRITE|PROT_EXEC", errno) +
+            "; RWX memory is not available under a W^X policy";
+    return nullptr;
+  }
+  return static_cast<std::byte*>(p);
+}
 
 bool rwx_mapping_allowed(std::string& why) {
   void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,

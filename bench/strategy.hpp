@@ -103,6 +103,13 @@ inline constexpr std::string_view kRefusedPrefix = "refused: ";
 /// allowed to ask for such a mapping (it is unmapped at once).
 bool rwx_mapping_allowed(std::string& why);
 
+/// `bytes` (a multiple of the page size) mapped readable, writable and
+/// executable at once, for the benchmarks that measure what no protection
+/// costs: populated up front if `populate`, else touched on first write like
+/// any fresh memory. Null with a kRefusedPrefix message in `error` if the
+/// OS refuses. The caller munmaps it. Lives in rwx_floor.cpp, like the above.
+std::byte* map_rwx(std::size_t bytes, bool populate, std::string& error);
+
 /// A named strategy: make_shared() once per run, then make() per thread.
 /// Both return null and fill `error` when the strategy cannot run here.
 struct Factory {

@@ -49,15 +49,8 @@ const CodeTemplate& code() {
 
 std::atomic<int> g_failed{0};
 
-// Ends the benchmark with an error. A strategy error or a wrong result is a
-// failure and counts toward the exit status; a refusal (kRefusedPrefix: a
-// policy, a kernel limit, the arena's VMA budget) is a result, only reported.
 void fail(benchmark::State& state, const Factory& f, const std::string& why) {
-  if (why.rfind(kRefusedPrefix, 0) != 0)
-    g_failed.fetch_add(1, std::memory_order_relaxed);
-  const std::string message =
-      f.name + ": " + (why.empty() ? "could not be created" : why);
-  state.SkipWithError(message.c_str());
+  fail_benchmark(state, f.name, why);
 }
 
 struct Instance {
@@ -721,6 +714,15 @@ void register_workloads(const std::vector<Factory>& factories, Scale scale) {
         ->Args({std::int64_t{kThreadsSize}, std::int64_t{kThreadsBatch}})
         ->Threads(1)
         ->Threads(2);
+}
+
+void fail_benchmark(benchmark::State& state, const std::string& who,
+                    const std::string& why) {
+  if (why.rfind(kRefusedPrefix, 0) != 0)
+    g_failed.fetch_add(1, std::memory_order_relaxed);
+  const std::string message =
+      who + ": " + (why.empty() ? "could not be created" : why);
+  state.SkipWithError(message.c_str());
 }
 
 int failed_benchmarks() noexcept {
