@@ -12,6 +12,9 @@
 #include <vector>
 
 #include "bench_config.h"
+#if WXB_HAVE_EXAMPLE_JIT
+#include "example_jit.hpp"
+#endif
 #include "strategy.hpp"
 #include "syscall_counter.hpp"
 #include "workloads.hpp"
@@ -68,8 +71,9 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--help") == 0)
       std::printf(
           "wxa_bench [--quick | --smoke] [Google Benchmark flags]\n"
-          "  --quick  size 256 and 65536 publish, startup and vma_pressure,\n"
-          "           min time 0.05 s (explicit flags take precedence)\n"
+          "  --quick  size 256 and 65536 publish, startup (the example JIT\n"
+          "           included) and vma_pressure, min time 0.05 s (explicit\n"
+          "           flags take precedence)\n"
           "  --smoke  every workload and strategy, small parameters, min\n"
           "           time 0.001 s; exit status 1 if any result is wrong\n\n");
     args.push_back(argv[i]);
@@ -109,6 +113,9 @@ int main(int argc, char** argv) {
 
   wxb::register_workloads(factories(),
                           smoke ? wxb::Scale::smoke : wxb::Scale::full);
+#if WXB_HAVE_EXAMPLE_JIT
+  wxb::register_example_jit(smoke ? wxb::Scale::smoke : wxb::Scale::full);
+#endif
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
 
