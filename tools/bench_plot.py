@@ -8,8 +8,10 @@
 The plot shows ns per function against batch size (log-log), one line per
 strategy and one panel per function size. The Markdown holds the publish
 tables (size 256 and 65536) with ratios to asmjit_rwx and naive_mmap, the
-startup, churn, vma_pressure and threads figures, and the targets of issue 5
-with whether this run meets them.
+startup, churn, vma_pressure and threads figures, the example JIT on wxarena
+against the same JIT on RWX memory, and the targets of issues 5 and 7 with
+whether this run meets them. With --benchmark_repetitions, the medians are
+used.
 """
 
 import argparse
@@ -24,6 +26,8 @@ STRATEGIES = [
     "naive_mmap", "malloc_mprotect", "llvm_smm",
     "asmjit_rwx", "asmjit_dual", "raw_rwx_floor",
 ]
+# The example JIT (startup/example_jit_*): its own table, not a strategy.
+EXAMPLE_JIT = ["example_jit_wxarena", "example_jit_rwx"]
 SIZES = [64, 256, 4096, 65536]
 BATCHES = [1, 64, 1024]
 
@@ -65,10 +69,9 @@ class Results:
                 continue
             runs[key].append(b)
         self.errors = errors
-        self.data = {}
+        self.data = dict(aggregates)  # also with --benchmark_report_aggregates_only
         for key, rs in runs.items():
             if key in aggregates:
-                self.data[key] = aggregates[key]
                 continue
             merged = dict(rs[0])
             for field in rs[0]:
@@ -93,8 +96,21 @@ class Results:
 
     def strategies(self):
         seen = {k[1] for k in self.data} | {k[1] for k in self.errors}
+        seen -= set(EXAMPLE_JIT)
         known = [s for s in STRATEGIES if s in seen]
         return known + sorted(seen - set(known))
+
+    def example_jit(self, strategy):
+        """(params, run or None, error or None) of startup/<strategy>, whatever
+        its size (50,000 functions in a full run, fewer in --smoke)."""
+        for source in (self.data, self.errors):
+            for key, value in source.items():
+                if key[0] == "startup" and key[1] == strategy:
+                    params = dict(key[2])
+                    if source is self.data:
+                        return params, value, None
+                    return params, None, value
+        return None, None, None
 
 
 def fmt_ns(ns):
@@ -206,6 +222,38 @@ def startup_table(r):
                   "× asmjit_rwx", "syscalls/fn", "VMAs"], rows)
 
 
+def example_jit_ratio(r):
+    """example_jit_wxarena / example_jit_rwx, time per function, or None."""
+    _, wx, _ = r.example_jit("example_jit_wxarena")
+    _, rwx, _ = r.example_jit("example_jit_rwx")
+    if wx is None or rwx is None:
+        return None
+    return ratio(wx.get("ns_per_fn"), rwx.get("ns_per_fn"))
+
+
+def example_jit_table(r):
+    rows = []
+    _, rwx, _ = r.example_jit("example_jit_rwx")
+    rwx_ns = rwx.get("ns_per_fn") if rwx else None
+    for s in EXAMPLE_JIT:
+        params, run, err = r.example_jit(s)
+        if run is None:
+            if err:
+                rows.append([f"`{s}`", fmt_error(err)] + [""] * 9)
+            continue
+        ns = run.get("ns_per_fn")
+        functions = params.get("functions", 0)
+        rows.append([f"`{s}`", fmt_ns(ns * functions if ns else None), fmt_ns(ns),
+                     fmt_ratio(ratio(ns, rwx_ns))]
+                    + [fmt_ns(run.get(k)) for k in
+                       ("compile_ns", "add_ns", "publish_ns", "run_ns")]
+                    + [fmt_num(run.get("syscalls_per_fn"), 4),
+                       fmt_num(run.get("mprotect_per_fn"), 4), fmt_num(run.get("vmas"))])
+    return table(["variant", "total", "per function", "× example_jit_rwx",
+                  "compile", "copy in", "publish", "run", "syscalls/fn",
+                  "mprotect/fn", "VMAs"], rows)
+
+
 def churn_table(r):
     rows = []
     for s in r.strategies():
@@ -306,6 +354,10 @@ def targets(r):
     x = ratio(two, one)
     check("threads `wxarena_heap`: 2 threads ≥ 1.6 × one thread",
           fmt_ratio(x), None if x is None else x >= 1.6)
+    x = example_jit_ratio(r)
+    if x is not None:
+        check("example JIT end to end: wxarena ≤ 1.02 × the same JIT on RWX",
+              f"{x:.3f}×", x <= 1.02)
     return table(["target", "this run", "verdict"], rows)
 
 
@@ -323,6 +375,9 @@ def markdown(r):
         out += [publish_tables(r, size), ""]
     out += ["#### startup: 50,000 functions of 32–512 bytes, published in batches of 256",
             "", startup_table(r), "",
+            "#### startup, the example JIT: the same expressions compiled with Xbyak, "
+            "published in batches of 1,024, and run, on wxarena (strict W^X) and on RWX memory",
+            "", example_jit_table(r), "",
             "#### churn: 2,000 live functions of 32–2,048 bytes, 32 freed and 32 published per step",
             "", churn_table(r), "",
             "#### vma_pressure: 20,000 live 256-byte functions", "", vma_table(r), "",
