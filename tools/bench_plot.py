@@ -192,7 +192,7 @@ def publish_tables(r, size):
            table(["strategy"] + [f"batch {b}" for b in BATCHES]
                  + ["syscalls/fn (b64)", "mprotect/fn (b64)", "VMAs (b64)"], rows)]
     for ref in ("asmjit_rwx", "naive_mmap"):
-        if not any(ns[(ref, b)] for b in BATCHES):
+        if not any(ns.get((ref, b)) for b in BATCHES):
             continue
         rows = []
         for s in strategies:
