@@ -112,14 +112,18 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
 
   // 5. Code is made visible to instruction fetch before it is executable.
   bool barrier = flags == CommitFlags::barrier;
+  const auto epoch = static_cast<BarrierEpoch>(barriers_);
   for (const Run& run : runs_) {
     if (run.to != PageState::executable) continue;
     region_.flush(run.a, run.b);
     ++report.flushes;
     // Code at an address that held code before (reuse, or an unsealed
-    // chunk sealed again) may be stale in other cores' pipelines.
+    // chunk sealed again) may be stale in other cores' pipelines, unless
+    // every core has serialised since that address stopped being
+    // executable: a barrier issued after that has already done this one's
+    // work, and no core can have fetched from the address since.
     for (std::size_t i = run.a; i < run.b && !barrier; ++i)
-      barrier = region_.flags(i) & kHeldCode;
+      barrier = (region_.flags(i) & kHeldCode) && region_.revoked(i) == epoch;
   }
 
   // 6. One protection change per run (two in dual_map: one per view).
@@ -182,10 +186,15 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
     ++barriers_;
   }
 
-  // 8. Commit the bookkeeping: nothing below can fail.
+  // 8. Commit the bookkeeping: nothing below can fail. Pages that stopped
+  //    being executable did so before this commit's barrier (if any), so
+  //    they carry the epoch from before it.
   for (const Run& run : runs_)
     if (run.to == PageState::executable)
       region_.add_flags(run.a, run.b, kHeldCode);
+  for (const Item& it : items_)
+    if (it.from == PageState::executable && it.to != PageState::executable)
+      region_.set_revoked(it.head, it.head + it.pages, epoch);
   for (const Item& it : items_) {
     --chunks_[static_cast<int>(to_public(it.from))];
     ++chunks_[static_cast<int>(to_public(it.to))];

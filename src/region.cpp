@@ -12,6 +12,7 @@ Region::~Region() {
   meta_free(head_);
   meta_free(length_);
   meta_free(flags_);
+  meta_free(revoked_);
 }
 
 Result<void> Region::init(Pal& pal, Backend backend, std::size_t pages,
@@ -30,7 +31,9 @@ Result<void> Region::init(Pal& pal, Backend backend, std::size_t pages,
   length_ =
       static_cast<std::uint32_t*>(meta_calloc(pages, sizeof(std::uint32_t)));
   flags_ = static_cast<std::uint8_t*>(meta_calloc(pages, 1));
-  if (!state_ || !head_ || !length_ || !flags_)
+  revoked_ =
+      static_cast<BarrierEpoch*>(meta_calloc(pages, sizeof(BarrierEpoch)));
+  if (!state_ || !head_ || !length_ || !flags_ || !revoked_)
     return Error(Errc::out_of_memory, ENOMEM);
   counts_[static_cast<int>(PageState::unused)] = pages;
 
@@ -99,6 +102,11 @@ void Region::clear_flags(std::size_t a, std::size_t b,
                          std::uint8_t f) noexcept {
   for (std::size_t i = a; i < b; ++i)
     flags_[i] &= static_cast<std::uint8_t>(~f);
+}
+
+void Region::set_revoked(std::size_t a, std::size_t b,
+                         BarrierEpoch e) noexcept {
+  for (std::size_t i = a; i < b; ++i) revoked_[i] = e;
 }
 
 Access Region::access(PageState s, View v) const noexcept {

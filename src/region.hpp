@@ -49,6 +49,11 @@ constexpr State to_public(PageState s) noexcept {
 /// Per-page flag: the page has been executable since it was last unused.
 inline constexpr std::uint8_t kHeldCode = 1;
 
+/// The arena's count of cross-thread barriers at some moment, modulo 2^32.
+/// A page records it when it stops being executable: code that lands there
+/// later needs a barrier only if none has been issued since.
+using BarrierEpoch = std::uint32_t;
+
 /// One view of the region (the protect backend has only `rx`).
 enum class View : std::uint8_t { rx = 0, rw = 1 };
 
@@ -103,6 +108,11 @@ class Region {
   }
   void add_flags(std::size_t a, std::size_t b, std::uint8_t f) noexcept;
   void clear_flags(std::size_t a, std::size_t b, std::uint8_t f) noexcept;
+  /// The barrier epoch at which page i last stopped being executable.
+  [[nodiscard]] BarrierEpoch revoked(std::size_t i) const noexcept {
+    return revoked_[i];
+  }
+  void set_revoked(std::size_t a, std::size_t b, BarrierEpoch e) noexcept;
 
   /// Sets the tracked state of [a, b) (no system call) and keeps the VMA
   /// count up to date. `head` is recorded for every page.
@@ -158,6 +168,7 @@ class Region {
   std::uint32_t* head_ = nullptr;
   std::uint32_t* length_ = nullptr;
   std::uint8_t* flags_ = nullptr;
+  BarrierEpoch* revoked_ = nullptr;
   std::size_t vmas_ = 0;
   std::size_t counts_[kPageStates] = {};
 };

@@ -457,6 +457,83 @@ TEST_P(BatchOrder, BarrierOnlyWhenCodeIsReusedOrAsked) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
+// A barrier serialises every core, so it covers every address that stopped
+// being executable before it: code landing there later needs no new one.
+// Only addresses revoked since the last barrier cost one.
+TEST_P(BatchOrder, OneBarrierCoversEveryAddressRevokedBeforeIt) {
+  if (!has_barrier()) GTEST_SKIP() << "no membarrier SYNC_CORE here";
+  FaultPal pal;
+  Result<Arena> made = make(pal, /*quarantine=*/0);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  std::vector<Chunk> c = adjacent(arena, 3);
+  ASSERT_EQ(c.size(), 3u);
+  Batch b(arena);
+  for (std::uint32_t i = 0; i < 3; ++i) {
+    write_fn(c[i], i);
+    b.seal(c[i]);
+  }
+  ASSERT_TRUE(Ok(b.commit()));
+  b.release(c[0]);
+  b.release(c[1]);
+  ASSERT_TRUE(Ok(b.commit()));
+
+  // The released addresses come back lowest first (quarantine 0).
+  auto reuse = [&](const Chunk& old, std::uint32_t value) -> Result<Chunk> {
+    Result<Chunk> n = arena.allocate(1);
+    if (!n) return n;
+    EXPECT_EQ(n->rx(), old.rx()) << "the released address did not come back";
+    write_fn(*n, value);
+    return n;
+  };
+  const Stats s0 = arena.stats();
+  Result<Chunk> x = reuse(c[0], 10);
+  ASSERT_TRUE(Ok(x));
+  b.seal(*x);
+  pal.count_only();
+  Result<CommitReport> r = b.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_TRUE(r->barrier) << "no barrier since c[0] stopped being code";
+  EXPECT_EQ(pal.calls(PalCall::barrier), 1u);
+
+  // c[1] stopped being code before that barrier: nothing more to do.
+  Result<Chunk> y = reuse(c[1], 11);
+  ASSERT_TRUE(Ok(y));
+  b.seal(*y);
+  pal.count_only();
+  r = b.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_FALSE(r->barrier) << "the previous barrier already covered c[1]";
+  EXPECT_EQ(pal.calls(PalCall::barrier), 0u);
+
+  // c[2] stops being code after it: its reuse needs a new one.
+  b.release(c[2]);
+  ASSERT_TRUE(Ok(b.commit()));
+  Result<Chunk> z = reuse(c[2], 12);
+  ASSERT_TRUE(Ok(z));
+  b.seal(*z);
+  pal.count_only();
+  r = b.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_TRUE(r->barrier);
+  EXPECT_EQ(pal.calls(PalCall::barrier), 1u);
+  EXPECT_EQ(arena.stats().barriers - s0.barriers, 2u);
+
+  // Patching after a barrier: unsealed after it, so resealing needs one.
+  Result<Chunk> w = arena.unseal(y->rx());
+  ASSERT_TRUE(Ok(w));
+  write_fn(*w, 21);
+  b.seal(*w);
+  pal.count_only();
+  r = b.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_TRUE(r->barrier);
+  EXPECT_EQ(call(x->rx()), 10u);
+  EXPECT_EQ(call(w->rx()), 21u);
+  EXPECT_EQ(call(z->rx()), 12u);
+  EXPECT_TRUE(audit_arena(arena));
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, BatchOrder,
                          ::testing::ValuesIn(kBothBackends), backend_name);
 
