@@ -298,7 +298,8 @@ struct ChunkM {
   bool heap = false;     // a CodeHeap's page: arena operations leave it be
   bool written = false;  // holds `mov eax, value; ret` at offset 0
   std::uint32_t value = 0;
-  std::uint64_t seq = 0;  // release order, while retired
+  std::uint64_t seq = 0;        // release order, while retired
+  std::uint64_t alloc_seq = 0;  // the arena's allocations when released
 };
 
 // One CodeHeap function, by offset in its page.
@@ -369,9 +370,16 @@ class Harness {
   [[nodiscard]] std::uintptr_t view(const Slot& s, std::uintptr_t rx) const {
     return s.dual ? s.rw_base + (rx - s.rx_base) : rx;
   }
-  [[nodiscard]] static bool eligible(const Slot& s, const ChunkM& c) {
+  // Past the quarantine: `quarantine` later releases, or allocations (the
+  // arena's own count; `allocations` is taken when the question arises).
+  [[nodiscard]] static bool eligible(const Slot& s, const ChunkM& c,
+                                     std::uint64_t allocations) {
     return c.state == State::retired &&
-           s.released - c.seq >= s.options.quarantine;
+           (s.released - c.seq >= s.options.quarantine ||
+            allocations - c.alloc_seq >= s.options.quarantine);
+  }
+  [[nodiscard]] static std::uint64_t allocations(const Slot& s) {
+    return s.arena->stats().allocations;
   }
   [[nodiscard]] Verdict validate(Slot& s, const void* p, Kind kind);
   [[nodiscard]] Access want_rx(const Slot& s, State st, bool open) const;
@@ -642,8 +650,9 @@ std::size_t Harness::pick_size(const Slot& s) {
 // (allocate, trim): they are then free, which the model accepts.
 void Harness::sync_recycled(Slot& s) {
   const std::vector<wxa::RunInfo> runs = s.arena->runs();
+  const std::uint64_t allocs = allocations(s);
   for (auto it = s.chunks.begin(); it != s.chunks.end();) {
-    if (!eligible(s, it->second)) {
+    if (!eligible(s, it->second, allocs)) {
       ++it;
       continue;
     }
@@ -661,14 +670,16 @@ void Harness::sync_recycled(Slot& s) {
 
 // Chunks released by one commit pass the quarantine together (the header's
 // Options::quarantine): each counts as a release, and all of them wait until
-// `quarantine` releases after the last one.
+// `quarantine` releases after the last one, or `quarantine` allocations.
 void Harness::retire(Slot& s, const std::vector<std::uintptr_t>& heads) {
   s.released += heads.size();
+  const std::uint64_t allocs = allocations(s);
   for (std::uintptr_t h : heads) {
     ChunkM& c = s.chunks.at(h);
     c.state = State::retired;
     c.rw = nullptr;
     c.seq = s.released;
+    c.alloc_seq = allocs;
     remember(h);
   }
 }
@@ -676,10 +687,12 @@ void Harness::retire(Slot& s, const std::vector<std::uintptr_t>& heads) {
 // A new chunk at rx: its pages must have been free or recyclable quarantine.
 void Harness::take_pages(Slot& s, std::uintptr_t rx, std::size_t pages) {
   const std::size_t first = (rx - s.rx_base) / ps_;
+  // The arena decided before counting the allocation that made this chunk.
+  const std::uint64_t allocs = allocations(s) - 1;
   for (std::size_t i = first; i < first + pages; ++i) {
     auto it = chunk_at_page(s, i);
     if (it == s.chunks.end()) continue;
-    expect(eligible(s, it->second),
+    expect(eligible(s, it->second, allocs),
            "new chunk %#lx+%zu pages overlaps a %s chunk at %#lx (seq %llu, "
            "released %llu, quarantine %zu)",
            ul(rx), pages, id(it->second.state), ul(it->first),
@@ -1019,8 +1032,9 @@ void Harness::op_allocate(Slot& s) {
       for (std::size_t i = first; i < first + r.bytes / ps_; ++i)
         kind[i] = r.state == State::free ? (r.open ? 1 : 2) : 0;
     }
+    const std::uint64_t allocs = allocations(s);
     for (const auto& [rx, c] : s.chunks)
-      if (eligible(s, c))
+      if (eligible(s, c, allocs))
         for (std::size_t i = 0; i < c.pages; ++i)
           kind[(rx - s.rx_base) / ps_ + i] = 1;
     std::size_t run = 0;
@@ -1290,8 +1304,9 @@ void Harness::op_trim(Slot& s) {
   if (!ok || f.fired) return;
   for (const wxa::RunInfo& run : s.arena->runs())
     expect(!run.open, "trim: open pages remain at %p", run.rx);
+  const std::uint64_t allocs = allocations(s);
   for (const auto& [rx, c] : s.chunks)
-    expect(!eligible(s, c), "trim: reusable quarantine remains at %#lx",
+    expect(!eligible(s, c, allocs), "trim: reusable quarantine remains at %#lx",
            ul(rx));
 }
 

@@ -168,17 +168,17 @@ Result<void> ArenaImpl::open_more(std::size_t pages) noexcept {
 std::size_t ArenaImpl::eligible_pages() const noexcept {
   std::size_t pages = 0;
   for (const Quarantined& q : quarantine_) {
-    if (released_ - q.seq < options_.quarantine) break;
+    if (!passed(q)) break;
     pages += q.pages;
   }
   return pages;
 }
 
 Result<void> ArenaImpl::recycle() noexcept {
-  // Entries that enough later releases have passed, oldest first.
+  // Entries that enough later releases or allocations have passed, oldest
+  // first.
   std::size_t eligible = 0;
-  while (eligible < quarantine_.size() &&
-         released_ - quarantine_[eligible].seq >= options_.quarantine)
+  while (eligible < quarantine_.size() && passed(quarantine_[eligible]))
     ++eligible;
   if (eligible == 0) return {};
   std::sort(quarantine_.begin(), quarantine_.begin() + eligible,
@@ -305,8 +305,7 @@ Result<void> ArenaImpl::trim() noexcept {
     // Quarantine that may be reused anyway: retired (inaccessible) already,
     // so only its memory goes back.
     std::size_t eligible = 0;
-    while (eligible < quarantine_.size() &&
-           released_ - quarantine_[eligible].seq >= options_.quarantine) {
+    while (eligible < quarantine_.size() && passed(quarantine_[eligible])) {
       const Quarantined& q = quarantine_[eligible];
       if (Result<void> r = region_.decommit(q.head, q.head + q.pages, sys_);
           !r) {

@@ -58,7 +58,8 @@ class ArenaImpl {
  private:
   struct Quarantined {
     std::uint32_t head, pages;
-    std::uint64_t seq;
+    std::uint64_t seq;        // releases_ when released
+    std::uint64_t alloc_seq;  // allocations_ when released
   };
   struct Item {  // one validated transition in a commit
     std::uint32_t head, pages;
@@ -78,6 +79,12 @@ class ArenaImpl {
   [[nodiscard]] Result<void> open_more(std::size_t pages) noexcept;
   [[nodiscard]] Result<void> recycle() noexcept;
   [[nodiscard]] std::size_t eligible_pages() const noexcept;
+  // A quarantined entry may be reused once `quarantine` chunks have been
+  // released, or allocated, after it.
+  [[nodiscard]] bool passed(const Quarantined& q) const noexcept {
+    return released_ - q.seq >= options_.quarantine ||
+           allocations_ - q.alloc_seq >= options_.quarantine;
+  }
   [[nodiscard]] bool over_budget() const noexcept {
     return region_.vmas() > vma_budget_;
   }

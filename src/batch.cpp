@@ -205,7 +205,8 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
     released_ += releases;
     for (const Item& it : items_)
       if (it.to == PageState::retired)
-        quarantine_.push_back(Quarantined{it.head, it.pages, released_});
+        quarantine_.push_back(
+            Quarantined{it.head, it.pages, released_, allocations_});
   }
   report.chunks = items_.size();
   report.runs = runs_.size();

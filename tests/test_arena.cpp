@@ -11,6 +11,7 @@
 #include <iostream>
 #include <limits>
 #include <memory>
+#include <set>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -373,6 +374,64 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 // --- find() -----------------------------------------------------------------
+
+// A JIT that frees code and then only compiles: the quarantine passes by
+// allocations too, so the freed pages come back (after `quarantine` of
+// them) instead of fresh pages being faulted in while the freed ones stay
+// committed and unused.
+using ArenaQuarantine = BackendTest;
+
+TEST_P(ArenaQuarantine, PassesByLaterAllocationsWithoutLaterReleases) {
+  constexpr std::size_t kQuarantine = 8, kChunks = 32;
+  Options o = options();
+  o.quarantine = kQuarantine;
+  o.open_pages = 4;
+  Result<Arena> made = Arena::create(o);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+
+  std::set<const void*> freed;
+  Batch b(arena);
+  for (std::uint32_t i = 0; i < kChunks; ++i) {
+    Result<Chunk> c = arena.allocate(1);
+    ASSERT_TRUE(Ok(c));
+    write_fn(*c, i);
+    b.seal(*c);
+    freed.insert(c->rx());
+  }
+  ASSERT_TRUE(Ok(b.commit()));
+  for (const void* rx : freed) b.release(rx);
+  ASSERT_TRUE(Ok(b.commit()));
+  const Stats s0 = arena.stats();
+
+  // Only allocations from here on. The first `quarantine` never reuse.
+  std::vector<Chunk> fresh;
+  std::size_t first_reuse = 0;
+  for (std::uint32_t i = 0; i < 2 * kChunks && !first_reuse; ++i) {
+    Result<Chunk> c = arena.allocate(1);
+    ASSERT_TRUE(Ok(c));
+    if (freed.count(c->rx())) first_reuse = i + 1;
+    for (std::byte x : c->rw())
+      ASSERT_TRUE(x == std::byte{0} || x == x86_int3)
+          << "a reused page still holds old code";
+    write_fn(*c, 100 + i);
+    fresh.push_back(*c);
+  }
+  ASSERT_NE(first_reuse, 0u) << "freed pages never came back";
+  EXPECT_GT(first_reuse, kQuarantine) << "reused within the quarantine";
+  // Fresh pages opened meanwhile: at most the open run in use then.
+  EXPECT_LE(
+      arena.stats().committed_bytes,
+      s0.committed_bytes + (kQuarantine + o.open_pages) * arena.page_size());
+  for (const Chunk& c : fresh) b.seal(c);
+  ASSERT_TRUE(Ok(b.commit()));
+  for (std::size_t i = 0; i < fresh.size(); ++i)
+    EXPECT_EQ(call(fresh[i].rx()), 100u + i);
+  EXPECT_TRUE(audit_arena(arena));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, ArenaQuarantine,
+                         ::testing::ValuesIn(kBothBackends), backend_name);
 
 using ArenaFind = BackendTest;
 

@@ -70,8 +70,11 @@ struct Options {
   /// rel32). Ignored without an anchor.
   std::size_t reach = 0;
   /// A released chunk's pages are not handed out again until this many
-  /// later chunks have been released too (a stale call faults meanwhile).
-  /// Chunks released in one commit pass the quarantine together.
+  /// later chunks have been released too, or this many allocated (a stale
+  /// call faults meanwhile). Chunks released in one commit pass the
+  /// quarantine together. Counting allocations lets a JIT that frees code
+  /// and then only compiles reuse those pages instead of faulting in fresh
+  /// ones (and holding both).
   std::size_t quarantine = 16;
   /// Most kernel VMAs the arena may occupy; 0 means a quarter of
   /// vm.max_map_count. Operations that would exceed it fail with
