@@ -228,7 +228,11 @@ Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
   // published, and sealed pages emptied since, are released instead.
   for (Page* p : pending_)
     ops_.push_back({p->rx, p->live ? OpKind::seal_execute : OpKind::release});
-  for (Page* p : empty_) ops_.push_back({p->rx, OpKind::release});
+  // Sealed pages emptied since wait until enough of them can be retired
+  // together (HeapOptions::retire_pages).
+  const bool retire = stats_.empty_pages >= options_.retire_pages;
+  if (retire)
+    for (Page* p : empty_) ops_.push_back({p->rx, OpKind::release});
   Result<CommitReport> r = impl_.commit(ops_.data(), ops_.size(), flags);
   if (!r) return r.error();  // all-or-nothing: the heap is unchanged too
 
@@ -242,9 +246,12 @@ Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
       forget(p);
     }
   }
-  for (Page* p : empty_) forget(p);
   pending_.clear();
-  empty_.clear();
+  if (retire) {
+    for (Page* p : empty_) forget(p);
+    empty_.clear();
+    stats_.empty_pages = 0;
+  }
   stats_.pending_functions = 0;
   ++stats_.publishes;
   return r;
@@ -280,6 +287,7 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
       return Error(Errc::out_of_memory, ENOMEM);  // nothing changed
     }
     page->queued = true;
+    stats_.empty_pages += page->pages;
   }
   stats_.live_bytes -= it->size;
   it->size |= kDead;

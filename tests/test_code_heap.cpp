@@ -372,6 +372,53 @@ TEST_P(CodeHeapTest, SteadyStatePublishesCostTwoCallsAndRareBarriers) {
   EXPECT_TRUE(test::audit_arena(*arena));
 }
 
+// Opt-in deferred retirement: emptied pages wait, still executable, until
+// retire_pages of them can be retired in one run; publishes meanwhile only
+// seal. By default (the strict mode) every publish retires what emptied.
+TEST_P(CodeHeapTest, DeferredRetirementRetiresEmptiedPagesTogether) {
+  constexpr std::size_t kWait = 6;
+  HeapOptions ho;
+  ho.retire_pages = kWait;
+  Result<CodeHeap> heap = CodeHeap::create(*arena_, ho);
+  ASSERT_TRUE(heap) << heap.error().to_string();
+  const std::size_t per_page = arena_->page_size() / 256;
+  const std::size_t calls_per_run = GetParam() == Backend::dual_map ? 2 : 1;
+
+  std::vector<Placed> prev;
+  std::vector<const void*> waiting;  // first function of each emptied page
+  for (std::size_t round = 0; round < 2 * kWait + 2; ++round) {
+    std::vector<Placed> fns;
+    for (std::size_t i = 0; i < per_page; ++i)  // exactly one page
+      ASSERT_NO_FATAL_FAILURE(place(*heap, 256, 0, fns));
+    for (const Placed& f : prev) ASSERT_TRUE(heap->release(f.rx));
+    if (!prev.empty()) waiting.push_back(prev.front().rx);
+    const bool retires = waiting.size() >= kWait;
+    const Stats s0 = arena_->stats();
+    Result<CommitReport> r = heap->publish();
+    ASSERT_TRUE(r) << r.error().to_string();
+    const Stats s1 = arena_->stats();
+    // Sealing changes both views in dual_map; retiring sealed pages changes
+    // only the executable one (the writable view went at the seal).
+    EXPECT_EQ(s1.protection_calls - s0.protection_calls,
+              calls_per_run + (retires ? 1 : 0))
+        << "round " << round << ", " << waiting.size() << " pages waiting";
+    for (const void* rx : waiting) {
+      Result<ChunkInfo> info = arena_->find(rx);
+      if (retires) {
+        EXPECT_FALSE(info) << "round " << round << ": not retired";
+      } else {
+        ASSERT_TRUE(info);
+        EXPECT_EQ(info->state, State::executable) << "round " << round;
+      }
+    }
+    if (retires) waiting.clear();
+    EXPECT_EQ(heap->stats().empty_pages, waiting.size());
+    for (const Placed& f : fns) EXPECT_TRUE(runs_as(f.rx, f.size, f.id));
+    prev = fns;
+  }
+  EXPECT_TRUE(test::audit_arena(*arena_));
+}
+
 TEST_P(CodeHeapTest, CallerMistakesGetTheirErrorCodeAndChangeNothing) {
   Result<CodeHeap> heap = CodeHeap::create(*arena_);
   ASSERT_TRUE(heap) << heap.error().to_string();

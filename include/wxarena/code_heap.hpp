@@ -31,6 +31,15 @@ struct Function {
 
 struct HeapOptions {
   std::size_t alignment = 16;  ///< default function alignment (power of two)
+  /// Pages left without a live function are retired (made inaccessible,
+  /// then quarantined by the arena) by publish() once at least this many
+  /// are waiting; 0 or 1: by the next publish(), the strict default. Opt-in
+  /// deferred retirement: a larger value saves a TLB invalidation per page
+  /// (retiring 34 or more pages together is one flush on Linux x86-64), at
+  /// the price of dead functions on waiting pages staying callable until
+  /// then. They run their old code, never new code: a page is written again
+  /// only after its retirement and the quarantine.
+  std::size_t retire_pages = 0;
 };
 
 struct HeapStats {
@@ -39,6 +48,8 @@ struct HeapStats {
   std::size_t live_bytes = 0;         ///< bytes asked for by live functions
   std::size_t committed_bytes = 0;    ///< pages the heap holds from the arena
   std::size_t pages = 0;
+  std::size_t empty_pages = 0;  ///< of `pages`: no live function, waiting
+                                ///< to be retired (see retire_pages)
   std::uint64_t publishes = 0;
   [[nodiscard]] double committed_per_live() const noexcept {
     return live_bytes ? double(committed_bytes) / double(live_bytes) : 0.0;
@@ -73,8 +84,9 @@ class CodeHeap {
   /// allocate() and copy `code` in.
   [[nodiscard]] Result<Function> emit(std::span<const std::byte> code,
                                       std::size_t alignment = 0) noexcept;
-  /// Seals every pending function (and retires emptied pages) in one batch
-  /// commit. After it returns, every function allocated before is callable.
+  /// Seals every pending function (and retires emptied pages, see
+  /// HeapOptions::retire_pages) in one batch commit. After it returns, every
+  /// function allocated before is callable.
   [[nodiscard]] Result<CommitReport> publish(
       CommitFlags flags = CommitFlags::none) noexcept;
   /// Releases one function by its rx address. Errors: null_pointer,
