@@ -58,7 +58,17 @@ class HeapImpl {
 
   [[nodiscard]] Result<Page*> new_page(std::size_t pages) noexcept;
   [[nodiscard]] Page* page_of(const void* rx) const noexcept;
+  [[nodiscard]] bool index_pages(std::size_t first, std::size_t n) noexcept;
+  void set_index(std::size_t first, std::size_t n, Page* page) noexcept;
   void forget(Page* page) noexcept;
+
+  // The page index: arena page -> the heap's page there, in two levels (a
+  // leaf per kLeafPages arena pages, allocated when first needed). One flat
+  // array would be 2 MiB for a 1 GiB arena, and meta_calloc() writes every
+  // byte it returns (mimalloc clears even fresh memory), which touched all
+  // of it at create() and kept it resident for the heap's life.
+  static constexpr unsigned kLeafShift = 9;
+  static constexpr std::size_t kLeafPages = std::size_t{1} << kLeafShift;
 
   Arena& arena_;
   ArenaImpl& impl_;
@@ -67,7 +77,8 @@ class HeapImpl {
   unsigned shift_ = 0;
   const std::byte* base_ = nullptr;
   std::size_t arena_pages_ = 0;
-  Page** by_index_ = nullptr;  // arena page index -> the heap's page there
+  Page*** leaves_ = nullptr;  // arena page index >> kLeafShift -> leaf
+  std::size_t leaf_count_ = 0;
   Page* current_ = nullptr;    // where small functions are bump-allocated
   Page* all_ = nullptr;        // head of the list of every page held
   MetaVector<Page*> pending_;  // written since the last publish()
@@ -88,7 +99,9 @@ HeapImpl::~HeapImpl() {
   if (!ops_.empty())
     (void)impl_.commit(ops_.data(), ops_.size(), CommitFlags::none);
   while (all_) forget(all_);
-  meta_free(by_index_);
+  if (leaves_)
+    for (std::size_t i = 0; i < leaf_count_; ++i) meta_free(leaves_[i]);
+  meta_free(leaves_);
 }
 
 Result<void> HeapImpl::init() noexcept {
@@ -99,9 +112,9 @@ Result<void> HeapImpl::init() noexcept {
   shift_ = static_cast<unsigned>(std::countr_zero(page_size_));
   base_ = arena_.range().data();
   arena_pages_ = arena_.range().size() >> shift_;
-  // Untouched entries cost no memory: the OS hands out zero pages lazily.
-  by_index_ = static_cast<Page**>(meta_calloc(arena_pages_, sizeof(Page*)));
-  if (!by_index_) return Error(Errc::out_of_memory, ENOMEM);
+  leaf_count_ = (arena_pages_ + kLeafPages - 1) >> kLeafShift;
+  leaves_ = static_cast<Page***>(meta_calloc(leaf_count_, sizeof(Page**)));
+  if (!leaves_) return Error(Errc::out_of_memory, ENOMEM);
   try {
     pending_.reserve(64);
     empty_.reserve(64);
@@ -116,13 +129,35 @@ HeapImpl::Page* HeapImpl::page_of(const void* rx) const noexcept {
   auto u = reinterpret_cast<std::uintptr_t>(rx);
   auto b = reinterpret_cast<std::uintptr_t>(base_);
   if (u < b || ((u - b) >> shift_) >= arena_pages_) return nullptr;
-  return by_index_[(u - b) >> shift_];
+  const std::size_t i = (u - b) >> shift_;
+  Page** leaf = leaves_[i >> kLeafShift];
+  return leaf ? leaf[i & (kLeafPages - 1)] : nullptr;
+}
+
+bool HeapImpl::index_pages(std::size_t first, std::size_t n) noexcept {
+  for (std::size_t l = first >> kLeafShift; l <= (first + n - 1) >> kLeafShift;
+       ++l) {
+    if (leaves_[l]) continue;
+    leaves_[l] = static_cast<Page**>(meta_calloc(kLeafPages, sizeof(Page*)));
+    if (!leaves_[l]) return false;  // leaves made so far stay: they are empty
+  }
+  return true;
+}
+
+void HeapImpl::set_index(std::size_t first, std::size_t n,
+                         Page* page) noexcept {
+  for (std::size_t i = first; i < first + n; ++i)
+    leaves_[i >> kLeafShift][i & (kLeafPages - 1)] = page;
 }
 
 Result<HeapImpl::Page*> HeapImpl::new_page(std::size_t pages) noexcept {
   Result<Chunk> c = impl_.allocate(pages << shift_);
   if (!c) return c.error();
-  void* mem = meta_alloc(sizeof(Page));
+  const std::size_t first =
+      static_cast<std::size_t>(static_cast<const std::byte*>(c->rx()) -
+                               base_) >>
+      shift_;
+  void* mem = index_pages(first, pages) ? meta_alloc(sizeof(Page)) : nullptr;
   if (!mem) {
     (void)arena_.release(c->rx());  // back to the arena; nothing was written
     return Error(Errc::out_of_memory, ENOMEM);
@@ -146,9 +181,7 @@ Result<HeapImpl::Page*> HeapImpl::new_page(std::size_t pages) noexcept {
     (void)arena_.release(c->rx());
     return Error(Errc::out_of_memory, ENOMEM);
   }
-  const std::size_t first =
-      static_cast<std::size_t>(page->rx - base_) >> shift_;
-  for (std::size_t i = 0; i < pages; ++i) by_index_[first + i] = page;
+  set_index(first, pages, page);
   page->next = all_;
   if (all_) all_->prev = page;
   all_ = page;
@@ -160,7 +193,7 @@ Result<HeapImpl::Page*> HeapImpl::new_page(std::size_t pages) noexcept {
 void HeapImpl::forget(Page* page) noexcept {
   const std::size_t first =
       static_cast<std::size_t>(page->rx - base_) >> shift_;
-  for (std::size_t i = 0; i < page->pages; ++i) by_index_[first + i] = nullptr;
+  set_index(first, page->pages, nullptr);
   stats_.pages -= page->pages;
   stats_.committed_bytes -= std::size_t{page->pages} << shift_;
   if (current_ == page) current_ = nullptr;

@@ -3,6 +3,9 @@
 // reuse, error codes, the system calls of a big publish, and fragmentation
 // under churn.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cinttypes>
@@ -671,6 +674,57 @@ TEST_P(CodeHeapTest, FragmentationUnderChurnStaysBounded) {
   EXPECT_GT(hs.committed_per_live(), 1.0);
   for (const Placed& f : live) ASSERT_TRUE(runs_as(f.rx, f.size, f.id));
   EXPECT_TRUE(test::audit_arena(*arena_));
+}
+
+// A heap's page index costs memory only where the heap has pages: eight
+// heaps on a 1 GiB arena, each with a function written, touch a few pages
+// each, not the 2 MiB apiece of an index covering the whole reservation.
+// Counted as page faults in a child process, where even memory the
+// allocator reuses faults when first written (copy-on-write after fork).
+TEST_P(CodeHeapTest, HeapsOnALargeArenaTouchLittleMemory) {
+  constexpr int kHeaps = 8;
+  constexpr long kMaxFaults = 1024;  // a 1 GiB flat index: 512 per heap
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    long faults = -1;
+    Options o;
+    o.backend = GetParam();
+    o.reserve_bytes = std::size_t{1} << 30;
+    Result<Arena> big = Arena::create(o);
+    std::vector<CodeHeap> heaps;
+    heaps.reserve(kHeaps);
+    const std::vector<std::byte> code = code_for(64, 7);
+    rusage before{}, after{};
+    bool ok = big && ::getrusage(RUSAGE_SELF, &before) == 0;
+    for (int i = 0; ok && i < kHeaps; ++i) {
+      Result<CodeHeap> h = CodeHeap::create(*big);
+      ok = h && h->emit(code).has_value();
+      if (ok) heaps.push_back(std::move(*h));
+    }
+    if (ok && ::getrusage(RUSAGE_SELF, &after) == 0)
+      faults = after.ru_minflt - before.ru_minflt;
+    const bool sent = ::write(fds[1], &faults, sizeof faults) ==
+                      static_cast<ssize_t>(sizeof faults);
+    ::_exit(sent ? 0 : 1);
+  }
+  ::close(fds[1]);
+  long faults = -2;
+  const ssize_t got = ::read(fds[0], &faults, sizeof faults);
+  ::close(fds[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  ASSERT_EQ(got, static_cast<ssize_t>(sizeof faults));
+  ASSERT_GE(faults, 0) << "the child could not create its heaps";
+  std::printf(
+      "[ figures  ] %s: %d heaps on a 1 GiB arena, one function "
+      "each: %ld page faults\n",
+      std::string(to_string(GetParam())).c_str(), kHeaps, faults);
+  EXPECT_LT(faults, kMaxFaults);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, CodeHeapTest,
