@@ -4,9 +4,13 @@
 // prints what it cost the arena, frees the older half and prints it again.
 //
 // Usage: wxa-jit-expr [--functions N] [--batch N] [--seed N]
-//                     [--backend automatic|protect|dual_map]
+//                     [--backend automatic|protect|dual_map] [--wait]
 // Exit status 0 iff every result matched the interpreter and no mapping of
-// the process was writable and executable at once.
+// the process was writable and executable at once. With --wait it stays
+// alive after its report, its code still mapped, until its standard input
+// ends, so that `wxa-audit PID` can inspect it.
+#include <unistd.h>
+
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -73,7 +77,8 @@ bool parse_size(const char* s, std::uint64_t& out) {
 int usage() {
   std::fprintf(stderr,
                "usage: wxa-jit-expr [--functions N] [--batch N] [--seed N]\n"
-               "                    [--backend automatic|protect|dual_map]\n");
+               "                    [--backend automatic|protect|dual_map] "
+               "[--wait]\n");
   return 2;
 }
 
@@ -82,8 +87,13 @@ int usage() {
 int main(int argc, char** argv) {
   jit_expr::Config config;
   wxa::Options options;
+  bool wait = false;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
+    if (arg == "--wait") {
+      wait = true;
+      continue;
+    }
     if (i + 1 >= argc) return usage();
     const char* value = argv[++i];
     std::uint64_t n = 0;
@@ -172,5 +182,13 @@ int main(int argc, char** argv) {
   std::printf("writable+executable mappings in this process: %d\n", wx);
   const bool ok = r.ok() && r.checksum == expected && wx == 0;
   std::printf("%s\n", ok ? "OK" : "FAILED");
+  if (wait) {
+    // The arena and the live half of the code stay mapped meanwhile.
+    std::printf("pid %ld waits for the end of its standard input\n",
+                static_cast<long>(::getpid()));
+    std::fflush(stdout);
+    while (std::fgetc(stdin) != EOF) {
+    }
+  }
   return ok ? 0 : 1;
 }

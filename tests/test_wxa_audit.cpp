@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // wxa-audit against real processes: one that maps W+X on purpose (only here,
 // outside the W^X-filtered suite), one with a wxarena arena, and saved maps.
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <string>
 
@@ -114,6 +116,62 @@ TEST_P(WxaAuditArena, ShowsArenaRegionsAndPassesWithoutWx) {
       backend == wxa::Backend::dual_map ? "/memfd:wxarena" : "[anon:wxarena]";
   EXPECT_NE(o.out.find(name), std::string::npos) << o.out;
   EXPECT_NE(o.out.find("executable"), std::string::npos) << o.out;
+}
+
+// The example JIT (wxa-jit-expr --wait) audited while its code is live:
+// no W+X, and its arena's regions where the kernel names them.
+TEST_P(WxaAuditArena, PassesOnTheExampleJit) {
+  const char* jit = std::getenv("WXA_JIT_EXPR");
+  if (!jit) GTEST_SKIP() << "the example JIT is not built (no libxbyak-dev)";
+  const wxa::Backend backend = GetParam();
+  const bool named = backend == wxa::Backend::dual_map ||
+                     wxa::detail::system_pal().capabilities().vma_naming;
+  const std::string backend_name(wxa::to_string(backend));
+  int in[2], out[2];
+  ASSERT_EQ(::pipe2(in, O_CLOEXEC), 0);
+  ASSERT_EQ(::pipe2(out, O_CLOEXEC), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (::dup2(in[0], STDIN_FILENO) < 0 || ::dup2(out[1], STDOUT_FILENO) < 0)
+      ::_exit(126);
+    ::execl(jit, jit, "--functions", "4096", "--backend", backend_name.c_str(),
+            "--wait", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(in[0]);
+  ::close(out[1]);
+  // Its report, up to the line saying that it waits.
+  FILE* report = ::fdopen(out[0], "r");
+  ASSERT_NE(report, nullptr);
+  std::string text;
+  bool waiting = false;
+  std::array<char, 512> line;
+  while (!waiting && std::fgets(line.data(), line.size(), report)) {
+    text += line.data();
+    waiting = std::strstr(line.data(),
+                          " waits for the end of its standard "
+                          "input") != nullptr;
+  }
+  const Outcome o = waiting ? run_audit(std::to_string(pid)) : Outcome{};
+  ::close(in[1]);  // its input ends: it exits
+  while (std::fgets(line.data(), line.size(), report)) text += line.data();
+  std::fclose(report);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(waiting) << text;
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << text;
+  EXPECT_NE(text.find("writable+executable mappings in this process: 0"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(o.status, 0) << o.out;
+  EXPECT_NE(o.out.find("W^X holds"), std::string::npos) << o.out;
+  if (!named)
+    GTEST_SKIP() << "this kernel cannot name anonymous mappings (no "
+                    "CONFIG_ANON_VMA_NAME)";
+  const char* name =
+      backend == wxa::Backend::dual_map ? "/memfd:wxarena" : "[anon:wxarena]";
+  EXPECT_NE(o.out.find(name), std::string::npos) << o.out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, WxaAuditArena,
