@@ -111,7 +111,7 @@ Result<void> ArenaImpl::init() noexcept {
     items_.reserve(64);
     runs_.reserve(64);
   } catch (const std::bad_alloc&) {
-    return Error(Errc::out_of_memory, ENOMEM);
+    return Error(Errc::out_of_memory, kNoMemory);
   }
   if (caps.barrier) barrier_registered_ = bool(pal_.register_barrier(sys_));
   fork_generation_ = fork_generation();
@@ -222,7 +222,8 @@ Result<void> ArenaImpl::recycle() noexcept {
     try {
       insert_run(open_, a, b - a);
     } catch (const std::bad_alloc&) {
-      result = Error(Errc::out_of_memory, ENOMEM);  // pages stay open, unlisted
+      // The pages stay open, unlisted.
+      result = Error(Errc::out_of_memory, kNoMemory);
       done = end;
       break;
     }
@@ -275,7 +276,7 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
     ++allocations_;
     return chunk_at(head, true);
   } catch (const std::bad_alloc&) {
-    return Error(Errc::out_of_memory, ENOMEM);
+    return Error(Errc::out_of_memory, kNoMemory);
   }
 }
 
@@ -344,7 +345,7 @@ Result<void> ArenaImpl::trim() noexcept {
       insert_run(unused_, a, n);
     }
   } catch (const std::bad_alloc&) {
-    return Error(Errc::out_of_memory, ENOMEM);
+    return Error(Errc::out_of_memory, kNoMemory);
   }
   return {};
 }
@@ -406,7 +407,7 @@ std::vector<RunInfo> ArenaImpl::runs() const {
 Result<Arena> detail::create_arena(const Options& options,
                                    detail::Pal& pal) noexcept {
   void* mem = detail::meta_alloc(sizeof(detail::ArenaImpl));
-  if (!mem) return Error(Errc::out_of_memory, ENOMEM);
+  if (!mem) return Error(Errc::out_of_memory, kNoMemory);
   auto* impl = ::new (mem) detail::ArenaImpl(pal, options);
   if (Result<void> r = impl->init(); !r) {
     impl->~ArenaImpl();

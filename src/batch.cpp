@@ -51,7 +51,7 @@ Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
     return commit_locked(ops, n, flags);
   } catch (const std::bad_alloc&) {
     // Only the scratch vectors allocate, before anything changes.
-    return Error(Errc::out_of_memory, ENOMEM);
+    return Error(Errc::out_of_memory, kNoMemory);
   }
 }
 
@@ -270,7 +270,7 @@ void Batch::release(const void* rx) noexcept {
 }
 
 Result<CommitReport> Batch::commit(CommitFlags flags) noexcept {
-  if (overflow_) return Error(Errc::out_of_memory, ENOMEM);
+  if (overflow_) return Error(Errc::out_of_memory, detail::kNoMemory);
   Result<CommitReport> r = detail::impl_of(*arena_).commit(ops_, size_, flags);
   if (r) size_ = 0;
   return r;

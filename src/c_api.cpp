@@ -106,7 +106,9 @@ wxa_errc wxa_arena_create(const wxa_options* options, wxa_arena** out,
   wxa::Result<wxa::Arena> a = wxa::Arena::create(o);
   if (!a) return fail(a.error(), err);
   *out = make<wxa_arena>(std::move(*a));
-  if (!*out) return fail(wxa::Error(wxa::Errc::out_of_memory, ENOMEM), err);
+  if (!*out)
+    return fail(wxa::Error(wxa::Errc::out_of_memory, wxa::detail::kNoMemory),
+                err);
   return ok(err);
 }
 
@@ -239,7 +241,9 @@ wxa_errc wxa_heap_create(wxa_arena* arena, size_t alignment, wxa_heap** out,
   wxa::Result<wxa::CodeHeap> h = wxa::CodeHeap::create(arena->arena, o);
   if (!h) return fail(h.error(), err);
   *out = make<wxa_heap>(std::move(*h));
-  if (!*out) return fail(wxa::Error(wxa::Errc::out_of_memory, ENOMEM), err);
+  if (!*out)
+    return fail(wxa::Error(wxa::Errc::out_of_memory, wxa::detail::kNoMemory),
+                err);
   return ok(err);
 }
 

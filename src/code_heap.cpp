@@ -114,13 +114,13 @@ Result<void> HeapImpl::init() noexcept {
   arena_pages_ = arena_.range().size() >> shift_;
   leaf_count_ = (arena_pages_ + kLeafPages - 1) >> kLeafShift;
   leaves_ = static_cast<Page***>(meta_calloc(leaf_count_, sizeof(Page**)));
-  if (!leaves_) return Error(Errc::out_of_memory, ENOMEM);
+  if (!leaves_) return Error(Errc::out_of_memory, kNoMemory);
   try {
     pending_.reserve(64);
     empty_.reserve(64);
     ops_.reserve(128);
   } catch (const std::bad_alloc&) {
-    return Error(Errc::out_of_memory, ENOMEM);
+    return Error(Errc::out_of_memory, kNoMemory);
   }
   return {};
 }
@@ -160,7 +160,7 @@ Result<HeapImpl::Page*> HeapImpl::new_page(std::size_t pages) noexcept {
   void* mem = index_pages(first, pages) ? meta_alloc(sizeof(Page)) : nullptr;
   if (!mem) {
     (void)arena_.release(c->rx());  // back to the arena; nothing was written
-    return Error(Errc::out_of_memory, ENOMEM);
+    return Error(Errc::out_of_memory, kNoMemory);
   }
   auto* page = ::new (mem) Page{static_cast<const std::byte*>(c->rx()),
                                 c->rw().data(),
@@ -179,7 +179,7 @@ Result<HeapImpl::Page*> HeapImpl::new_page(std::size_t pages) noexcept {
     page->~Page();
     meta_free(page);
     (void)arena_.release(c->rx());
-    return Error(Errc::out_of_memory, ENOMEM);
+    return Error(Errc::out_of_memory, kNoMemory);
   }
   set_index(first, pages, page);
   page->next = all_;
@@ -235,7 +235,7 @@ Result<Function> HeapImpl::allocate(std::size_t bytes,
     page->fns.push_back(Fn{static_cast<std::uint32_t>(offset),
                            static_cast<std::uint32_t>(bytes)});
   } catch (const std::bad_alloc&) {
-    return Error(Errc::out_of_memory, ENOMEM);  // the page stays usable
+    return Error(Errc::out_of_memory, kNoMemory);  // the page stays usable
   }
   page->used = static_cast<std::uint32_t>(offset + bytes);
   ++page->live;
@@ -255,7 +255,7 @@ Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
   try {
     ops_.reserve(pending_.size() + empty_.size());
   } catch (const std::bad_alloc&) {
-    return Error(Errc::out_of_memory, ENOMEM);
+    return Error(Errc::out_of_memory, kNoMemory);
   }
   // Written pages are sealed; pages whose functions all died before being
   // published, and sealed pages emptied since, are released instead.
@@ -317,7 +317,7 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
     try {
       empty_.push_back(page);
     } catch (const std::bad_alloc&) {
-      return Error(Errc::out_of_memory, ENOMEM);  // nothing changed
+      return Error(Errc::out_of_memory, kNoMemory);  // nothing changed
     }
     page->queued = true;
     stats_.empty_pages += page->pages;
@@ -336,7 +336,7 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
 Result<CodeHeap> CodeHeap::create(Arena& arena,
                                   const HeapOptions& options) noexcept {
   void* mem = detail::meta_alloc(sizeof(detail::HeapImpl));
-  if (!mem) return Error(Errc::out_of_memory, ENOMEM);
+  if (!mem) return Error(Errc::out_of_memory, detail::kNoMemory);
   auto* impl =
       ::new (mem) detail::HeapImpl(arena, detail::impl_of(arena), options);
   if (Result<void> r = impl->init(); !r) {

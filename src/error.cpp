@@ -65,11 +65,10 @@ std::string Error::to_string() const {
     s += buf;
   }
   if (sys_errno_) {
-    std::snprintf(buf, sizeof buf, " (errno %d: ", sys_errno_);
-    s += buf;
-    char msg[128];
-    // The GNU strerror_r returns the message; the buffer may go unused.
-    s += strerror_r(sys_errno_, msg, sizeof msg);
+    char msg[160];
+    detail::os_error_text(sys_errno_, msg, sizeof msg);
+    s += " (";
+    s += msg;
     s += ')';
   }
   return s;

@@ -34,14 +34,13 @@ Result<void> Region::init(Pal& pal, Backend backend, std::size_t pages,
   revoked_ =
       static_cast<BarrierEpoch*>(meta_calloc(pages, sizeof(BarrierEpoch)));
   if (!state_ || !head_ || !length_ || !flags_ || !revoked_)
-    return Error(Errc::out_of_memory, ENOMEM);
+    return Error(Errc::out_of_memory, kNoMemory);
   counts_[static_cast<int>(PageState::unused)] = pages;
 
-  Result<std::byte*> rx = pal.reserve(bytes, lo, hi, n);
-  if (!rx) return rx.error();
-  rx_base_ = *rx;
   if (!dual()) {
-    rw_base_ = rx_base_;
+    Result<std::byte*> rx = pal.reserve(bytes, lo, hi, n);
+    if (!rx) return rx.error();
+    rx_base_ = rw_base_ = *rx;
     vmas_ = 1;
     if (name_mappings && pal.capabilities().vma_naming) {
       // Best effort: a name only helps people read /proc/<pid>/maps.
@@ -50,16 +49,23 @@ Result<void> Region::init(Pal& pal, Backend backend, std::size_t pages,
     return {};
   }
 
+  // The shared object first: where views cannot be mapped over part of a
+  // reservation (Windows), each view's range is a whole view of it.
   Result<SharedHandle> shm = pal.create_shared(bytes, "wxarena", n);
-  if (!shm) {
-    Error e = shm.error();
+  if (!shm) return shm.error();
+  shm_ = *shm;
+  Result<std::byte*> rx =
+      pal.reserve_view(shm_, bytes, lo, hi, Access::read_execute, n);
+  if (!rx) {
+    Error e = rx.error();
     destroy(n);
     return e;
   }
-  shm_ = *shm;
-  // The writable views live in a second reservation of the same size, at
-  // the same offsets, so that adjacent views merge into one VMA.
-  Result<std::byte*> rw = pal.reserve(bytes, 0, 0, n);
+  rx_base_ = *rx;
+  // The writable views live in a second range of the same size, at the
+  // same offsets, so that adjacent views merge into one VMA.
+  Result<std::byte*> rw =
+      pal.reserve_view(shm_, bytes, 0, 0, Access::read_write, n);
   if (!rw) {
     Error e = rw.error();
     destroy(n);
@@ -73,8 +79,12 @@ Result<void> Region::init(Pal& pal, Backend backend, std::size_t pages,
 void Region::destroy(SyscallCounts& n) noexcept {
   const std::size_t bytes = pages_ << shift_;
   // Nothing can be reported from here (destructors); the calls are counted.
-  if (rx_base_) (void)pal_->unmap(rx_base_, bytes, n);
-  if (rw_base_ && rw_base_ != rx_base_) (void)pal_->unmap(rw_base_, bytes, n);
+  if (dual()) {
+    if (rx_base_) (void)pal_->unmap_view(rx_base_, bytes, n);
+    if (rw_base_) (void)pal_->unmap_view(rw_base_, bytes, n);
+  } else if (rx_base_) {
+    (void)pal_->unmap(rx_base_, bytes, n);
+  }
   if (shm_.valid()) (void)pal_->close_shared(shm_, n);
   rx_base_ = rw_base_ = nullptr;
   shm_ = SharedHandle{};
@@ -178,7 +188,8 @@ Result<void> Region::set_view(View v, std::size_t a, std::size_t b, Access want,
 Result<void> Region::decommit(std::size_t a, std::size_t b,
                               SyscallCounts& n) noexcept {
   const std::size_t bytes = (b - a) << shift_;
-  if (dual()) return pal_->discard_shared(shm_, a << shift_, bytes, n);
+  if (dual())
+    return pal_->discard_shared(shm_, a << shift_, bytes, rx_page(a), n);
   return pal_->decommit(rx_page(a), bytes, n);
 }
 

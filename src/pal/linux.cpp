@@ -123,6 +123,7 @@ Capabilities probe() noexcept {
   Capabilities caps;
   long ps = ::sysconf(_SC_PAGESIZE);
   caps.page_size = ps > 0 ? static_cast<std::size_t>(ps) : 4096;
+  caps.granularity = caps.page_size;
   caps.max_map_count = read_max_map_count();
   std::size_t page = caps.page_size;
 
@@ -248,6 +249,18 @@ Result<std::byte*> Pal::reserve(std::size_t bytes, std::uintptr_t lo,
   return Error(Errc::unreachable_anchor);
 }
 
+Result<std::byte*> Pal::reserve_view(SharedHandle, std::size_t bytes,
+                                     std::uintptr_t lo, std::uintptr_t hi,
+                                     Access, SyscallCounts& n) noexcept {
+  // Views are mapped over an anonymous placeholder with MAP_FIXED.
+  return Pal::reserve(bytes, lo, hi, n);
+}
+
+Result<void> Pal::unmap_view(void* p, std::size_t bytes,
+                             SyscallCounts& n) noexcept {
+  return Pal::unmap(p, bytes, n);
+}
+
 Result<void> Pal::unmap(void* p, std::size_t bytes, SyscallCounts& n) noexcept {
   ++n.munmap;
   if (::munmap(p, bytes) != 0) return error_from_errno(errno);
@@ -326,7 +339,8 @@ Result<void> Pal::map_shared(void* p, std::size_t bytes, SharedHandle h,
 }
 
 Result<void> Pal::discard_shared(SharedHandle h, std::size_t offset,
-                                 std::size_t bytes, SyscallCounts& n) noexcept {
+                                 std::size_t bytes, void*,
+                                 SyscallCounts& n) noexcept {
   ++n.other;
   if (::fallocate(h.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                   static_cast<off_t>(offset), static_cast<off_t>(bytes)) != 0)
@@ -417,6 +431,13 @@ Error error_from_errno(int err, const void* chunk) noexcept {
     default:
       return Error(Errc::os_error, err, chunk);
   }
+}
+
+void os_error_text(int err, char* out, std::size_t cap) noexcept {
+  char msg[128];
+  // The GNU strerror_r returns the message; the buffer may go unused.
+  std::snprintf(out, cap, "errno %d: %s", err,
+                strerror_r(err, msg, sizeof msg));
 }
 
 void fatal(const char* what, const void* address, int err) noexcept {

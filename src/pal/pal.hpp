@@ -7,6 +7,7 @@
 // Tests plug in a fake Pal (derived from the real one) to inject failures.
 #pragma once
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 
@@ -15,9 +16,21 @@
 
 namespace wxa::detail {
 
+/// The error number of the library's own out-of-memory errors (a failed
+/// metadata allocation), in the OS's numbering: ENOMEM, or
+/// ERROR_NOT_ENOUGH_MEMORY on Windows.
+#ifdef _WIN32
+inline constexpr int kNoMemory = 8;
+#else
+inline constexpr int kNoMemory = ENOMEM;
+#endif
+
 /// What the platform allows; probed once per process.
 struct Capabilities {
   std::size_t page_size = 0;
+  /// Alignment of reservations and views: the page size on Linux, the
+  /// allocation granularity (64 KiB) on Windows. Chunks stay page-sized.
+  std::size_t granularity = 0;
   std::size_t max_map_count = 0;  ///< vm.max_map_count (65530 if unknown)
   bool anon_exec = false;      ///< private anonymous memory may gain PROT_EXEC
   bool shared_memory = false;  ///< memfd_create works
@@ -27,10 +40,16 @@ struct Capabilities {
   bool vma_naming = false;       ///< PR_SET_VMA_ANON_NAME
 };
 
-/// A shared-memory object (memfd on Linux).
+/// A shared-memory object (memfd on Linux, a pagefile-backed section on
+/// Windows).
 struct SharedHandle {
+#ifdef _WIN32
+  void* section = nullptr;
+  [[nodiscard]] bool valid() const noexcept { return section != nullptr; }
+#else
   int fd = -1;
   [[nodiscard]] bool valid() const noexcept { return fd >= 0; }
+#endif
 };
 
 class Pal {
@@ -66,17 +85,33 @@ class Pal {
       std::size_t bytes, const char* name, SyscallCounts& n) noexcept;
   [[nodiscard]] virtual Result<void> close_shared(SharedHandle h,
                                                   SyscallCounts& n) noexcept;
-  /// Maps [offset, offset+bytes) of `h` at p (replacing what is there).
-  /// Writable views are excluded from fork() children.
+  /// Reserves the address range of one view of all of `h` (bytes long),
+  /// inaccessible, optionally within [lo, hi); `max` is the most access the
+  /// view will ever be given (read_execute or read_write). Linux: the same
+  /// anonymous placeholder as reserve(), views are mapped over it later.
+  /// Windows: a whole view of the section whose pages are made no-access
+  /// (a view cannot be mapped over part of a reservation there).
+  [[nodiscard]] virtual Result<std::byte*> reserve_view(
+      SharedHandle h, std::size_t bytes, std::uintptr_t lo, std::uintptr_t hi,
+      Access max, SyscallCounts& n) noexcept;
+  /// Unmaps for good a range reserve_view() returned.
+  [[nodiscard]] virtual Result<void> unmap_view(void* p, std::size_t bytes,
+                                                SyscallCounts& n) noexcept;
+  /// Maps [offset, offset+bytes) of `h` at p (replacing what is there), in
+  /// a range reserve_view() returned. Writable views are excluded from
+  /// fork() children. Windows: the view is already there; this changes the
+  /// protection of its pages.
   [[nodiscard]] virtual Result<void> map_shared(void* p, std::size_t bytes,
                                                 SharedHandle h,
                                                 std::size_t offset,
                                                 Access access,
                                                 SyscallCounts& n) noexcept;
-  /// Frees the backing store of part of a shared object.
+  /// Frees the backing store of part of a shared object; `view` is where
+  /// that part lies in one of its views (Windows discards through a view).
   [[nodiscard]] virtual Result<void> discard_shared(SharedHandle h,
                                                     std::size_t offset,
                                                     std::size_t bytes,
+                                                    void* view,
                                                     SyscallCounts& n) noexcept;
   /// Names an anonymous range in /proc/<pid>/maps.
   [[nodiscard]] virtual Result<void> name(void* p, std::size_t bytes,
@@ -104,6 +139,10 @@ class Pal {
 /// The one place an errno becomes an Error.
 [[nodiscard]] Error error_from_errno(int err,
                                      const void* chunk = nullptr) noexcept;
+
+/// Describes an OS error number (an errno on Linux, a GetLastError value on
+/// Windows) into `out`, e.g. "errno 12: Cannot allocate memory".
+void os_error_text(int err, char* out, std::size_t cap) noexcept;
 
 /// Writes a message to stderr without allocating, then aborts. The only
 /// fatal path: a failed re-seal of code or a detected W^X violation.

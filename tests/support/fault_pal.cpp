@@ -98,6 +98,27 @@ Result<std::byte*> FaultPal::reserve(std::size_t bytes, std::uintptr_t lo,
   return r;
 }
 
+// A view's range is reserved and unmapped under the same kinds as a plain
+// reservation: the tests see the same calls on every platform.
+Result<std::byte*> FaultPal::reserve_view(detail::SharedHandle h,
+                                          std::size_t bytes, std::uintptr_t lo,
+                                          std::uintptr_t hi, Access max,
+                                          SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::reserve, nullptr, bytes); !f)
+    return f.error();
+  Result<std::byte*> r = Pal::reserve_view(h, bytes, lo, hi, max, n);
+  if (!r) log_.back().failed = true;
+  return r;
+}
+
+Result<void> FaultPal::unmap_view(void* p, std::size_t bytes,
+                                  SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::unmap, p, bytes); !f) return f;
+  Result<void> r = Pal::unmap_view(p, bytes, n);
+  note_failure(r);
+  return r;
+}
+
 Result<void> FaultPal::unmap(void* p, std::size_t bytes,
                              SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::unmap, p, bytes); !f) return f;
@@ -166,10 +187,10 @@ Result<void> FaultPal::map_shared(void* p, std::size_t bytes,
 
 Result<void> FaultPal::discard_shared(detail::SharedHandle h,
                                       std::size_t offset, std::size_t bytes,
-                                      SyscallCounts& n) noexcept {
+                                      void* view, SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::discard_shared, nullptr, bytes); !f)
     return f;
-  Result<void> r = Pal::discard_shared(h, offset, bytes, n);
+  Result<void> r = Pal::discard_shared(h, offset, bytes, view, n);
   note_failure(r);
   return r;
 }

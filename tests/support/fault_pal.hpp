@@ -98,6 +98,12 @@ class FaultPal final : public detail::Pal {
   Result<std::byte*> reserve(std::size_t bytes, std::uintptr_t lo,
                              std::uintptr_t hi,
                              SyscallCounts& n) noexcept override;
+  Result<std::byte*> reserve_view(detail::SharedHandle h, std::size_t bytes,
+                                  std::uintptr_t lo, std::uintptr_t hi,
+                                  Access max,
+                                  SyscallCounts& n) noexcept override;
+  Result<void> unmap_view(void* p, std::size_t bytes,
+                          SyscallCounts& n) noexcept override;
   Result<void> unmap(void* p, std::size_t bytes,
                      SyscallCounts& n) noexcept override;
   Result<void> protect(void* p, std::size_t bytes, Access access,
@@ -114,7 +120,7 @@ class FaultPal final : public detail::Pal {
                           std::size_t offset, Access access,
                           SyscallCounts& n) noexcept override;
   Result<void> discard_shared(detail::SharedHandle h, std::size_t offset,
-                              std::size_t bytes,
+                              std::size_t bytes, void* view,
                               SyscallCounts& n) noexcept override;
   Result<void> name(void* p, std::size_t bytes, const char* label,
                     SyscallCounts& n) noexcept override;
