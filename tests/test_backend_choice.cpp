@@ -7,8 +7,13 @@
 // (tests/meson.build runs this binary plain, under `--policy wx` and under
 // `--policy execmem`).
 #include <gtest/gtest.h>
+
+#ifdef _WIN32
+#include <windows.h>
+#else
 #include <sys/mman.h>
 #include <unistd.h>
+#endif
 
 #include <cerrno>
 #include <cstdint>
@@ -44,12 +49,23 @@ int call(const void* rx) {
 // The policy the launcher says is in force is the one the kernel enforces:
 // otherwise every other assertion here would test the wrong thing.
 TEST(BackendChoice, ThePolicyIsInForce) {
+#ifdef _WIN32
+  // No seccomp runs on Windows: private memory may gain execute.
+  void* p =
+      ::VirtualAlloc(nullptr, 4096, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+  ASSERT_NE(p, nullptr);
+  DWORD old = 0;
+  const int rc = ::VirtualProtect(p, 4096, PAGE_EXECUTE_READ, &old) ? 0 : -1;
+  const int err = rc == 0 ? 0 : EACCES;
+  ASSERT_TRUE(::VirtualFree(p, 0, MEM_RELEASE));
+#else
   void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(p, MAP_FAILED);
   const int rc = ::mprotect(p, 4096, PROT_READ | PROT_EXEC);
   const int err = errno;
   ASSERT_EQ(::munmap(p, 4096), 0);
+#endif
   if (test::execmem_denied()) {
     EXPECT_NE(rc, 0) << "the execmem policy let anonymous memory gain X";
     EXPECT_TRUE(err == EACCES || err == EPERM) << std::strerror(err);

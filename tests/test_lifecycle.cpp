@@ -2,8 +2,6 @@
 // The chunk lifecycle: every state × every operation, and the kernel faults
 // that back it (stores into sealed chunks, calls into non-executable ones).
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <unistd.h>
 
 #include <cstdint>
 #include <cstring>
@@ -13,6 +11,7 @@
 
 #include "support/arena_util.hpp"
 #include "support/maps.hpp"
+#include "support/memory_fault.hpp"
 #include "support/x86_code.hpp"
 #include "wxarena/arena.hpp"
 
@@ -308,40 +307,12 @@ INSTANTIATE_TEST_SUITE_P(
 
 // --- The kernel enforces it: faults in a child process ----------------------
 
-// The death tests install this handler in the child, so that a pass proves
-// the fault was SIGSEGV at the expected address, not any crash.
-std::uintptr_t g_fault_lo = 0, g_fault_hi = 0;
-
-void on_fault(int sig, siginfo_t* info, void*) {
-  const auto at = reinterpret_cast<std::uintptr_t>(info->si_addr);
-  const char* msg = sig != SIGSEGV ? "wxa-test: not SIGSEGV\n"
-                    : (at >= g_fault_lo && at < g_fault_hi)
-                        ? "wxa-test: SIGSEGV inside the chunk\n"
-                        : "wxa-test: SIGSEGV elsewhere\n";
-  (void)!::write(2, msg, std::strlen(msg));
-  ::_exit(86);
-}
-
-// Expects the next memory fault in [p, p + bytes).
-void expect_fault_in(const void* p, std::size_t bytes) {
-  g_fault_lo = reinterpret_cast<std::uintptr_t>(p);
-  g_fault_hi = g_fault_lo + bytes;
-  struct sigaction sa {};
-  sa.sa_sigaction = on_fault;
-  sa.sa_flags = SA_SIGINFO;
-  sigemptyset(&sa.sa_mask);
-  ::sigaction(SIGSEGV, &sa, nullptr);
-  ::sigaction(SIGBUS, &sa, nullptr);
-}
-
 void store_byte(const void* p) {
   *static_cast<volatile std::uint8_t*>(const_cast<void*>(p)) = 0x90;
 }
 std::uint8_t load_byte(const void* p) {
   return *static_cast<const volatile std::uint8_t*>(p);
 }
-
-constexpr const char* kFaultInChunk = "SIGSEGV inside the chunk";
 
 class LifecycleDeathTest : public BackendTest {};
 
@@ -361,7 +332,7 @@ TEST_P(LifecycleDeathTest, StoreIntoExecutableChunkFaults) {
         expect_fault_in(c->rx(), n);
         store_byte(c->rx());
       },
-      ::testing::ExitedWithCode(86), kFaultInChunk);
+      ::testing::ExitedWithCode(kFaultExitCode), kFaultInChunk);
   if (arena.backend() == Backend::dual_map) {
     // Strict mode: the writable view the chunk had is gone too.
     ASSERT_NE(static_cast<const void*>(rw), c->rx());
@@ -370,7 +341,7 @@ TEST_P(LifecycleDeathTest, StoreIntoExecutableChunkFaults) {
           expect_fault_in(rw, n);
           store_byte(rw);
         },
-        ::testing::ExitedWithCode(86), kFaultInChunk);
+        ::testing::ExitedWithCode(kFaultExitCode), kFaultInChunk);
   }
   EXPECT_EQ(call(c->rx()), 0xC0DEu);
 }
@@ -389,7 +360,7 @@ TEST_P(LifecycleDeathTest, CallIntoWritableChunkFaults) {
         expect_fault_in(c->rx(), c->size());
         (void)call(c->rx());
       },
-      ::testing::ExitedWithCode(86), kFaultInChunk);
+      ::testing::ExitedWithCode(kFaultExitCode), kFaultInChunk);
   if (arena.backend() == Backend::dual_map) {
     // Nor can the writable view itself be run.
     const std::byte* rw = c->rw().data();
@@ -398,7 +369,7 @@ TEST_P(LifecycleDeathTest, CallIntoWritableChunkFaults) {
           expect_fault_in(rw, c->size());
           (void)call(rw);
         },
-        ::testing::ExitedWithCode(86), kFaultInChunk);
+        ::testing::ExitedWithCode(kFaultExitCode), kFaultInChunk);
   }
 }
 
@@ -417,14 +388,14 @@ TEST_P(LifecycleDeathTest, CallIntoReleasedChunkFaults) {
         expect_fault_in(c->rx(), c->size());
         (void)call(c->rx());
       },
-      ::testing::ExitedWithCode(86), kFaultInChunk);
+      ::testing::ExitedWithCode(kFaultExitCode), kFaultInChunk);
   // Not even readable: released bytes are unreachable.
   EXPECT_EXIT(
       {
         expect_fault_in(c->rx(), c->size());
         (void)load_byte(c->rx());
       },
-      ::testing::ExitedWithCode(86), kFaultInChunk);
+      ::testing::ExitedWithCode(kFaultExitCode), kFaultInChunk);
 }
 
 TEST_P(LifecycleDeathTest, StoreIntoReadOnlyChunkFaults) {
@@ -441,14 +412,14 @@ TEST_P(LifecycleDeathTest, StoreIntoReadOnlyChunkFaults) {
         expect_fault_in(c->rx(), c->size());
         store_byte(c->rx());
       },
-      ::testing::ExitedWithCode(86), kFaultInChunk);
+      ::testing::ExitedWithCode(kFaultExitCode), kFaultInChunk);
   // Data is never code.
   EXPECT_EXIT(
       {
         expect_fault_in(c->rx(), c->size());
         (void)call(c->rx());
       },
-      ::testing::ExitedWithCode(86), kFaultInChunk);
+      ::testing::ExitedWithCode(kFaultExitCode), kFaultInChunk);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, LifecycleDeathTest,

@@ -29,6 +29,17 @@ inline std::string_view seccomp_policy() noexcept {
 /// True under the deny_execmem stand-in.
 inline bool execmem_denied() noexcept { return seccomp_policy() == "execmem"; }
 
+/// How this platform's dual_map changes a view, as SyscallCounts sees it.
+/// Linux maps the memfd over the page (mmap) and keeps a writable view out of
+/// fork() children (madvise); Windows keeps whole views of the section and
+/// changes the protection of the page within one (VirtualProtect, counted
+/// as mprotect; see src/pal/windows.cpp).
+#ifdef _WIN32
+inline constexpr bool kViewsChangeByProtection = true;
+#else
+inline constexpr bool kViewsChangeByProtection = false;
+#endif
+
 /// Why `backend` cannot be created in this run, or nullptr if it can.
 /// Forcing protect is impossible under the execmem policy (or on a host whose
 /// kernel refuses anonymous PROT_EXEC by itself, as the probe found).

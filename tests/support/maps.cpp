@@ -1,10 +1,16 @@
 // SPDX-License-Identifier: MIT
 // Reads /proc/<pid>/maps without library code and audits arenas against it.
+// On Windows the same audit runs over VirtualQuery's view of the address
+// space, turned into the same Mapping records (read_maps() below).
 
 #include "support/maps.hpp"
 
+#ifdef _WIN32
+#include <windows.h>
+#else
 #include <fcntl.h>
 #include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <cerrno>
@@ -25,6 +31,7 @@ std::string hex(std::uintptr_t value) {
   return buf;
 }
 
+#ifndef _WIN32
 std::string read_file(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw std::system_error(errno, std::generic_category(), path);
@@ -46,6 +53,7 @@ std::string read_file(const std::string& path) {
   }
   return text;
 }
+#endif
 
 // Splits off the next field up to `separator` (or the end); throws if empty.
 std::string_view take(std::string_view& rest, char separator,
@@ -226,6 +234,56 @@ Mapping parse_maps_line(std::string_view line) {
   return m;
 }
 
+#ifdef _WIN32
+std::vector<Mapping> read_maps(pid_t pid) {
+  // Every region VirtualQuery reports that is not free, as one Mapping per
+  // run of equal protection and kind within one allocation: reserved pages
+  // and committed no-access pages are both "---", as one inaccessible VMA
+  // is on Linux. Shared means a view of a section.
+  if (pid != 0) throw std::runtime_error("read_maps: only this process");
+  SYSTEM_INFO si;
+  ::GetSystemInfo(&si);
+  auto at = reinterpret_cast<std::uintptr_t>(si.lpMinimumApplicationAddress);
+  const auto top =
+      reinterpret_cast<std::uintptr_t>(si.lpMaximumApplicationAddress);
+  std::vector<Mapping> maps;
+  const void* last_base = nullptr;
+  while (at < top) {
+    MEMORY_BASIC_INFORMATION mbi;
+    if (::VirtualQuery(reinterpret_cast<void*>(at), &mbi, sizeof mbi) == 0) {
+      throw std::system_error(static_cast<int>(::GetLastError()),
+                              std::system_category(), "VirtualQuery");
+    }
+    const auto begin = reinterpret_cast<std::uintptr_t>(mbi.BaseAddress);
+    const std::uintptr_t end = begin + mbi.RegionSize;
+    if (end <= at) break;
+    at = end;
+    if (mbi.State == MEM_FREE) continue;
+    Mapping m;
+    m.begin = begin;
+    m.end = end;
+    const DWORD prot = mbi.State == MEM_COMMIT ? (mbi.Protect & 0xFF) : 0;
+    m.read = prot & (PAGE_READONLY | PAGE_READWRITE | PAGE_WRITECOPY |
+                     PAGE_EXECUTE_READ | PAGE_EXECUTE_READWRITE |
+                     PAGE_EXECUTE_WRITECOPY);
+    m.write = prot & (PAGE_READWRITE | PAGE_WRITECOPY | PAGE_EXECUTE_READWRITE |
+                      PAGE_EXECUTE_WRITECOPY);
+    m.execute = prot & (PAGE_EXECUTE | PAGE_EXECUTE_READ |
+                        PAGE_EXECUTE_READWRITE | PAGE_EXECUTE_WRITECOPY);
+    m.shared = mbi.Type == MEM_MAPPED;
+    m.dev = "00:00";
+    m.name = mbi.Type == MEM_IMAGE ? "[image]" : "";
+    if (!maps.empty() && maps.back().end == m.begin &&
+        last_base == mbi.AllocationBase && maps.back().perms() == m.perms()) {
+      maps.back().end = m.end;
+    } else {
+      maps.push_back(std::move(m));
+    }
+    last_base = mbi.AllocationBase;
+  }
+  return maps;
+}
+#else
 std::vector<Mapping> read_maps(pid_t pid) {
   const std::string path =
       pid == 0 ? "/proc/self/maps" : "/proc/" + std::to_string(pid) + "/maps";
@@ -241,6 +299,8 @@ std::vector<Mapping> read_maps(pid_t pid) {
   }
   return maps;
 }
+
+#endif
 
 std::vector<Mapping> writable_and_executable() {
   std::vector<Mapping> found;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// Writes small, real x86-64 System V functions into a writable span, so tests
-// can run code that actually landed in executable memory.
+// Writes small, real x86-64 functions (System V, or Win64 on Windows) into a
+// writable span, so tests can run code that actually landed in executable
+// memory.
 //
 // Layout rule for every writer here: the function's entry is at offset 0, the
 // instructions come first, and any bytes after the final `ret` up to the
@@ -64,17 +65,24 @@ inline std::size_t write_return_imm(std::span<std::byte> out,
   return x86_detail::emit(out, code, size);
 }
 
-/// Writes `int f(int a, int b)` returning a + b (wrapping):
-///   8D 04 37   lea eax, [rdi + rsi]
+/// Writes `int f(int a, int b)` returning a + b (wrapping), in this
+/// platform's C calling convention:
+///   8D 04 37   lea eax, [rdi + rsi]   System V (a in rdi, b in rsi)
+///   8D 04 11   lea eax, [rcx + rdx]   Win64 (a in rcx, b in rdx)
 ///   C3         ret
 ///   CC ...     int3 up to `size` bytes
 /// Same `size` and return rules as write_return_imm (minimal: 4 bytes).
 inline std::size_t write_add_args(std::span<std::byte> out,
                                   std::size_t size = 0) noexcept {
+#ifdef _WIN32
+  constexpr std::byte modrm_sib{0x11};
+#else
+  constexpr std::byte modrm_sib{0x37};
+#endif
   const std::byte code[add_args_size] = {
       std::byte{0x8D},
       std::byte{0x04},
-      std::byte{0x37},
+      modrm_sib,
       x86_ret,
   };
   return x86_detail::emit(out, code, size);
