@@ -241,6 +241,15 @@ TEST(WindowsPal, DecommitZeroesThePagesAndKeepsTheirProtection) {
   ASSERT_TRUE(Ok(pal.protect(*p, 2 * page, Access::none, n)));
   ASSERT_TRUE(Ok(pal.decommit(*p, 2 * page, n)));
   EXPECT_EQ(protection_at(*p), 0u);
+  // A range of mixed protections keeps each page's own.
+  ASSERT_TRUE(Ok(pal.protect(*p, page, Access::read_write, n)));
+  ASSERT_TRUE(Ok(pal.protect(*p + page, page, Access::read, n)));
+  (*p)[0] = std::byte{0x5C};
+  ASSERT_TRUE(Ok(pal.decommit(*p, 3 * page, n)));
+  EXPECT_EQ(protection_at(*p), static_cast<DWORD>(PAGE_READWRITE));
+  EXPECT_EQ(protection_at(*p + page), static_cast<DWORD>(PAGE_READONLY));
+  EXPECT_EQ(protection_at(*p + 2 * page), 0u);
+  EXPECT_EQ((*p)[0], std::byte{0});
   // Making reserved pages inaccessible is no error: they are already.
   ASSERT_TRUE(Ok(pal.protect(*p, 4 * page, Access::none, n)));
   ASSERT_TRUE(Ok(pal.unmap(*p, 4 * page, n)));

@@ -320,18 +320,32 @@ Result<void> Pal::reset(void* p, std::size_t bytes, SyscallCounts& n) noexcept {
 Result<void> Pal::decommit(void* p, std::size_t bytes,
                            SyscallCounts& n) noexcept {
   // MEM_DECOMMIT also drops the protection (the pages become reserved). The
-  // contract keeps it: pages that were accessible are committed again with
-  // their protection, zero-filled on first touch, so the memory is given
-  // back all the same.
-  MEMORY_BASIC_INFORMATION m;
-  ++n.other;
-  if (::VirtualQuery(p, &m, sizeof m) == 0) return last_error();
-  if (m.State == MEM_RESERVE) return {};  // nothing committed at p
-  ++n.madvise;
-  if (!::VirtualFree(p, bytes, MEM_DECOMMIT)) return last_error();
-  if (m.Protect == PAGE_NOACCESS) return {};  // reserved is no-access too
-  ++n.mprotect;
-  if (!::VirtualAlloc(p, bytes, MEM_COMMIT, m.Protect)) return last_error();
+  // contract keeps it: region by region, pages that were accessible are
+  // committed again with their protection, zero-filled on first touch, so
+  // the memory is given back all the same. Reserved pages have nothing to
+  // give back.
+  auto at = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t end = at + bytes;
+  while (at < end) {
+    MEMORY_BASIC_INFORMATION m;
+    ++n.other;
+    if (::VirtualQuery(reinterpret_cast<void*>(at), &m, sizeof m) == 0)
+      return last_error();
+    const std::uintptr_t stop = std::min(
+        end, reinterpret_cast<std::uintptr_t>(m.BaseAddress) + m.RegionSize);
+    void* here = reinterpret_cast<void*>(at);
+    if (m.State == MEM_FREE) return error_from_last(ERROR_INVALID_ADDRESS);
+    if (m.State == MEM_COMMIT) {
+      ++n.madvise;
+      if (!::VirtualFree(here, stop - at, MEM_DECOMMIT)) return last_error();
+      if (m.Protect != PAGE_NOACCESS) {
+        ++n.mprotect;
+        if (!::VirtualAlloc(here, stop - at, MEM_COMMIT, m.Protect))
+          return last_error();
+      }
+    }
+    at = stop;
+  }
   return {};
 }
 
