@@ -1020,10 +1020,10 @@ void Harness::op_allocate(Slot& s) {
     want.code = Errc::size_too_large;
   note("allocate %zu -> expect %s", bytes, id(want.code));
 
-  // Where the library's allocator could find room: a run of open pages
-  // (counting recyclable quarantine, which recycle() opens), or of unused
-  // ones. If neither is long enough, exhausted is honest.
-  std::size_t best_open = 0, best_unused = 0;
+  // Where the library's allocator could find room: a run of free pages,
+  // open or unused, counting recyclable quarantine (which recycle() opens).
+  // If none is long enough, exhausted is honest.
+  std::size_t best_free = 0;
   {
     const std::vector<wxa::RunInfo> runs = s.arena->runs();
     std::vector<int> kind(s.pages, 0);  // 1 open, 2 unused
@@ -1039,9 +1039,8 @@ void Harness::op_allocate(Slot& s) {
           kind[(rx - s.rx_base) / ps_ + i] = 1;
     std::size_t run = 0;
     for (std::size_t i = 0; i < s.pages; ++i) {
-      run = (i > 0 && kind[i] == kind[i - 1]) ? run + 1 : 1;
-      if (kind[i] == 1) best_open = std::max(best_open, run);
-      if (kind[i] == 2) best_unused = std::max(best_unused, run);
+      run = kind[i] != 0 ? run + 1 : 0;
+      best_free = std::max(best_free, run);
     }
   }
 
@@ -1071,10 +1070,9 @@ void Harness::op_allocate(Slot& s) {
     remember(rx);
     note("  -> %#lx", ul(rx));
   } else if (err.code() == Errc::exhausted && !f.fired) {
-    expect(best_open < need && best_unused < need,
-           "allocate(%zu): exhausted, but %zu open or %zu unused pages in a "
-           "row were free",
-           bytes, best_open, best_unused);
+    expect(best_free < need,
+           "allocate(%zu): exhausted, but %zu pages in a row were free", bytes,
+           best_free);
   }
   sync_recycled(s);
 }

@@ -138,31 +138,67 @@ std::ptrdiff_t ArenaImpl::take_open(std::size_t pages) noexcept {
   return -1;
 }
 
+Result<void> ArenaImpl::open_front(
+    MetaMap<std::uint32_t, std::uint32_t>::iterator it,
+    std::uint32_t n) noexcept {
+  const std::uint32_t a = it->first;
+  region_.set_state(a, a + n, PageState::open, 0);
+  if (over_budget()) {
+    region_.set_state(a, a + n, PageState::unused, 0);
+    return Error(Errc::vma_budget);
+  }
+  std::size_t calls = 0;
+  Result<void> r = region_.change(
+      a, a + n, [](std::size_t) { return PageState::unused; },
+      [](std::size_t) { return PageState::open; }, calls, sys_);
+  protection_calls_ += calls;
+  if (!r) {
+    region_.set_state(a, a + n, PageState::unused, 0);
+    return Error(r.error().code(), r.error().sys_errno());
+  }
+  carve_front(unused_, it, n);
+  insert_run(open_, a, n);  // merges with open neighbours
+  return {};
+}
+
 Result<void> ArenaImpl::open_more(std::size_t pages) noexcept {
+  // An unused run that holds the chunk by itself: its front, at least
+  // open_pages of it, becomes open.
   for (auto it = unused_.begin(); it != unused_.end(); ++it) {
     if (it->second < pages) continue;
-    const std::uint32_t a = it->first;
-    const std::uint32_t n = static_cast<std::uint32_t>(std::min<std::size_t>(
-        it->second, std::max(pages, options_.open_pages)));
-    region_.set_state(a, a + n, PageState::open, 0);
-    if (over_budget()) {
-      region_.set_state(a, a + n, PageState::unused, 0);
-      return Error(Errc::vma_budget);
-    }
-    std::size_t calls = 0;
-    Result<void> r = region_.change(
-        a, a + n, [](std::size_t) { return PageState::unused; },
-        [](std::size_t) { return PageState::open; }, calls, sys_);
-    protection_calls_ += calls;
-    if (!r) {
-      region_.set_state(a, a + n, PageState::unused, 0);
-      return Error(r.error().code(), r.error().sys_errno());
-    }
-    carve_front(unused_, it, n);
-    insert_run(open_, a, n);
-    return {};
+    return open_front(it,
+                      static_cast<std::uint32_t>(std::min<std::size_t>(
+                          it->second, std::max(pages, options_.open_pages))));
   }
-  return Error(Errc::exhausted);
+  // Otherwise a span of free pages may hold it, split between open and
+  // unused runs (after trim(), or where open pages were taken and freed
+  // again): the first span long enough, walked in address order over both
+  // maps. Opening its unused parts up to the chunk's end merges the span
+  // into one open run. Each unused part costs a call; if one fails, those
+  // opened before it stay open (free pages, consistently listed).
+  std::uint32_t start = 0, end = 0;
+  bool found = false;
+  for (auto o = open_.begin(), u = unused_.begin();
+       !found && (o != open_.end() || u != unused_.end());) {
+    const bool take_unused =
+        o == open_.end() || (u != unused_.end() && u->first < o->first);
+    const auto& run = take_unused ? *u++ : *o++;
+    if (run.first != end) start = run.first;
+    end = run.first + run.second;
+    found = end - start >= pages;
+  }
+  if (!found) return Error(Errc::exhausted);
+  const std::size_t stop = start + pages;
+  for (auto it = unused_.lower_bound(start);
+       it != unused_.end() && it->first < stop;) {
+    auto next = std::next(it);  // stays valid: open_front() moves only `it`
+    const std::size_t n = std::min<std::size_t>(
+        it->second, std::max(stop - it->first, options_.open_pages));
+    if (Result<void> r = open_front(it, static_cast<std::uint32_t>(n)); !r)
+      return r;
+    it = next;
+  }
+  return {};
 }
 
 std::size_t ArenaImpl::eligible_pages() const noexcept {
@@ -262,8 +298,15 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
         if (opened) {
           a = take_open(pages);
         } else {
+          // Recycled pages may complete a span with free pages around them.
+          const std::size_t waiting = quarantine_.size();
           recycled = recycle();
           a = take_open(pages);
+          if (a < 0 && recycled && quarantine_.size() < waiting &&
+              opened.error().code() == Errc::exhausted) {
+            opened = open_more(pages);
+            if (opened) a = take_open(pages);
+          }
           if (a < 0) return recycled ? opened.error() : recycled.error();
         }
       }

@@ -77,6 +77,11 @@ class ArenaImpl {
                                                PageState& to) const noexcept;
   [[nodiscard]] std::ptrdiff_t take_open(std::size_t pages) noexcept;
   [[nodiscard]] Result<void> open_more(std::size_t pages) noexcept;
+  // Opens the first n pages of the unused run at `it`; on failure nothing
+  // changed.
+  [[nodiscard]] Result<void> open_front(
+      MetaMap<std::uint32_t, std::uint32_t>::iterator it,
+      std::uint32_t n) noexcept;
   [[nodiscard]] Result<void> recycle() noexcept;
   [[nodiscard]] std::size_t eligible_pages() const noexcept;
   // A quarantined entry may be reused once `quarantine` chunks have been

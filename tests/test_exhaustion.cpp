@@ -383,17 +383,14 @@ TEST(Exhaustion, MemfdRefusedForLackOfDescriptors) {
   EXPECT_TRUE(child_ok(memfd_without_descriptors));
 }
 
-// --- Known limitation: exhausted with a free run that would fit ------------
+// --- Exhausted only when no free run fits ----------------------------------
 
 // Free pages are kept as two kinds of runs, open (already writable) and
-// unused (inaccessible), and allocate() looks for a long enough run of one
-// kind: 15 free pages in a row, 3 open and 12 unused, do not satisfy a
-// 15-page request, so it fails with exhausted although the header says
-// that means "the reservation has no free run large enough". Found while
-// writing the fuzzer's honesty check for exhausted (which checks the
-// library's own rule instead). Disabled until open_more() also opens an
-// unused run that extends an open one (src/arena.cpp).
-TEST(Exhaustion, DISABLED_ExhaustedOnlyWhenNoFreeRunFits) {
+// unused (inaccessible). A request fits a span of free pages whatever kinds
+// it is made of: 15 free pages in a row, 3 open and 12 unused, hold a
+// 15-page chunk. (Found while writing the fuzzer's honesty check for
+// exhausted, which now checks exactly this.)
+TEST(Exhaustion, ExhaustedOnlyWhenNoFreeRunFits) {
   const std::size_t ps = page_size();
   Options o;
   o.reserve_bytes = 16 * ps;
@@ -404,8 +401,38 @@ TEST(Exhaustion, DISABLED_ExhaustedOnlyWhenNoFreeRunFits) {
   Result<Chunk> first = made->allocate(1);  // opens 4 pages, takes 1
   ASSERT_TRUE(Ok(first));
   EXPECT_EQ(made->stats().bytes_in(State::free), 15 * ps);
+  EXPECT_EQ(made->stats().open_bytes, 3 * ps);
   Result<Chunk> rest = made->allocate(15 * ps);  // pages 1..15 are free
-  EXPECT_TRUE(Ok(rest));
+  ASSERT_TRUE(Ok(rest));
+  EXPECT_EQ(rest->rx(), static_cast<const std::byte*>(first->rx()) + ps);
+  EXPECT_TRUE(audit_arena(*made));
+  Result<Chunk> more = made->allocate(1);
+  ASSERT_FALSE(more);
+  EXPECT_EQ(more.error().code(), Errc::exhausted);
+}
+
+// Unused, open (recycled), unused: after trim() free space lies in both
+// maps, and a chunk that only the whole span holds still fits.
+TEST(Exhaustion, SpanOfUnusedRecycledAndUnusedPagesHoldsOneChunk) {
+  const std::size_t ps = page_size();
+  Options o;
+  o.reserve_bytes = 16 * ps;
+  o.open_pages = 4;
+  o.quarantine = 0;
+  Result<Arena> made = Arena::create(o);
+  ASSERT_TRUE(Ok(made));
+  Result<Chunk> a = made->allocate(2 * ps);  // pages 0-1; 2-3 open
+  ASSERT_TRUE(Ok(a));
+  Result<Chunk> b = made->allocate(ps);  // page 2; 3 open
+  ASSERT_TRUE(Ok(b));
+  ASSERT_TRUE(Ok(made->release(a->rx())));
+  ASSERT_TRUE(Ok(made->trim()));  // 0-1 and 3-15 unused, b live
+  EXPECT_EQ(made->stats().open_bytes, 0u);
+  ASSERT_TRUE(Ok(made->release(b->rx())));  // page 2 retired, reusable
+  Result<Chunk> all = made->allocate(16 * ps);
+  ASSERT_TRUE(Ok(all)) << all.error().to_string();
+  EXPECT_EQ(all->rx(), a->rx());
+  EXPECT_EQ(all->size(), 16 * ps);
   EXPECT_TRUE(audit_arena(*made));
 }
 
