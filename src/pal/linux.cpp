@@ -121,8 +121,9 @@ int memfd_create_flags(bool exec_flag) noexcept {
 
 Capabilities probe() noexcept {
   Capabilities caps;
-  long ps = ::sysconf(_SC_PAGESIZE);
-  caps.page_size = ps > 0 ? static_cast<std::size_t>(ps) : 4096;
+  // The kernel's page size (AT_PAGESZ): 4 KiB on x86-64; 4, 16 or 64 KiB
+  // on AArch64. Nothing in the library assumes one.
+  caps.page_size = static_cast<std::size_t>(::getpagesize());
   caps.granularity = caps.page_size;
   caps.max_map_count = read_max_map_count();
   std::size_t page = caps.page_size;
