@@ -9,6 +9,7 @@
 #include <windows.h>
 #else
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #endif
 
@@ -93,6 +94,15 @@ std::string_view protection_of(wxa::Access access) noexcept {
   return "???";
 }
 
+// Equal protections, or (where maps cannot tell them apart) both readable
+// and not writable.
+bool same_protection(const std::string& actual, const std::string& want) {
+  if (actual == want) return true;
+  if (maps_tell_read_from_execute()) return false;
+  auto readonly = [](const std::string& p) { return p == "r--" || p == "r-x"; };
+  return readonly(actual) && readonly(want);
+}
+
 struct Mismatch {
   std::uintptr_t address = 0;
   const Expected* expected = nullptr;
@@ -112,7 +122,8 @@ std::optional<Mismatch> first_mismatch(const std::vector<Expected>& expected,
         return Mismatch{at, &want, "unmapped"};
       }
       const std::string actual = map->protection();
-      if (actual != want.protection) return Mismatch{at, &want, actual};
+      if (!same_protection(actual, want.protection))
+        return Mismatch{at, &want, actual};
       at = std::min(map->end, want.end);
       if (at == map->end) ++map;
     }
@@ -301,6 +312,41 @@ std::vector<Mapping> read_maps(pid_t pid) {
 }
 
 #endif
+
+bool maps_tell_read_from_execute() {
+#ifdef _WIN32
+  return true;  // VirtualQuery reports every page's own protection
+#else
+  static const bool exact = [] {
+    const long ps = ::sysconf(_SC_PAGESIZE);
+    const auto page = static_cast<std::size_t>(ps);
+    void* p = ::mmap(nullptr, 2 * page, PROT_READ | PROT_EXEC,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    // Where anonymous memory cannot be executable (a W^X policy), this is
+    // the kernel's own file: nothing to probe.
+    if (p == MAP_FAILED) return true;
+    auto* second = static_cast<std::byte*>(p) + page;
+    bool result = true;
+    if (::mprotect(second, page, PROT_READ) == 0) {
+      const Mapping m = mapping_at(second);
+      result = m.protection() == "r--";
+    }
+    if (::munmap(p, 2 * page) != 0)
+      throw std::system_error(errno, std::generic_category(), "munmap");
+    return result;
+  }();
+  return exact;
+#endif
+}
+
+bool maps_list_every_mapping() {
+  static const bool complete = [] {
+    volatile int local = 0;
+    const Mapping m = mapping_at(const_cast<const int*>(&local));
+    return m.end != 0;
+  }();
+  return complete;
+}
 
 std::vector<Mapping> writable_and_executable() {
   std::vector<Mapping> found;

@@ -61,6 +61,29 @@ struct Mapping {
 /// mapping has begin == end == 0 when none does).
 [[nodiscard]] Mapping mapping_at(const void* address);
 
+/// Whether this process's /proc/self/maps tells read-only pages from
+/// read-execute pages next to them. Linux does. qemu-user (7.2) builds the
+/// file from its own host mappings, where the guest's r-- and r-x pages are
+/// both r-- and merge into one VMA, and prints the first page's protection
+/// for the whole merged range. Probed once, on a real two-page mapping.
+/// Where false, the audits below take r-- and r-x as one class (readable,
+/// not writable: the W^X checks stay exact) and VMA counts from this file
+/// may be lower than the kernel's real ones.
+[[nodiscard]] bool maps_tell_read_from_execute();
+
+/// The reason to give when a test needs exact per-page protections or VMA
+/// counts from /proc/self/maps and maps_tell_read_from_execute() is false.
+inline constexpr const char* kMapsMergeReason =
+    "/proc/self/maps merges adjacent r-- and r-x pages here (qemu-user "
+    "builds it from its host mappings), so its protections and VMA counts "
+    "cannot be compared exactly";
+
+/// Whether /proc/self/maps lists every mapping of this process, as Linux's
+/// does: probed by looking for the stack (a local variable's address).
+/// qemu-user 7.2 run with a page size above the host's (-p 65536) leaves
+/// out the stack and the heap.
+[[nodiscard]] bool maps_list_every_mapping();
+
 /// One expected protection over a byte range, for check_protection().
 struct Expected {
   std::uintptr_t begin = 0, end = 0;

@@ -164,6 +164,51 @@ ProcessResult run_process(const std::vector<std::string>& argv,
   return result;
 }
 
+const char* exec_unavailable_reason() {
+  static const int error = [] {
+    const std::string self = self_executable();
+    char* const argv[] = {const_cast<char*>(self.c_str()),
+                          const_cast<char*>("--gtest_list_tests"),
+                          const_cast<char*>("--gtest_filter=-*"), nullptr};
+    Fd report_read, report_write;
+    make_pipe(report_read, report_write);
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    if (pid < 0) fail(errno, "fork");
+    if (pid == 0) {
+      // Only async-signal-safe calls from here: the parent may have threads.
+      const int null = ::open("/dev/null", O_WRONLY);
+      if (null >= 0) {
+        (void)::dup2(null, STDOUT_FILENO);
+        (void)::dup2(null, STDERR_FILENO);
+      }
+      ::execve(argv[0], argv, environ);
+      const int err = errno;  // the pipe closes on a successful exec instead
+      (void)!::write(report_write.get(), &err, sizeof err);
+      ::_exit(127);
+    }
+    report_write.reset();
+    int err = 0;
+    ssize_t n;
+    while ((n = ::read(report_read.get(), &err, sizeof err)) < 0 &&
+           errno == EINTR) {
+    }
+    if (n < 0) fail(errno, "read");
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0) {
+      if (errno != EINTR) fail(errno, "waitpid");
+    }
+    return n == sizeof err ? err : 0;
+  }();
+  if (error == 0) return nullptr;
+  if (error == ENOEXEC)
+    return "this process cannot start programs built for its own machine "
+           "(execve: ENOEXEC): it runs under an emulator such as qemu-user "
+           "without binfmt_misc";
+  return "this process cannot start its own executable again (execve "
+         "failed)";
+}
+
 std::string self_executable() {
   char path[PATH_MAX];
   const ssize_t n = ::readlink("/proc/self/exe", path, sizeof path);

@@ -25,6 +25,13 @@ struct ProcessResult {
     const std::vector<std::string>& argv,
     const std::vector<std::string>& extra_env = {});
 
+/// Why this process cannot start programs built for its own machine, or
+/// nullptr if it can. Under qemu-user without binfmt_misc, the emulator runs
+/// this process but the kernel cannot run an executable of the emulated
+/// machine: execve() fails with ENOEXEC. Probed once, by starting this same
+/// (GoogleTest) executable with arguments that make it list no test.
+[[nodiscard]] const char* exec_unavailable_reason();
+
 /// The absolute path of the running executable (/proc/self/exe).
 [[nodiscard]] std::string self_executable();
 
