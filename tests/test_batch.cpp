@@ -376,6 +376,112 @@ TEST_P(BatchOrder, FlushComesBeforeTheRunBecomesExecutable) {
   EXPECT_EQ(call(c[3].rx()), 3u);
 }
 
+// The flush is real work on AArch64 (clean the data cache, invalidate the
+// instruction cache: __builtin___clear_cache in Pal::flush_icache) and a
+// no-op on x86-64; either way the commit engine must ask for it over exactly
+// the runs that become executable: each whole run once, through the writable
+// view the code was written through (the executable view is not accessible
+// yet), before the call that makes that run executable, and before the
+// barrier. Read-only data, releases, unseals and writable chunks left alone
+// are not flushed.
+TEST_P(BatchOrder, FlushesCoverExactlyTheRunsThatBecomeExecutable) {
+  FaultPal pal;
+  Result<Arena> made = make(pal);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  const std::size_t ps = arena.page_size();
+  std::vector<Chunk> c = adjacent(arena, 8);
+  ASSERT_EQ(c.size(), 8u);
+  auto rw = [&](std::size_t i) {
+    return static_cast<const void*>(c[i].rw().data());
+  };
+  struct Range {
+    const void* p;
+    std::size_t bytes;
+    bool operator==(const Range&) const = default;
+  };
+  // The flushes and, per flush, the log positions of the flush, of the call
+  // that made its run executable, and of the last event (the barrier must
+  // not come before any of them).
+  auto flushes = [&](std::vector<Range>& got) {
+    const std::vector<PalEvent>& log = pal.log();
+    const std::byte* rw_base = arena.rw_range().data();
+    const std::byte* rx_base = arena.range().data();
+    std::size_t last_exec = 0;
+    bool any_exec = false;
+    for (std::size_t i = 0; i < log.size(); ++i) {
+      if (log[i].access == Access::read_execute) last_exec = i, any_exec = true;
+      if (log[i].call != PalCall::flush_icache) continue;
+      got.push_back({log[i].p, log[i].bytes});
+      const auto* rx = rx_base + (static_cast<const std::byte*>(log[i].p) -
+                                  rw_base);  // same offset in both views
+      bool made_executable_after = false;
+      for (std::size_t k = i + 1; k < log.size(); ++k)
+        made_executable_after |= log[k].access == Access::read_execute &&
+                                 log[k].p == rx && log[k].bytes == log[i].bytes;
+      EXPECT_TRUE(made_executable_after)
+          << "the flush of " << log[i].p << " (" << log[i].bytes / ps
+          << " pages) is not followed by the call that makes them executable";
+    }
+    for (std::size_t i = 0; i < log.size(); ++i)
+      if (log[i].call == PalCall::barrier) {
+        EXPECT_TRUE(any_exec && i > last_exec)
+            << "the barrier comes before code became executable";
+      }
+  };
+
+  // c0 c1 c2 code (one run, pushed out of order) | c3 data | c4 stays
+  // writable | c5 code | c6 released | c7 code.
+  pal.count_only();
+  Batch b(arena);
+  b.seal(c[2]);
+  b.seal(c[0]);
+  b.seal(c[7]);
+  b.seal(c[3], Seal::read_only);
+  b.release(c[6]);
+  b.seal(c[1]);
+  b.seal(c[5]);
+  Result<CommitReport> r = b.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_EQ(r->runs, 5u);
+  EXPECT_EQ(r->flushes, 3u);
+  std::vector<Range> got;
+  flushes(got);
+  const std::vector<Range> want = {{rw(0), 3 * ps}, {rw(5), ps}, {rw(7), ps}};
+  EXPECT_EQ(got, want) << "flushes: " << got.size();
+
+  // Patching the middle of the run: unseal c1 (no flush), rewrite, reseal:
+  // one flush over c1 alone, then (code at an address that held code) the
+  // barrier after it has become executable.
+  pal.count_only();
+  Result<Chunk> u = arena.unseal(c[1].rx());
+  ASSERT_TRUE(Ok(u));
+  EXPECT_EQ(pal.calls(PalCall::flush_icache), 0u) << "unseal flushes nothing";
+  write_fn(*u, 0x9A7C4);
+  pal.count_only();
+  ASSERT_TRUE(Ok(arena.seal(*u)));
+  got.clear();
+  flushes(got);
+  const std::vector<Range> patched = {
+      {static_cast<const void*>(u->rw().data()), ps}};
+  EXPECT_EQ(got, patched);
+  EXPECT_EQ(pal.calls(PalCall::barrier), has_barrier() ? 1u : 0u);
+
+  // Releasing code and the data is never flushed.
+  pal.count_only();
+  Batch rel(arena);
+  rel.release(c[0]);
+  rel.release(c[3]);
+  ASSERT_TRUE(Ok(rel.commit()));
+  EXPECT_EQ(pal.calls(PalCall::flush_icache), 0u);
+
+  EXPECT_EQ(call(c[1].rx()), 0x9A7C4u);
+  EXPECT_EQ(call(c[2].rx()), 2u);
+  EXPECT_EQ(call(c[5].rx()), 5u);
+  EXPECT_EQ(call(c[7].rx()), 7u);
+  EXPECT_TRUE(audit_arena(arena));
+}
+
 // The barrier: none for fresh code; one (not one per chunk) when code lands
 // where code was before, or is resealed after patching; one on request.
 TEST_P(BatchOrder, BarrierOnlyWhenCodeIsReusedOrAsked) {
