@@ -13,7 +13,12 @@ int main(void) {
     return 1;
   }
   wxa_chunk chunk;
+#if defined(__aarch64__)
+  static const unsigned char code[] = {0x40, 0x05, 0x80, 0x52,  /* mov w0, #42 */
+                                       0xC0, 0x03, 0x5F, 0xD6}; /* ret */
+#else
   static const unsigned char code[] = {0xB8, 42, 0, 0, 0, 0xC3}; /* mov eax, 42; ret */
+#endif
   int rc = 1;
   if (wxa_allocate(arena, sizeof code, &chunk, &err) == WXA_OK) {
     memcpy(chunk.rw, code, sizeof code);

@@ -18,7 +18,7 @@
 
 #include "support/arena_util.hpp"
 #include "support/maps.hpp"
-#include "support/x86_code.hpp"
+#include "support/native_code.hpp"
 #include "wxarena/arena.hpp"
 
 namespace wxa::test {
@@ -39,7 +39,9 @@ std::pair<const std::byte*, const std::byte*> outside(const Arena& arena) {
 // Thousands of chunks, each with its own function, sealed both in batches
 // and one by one, all called: each returns its own value.
 TEST_P(ArenaCode, ThousandsOfFunctionsEachReturnTheirOwnValue) {
-  Result<Arena> made = Arena::create(options());
+  // About 5,150 pages are needed: 20 MiB on 4 KiB pages, 320 MiB on 64 KiB.
+  Result<Arena> made =
+      Arena::create(options(std::max(kSmallReserve, 6000 * os_page_size())));
   ASSERT_TRUE(Ok(made));
   Arena& arena = *made;
   const std::size_t ps = arena.page_size();
@@ -252,6 +254,7 @@ TEST_P(ArenaBadInput, BadOptionsAreRefused) {
   EXPECT_TRUE(FailsWith(Arena::create(o), Errc::invalid_argument));
   o = options();
   o.vma_budget = 1;
+  o.open_pages = 4;  // fewer than the reservation holds at any page size
   if (GetParam() == Backend::dual_map) {
     // Two reservations (the views) already exceed a budget of one.
     EXPECT_TRUE(FailsWith(Arena::create(o), Errc::invalid_argument));
@@ -356,7 +359,7 @@ TEST_P(ArenaExhausted, TinyReservationExhaustsAndRecyclesAfterQuarantine) {
   const Stats now = arena.stats();
   EXPECT_EQ(now.chunks_in(State::retired) * ps, now.bytes_in(State::retired));
   // The recycled page holds traps, not the old code.
-  EXPECT_EQ(again->rw()[0], x86_int3);
+  EXPECT_EQ(again->rw()[0], trap_byte_at(0));
   write_fn(*again, 0xA6A1);
   ASSERT_TRUE(Ok(arena.seal(*again)));
   EXPECT_EQ(call(again->rx()), 0xA6A1u);
@@ -411,8 +414,9 @@ TEST_P(ArenaQuarantine, PassesByLaterAllocationsWithoutLaterReleases) {
     Result<Chunk> c = arena.allocate(1);
     ASSERT_TRUE(Ok(c));
     if (freed.count(c->rx())) first_reuse = i + 1;
-    for (std::byte x : c->rw())
-      ASSERT_TRUE(x == std::byte{0} || x == x86_int3)
+    for (std::size_t k = 0; k < c->rw().size(); ++k)
+      ASSERT_TRUE(c->rw()[k] == std::byte{0} ||
+                  c->rw()[k] == trap_byte_at(k))
           << "a reused page still holds old code";
     write_fn(*c, 100 + i);
     fresh.push_back(*c);
@@ -512,42 +516,35 @@ INSTANTIATE_TEST_SUITE_P(Backends, ArenaFind,
 
 // --- Placement near an anchor ------------------------------------------------
 
-// A host function generated code calls with a rel32 `call`.
+// A host function generated code calls directly: a rel32 `call` on x86-64,
+// a `bl` on AArch64.
 __attribute__((noinline)) unsigned host_function() {
   asm volatile("");  // keep it a real, separate function
   return 0x4057F00Du;
 }
 
-using ArenaAnchor = BackendTest;
+// How far a direct call reaches: rel32 on x86-64 (the arena's default
+// reach), the 26-bit word offset of B / BL on AArch64.
+#if defined(__x86_64__)
+constexpr std::size_t kCallReach = std::size_t{1} << 31;
+#elif defined(__aarch64__)
+constexpr std::size_t kCallReach = std::size_t{128} << 20;
+#endif
 
-TEST_P(ArenaAnchor, WholeRangeWithinRel32ReachAndACallToTheHostWorks) {
-  const auto anchor = reinterpret_cast<const void*>(&host_function);
-  Options o = options();
-  o.anchor = anchor;
-  Result<Arena> made = Arena::create(o);
-  ASSERT_TRUE(Ok(made));
-  Arena& arena = *made;
-
-  const auto a = reinterpret_cast<std::intptr_t>(anchor);
-  auto within = [&](const void* p, std::intptr_t reach) {
-    const std::intptr_t d = reinterpret_cast<std::intptr_t>(p) - a;
-    return d < reach && d > -reach;
-  };
-  constexpr std::intptr_t k2GiB = std::intptr_t{1} << 31;
-  const std::byte* lo = arena.range().data();
-  const std::byte* last = lo + arena.range().size() - 1;
-  EXPECT_TRUE(within(lo, k2GiB))
-      << static_cast<const void*>(lo) << " vs " << anchor;
-  EXPECT_TRUE(within(last, k2GiB))
-      << static_cast<const void*>(last) << " vs " << anchor;
-
+// Writes, at the start of `out`, a function that returns host_function() + 1
+// through a direct call from `at` (its executable address). False if the
+// host is out of the call's reach.
+::testing::AssertionResult write_call_host(std::span<std::byte> out,
+                                           const void* at) {
+  const auto host = reinterpret_cast<std::intptr_t>(&host_function);
+  const auto entry = reinterpret_cast<std::intptr_t>(at);
+  fill_traps(out);
+#if defined(__x86_64__)
   // sub rsp, 8; call host_function; add eax, 1; add rsp, 8; ret — the stack
   // stays 16-byte aligned at the call, as the ABI asks.
-  Result<Chunk> c = arena.allocate(64);
-  ASSERT_TRUE(Ok(c));
-  const auto site = reinterpret_cast<std::intptr_t>(c->rx()) + 4;
-  const std::intptr_t rel = a - (site + 5);
-  ASSERT_TRUE(rel >= INT32_MIN && rel <= INT32_MAX) << rel;
+  const std::intptr_t rel = host - (entry + 4 + 5);
+  if (rel < INT32_MIN || rel > INT32_MAX)
+    return ::testing::AssertionFailure() << "rel32 out of range: " << rel;
   const auto r = static_cast<std::uint32_t>(static_cast<std::int32_t>(rel));
   const std::uint8_t code[] = {0x48,
                                0x83,
@@ -566,8 +563,52 @@ TEST_P(ArenaAnchor, WholeRangeWithinRel32ReachAndACallToTheHostWorks) {
                                0xC4,
                                0x08,  //
                                0xC3};
-  fill_traps(c->rw());
-  std::memcpy(c->rw().data(), code, sizeof code);
+  std::memcpy(out.data(), code, sizeof code);
+#elif defined(__aarch64__)
+  // stp x29, x30, [sp, #-16]!; bl host_function; add w0, w0, #1;
+  // ldp x29, x30, [sp], #16; ret — the link register survives the call.
+  const std::intptr_t rel = host - (entry + 4);
+  if (!a64::bl_reaches(rel))
+    return ::testing::AssertionFailure() << "bl out of range: " << rel;
+  const std::uint32_t code[] = {a64::stp_fp_lr_pre, a64::bl(rel),
+                                a64::add_w_imm(0, 0, 1), a64::ldp_fp_lr_post,
+                                a64::ret};
+  std::memcpy(out.data(), code, sizeof code);  // little-endian words
+#endif
+  return ::testing::AssertionSuccess();
+}
+
+using ArenaAnchor = BackendTest;
+
+TEST_P(ArenaAnchor, WholeRangeWithinCallReachAndACallToTheHostWorks) {
+  if (!maps_list_every_mapping())
+    GTEST_SKIP() << "/proc/self/maps leaves mappings out here (qemu-user with "
+                    "a page size above the host's): placement near an "
+                    "anchor looks there for free gaps and cannot work";
+  const auto anchor = reinterpret_cast<const void*>(&host_function);
+  Options o = options();
+  o.anchor = anchor;
+  if (kCallReach < (std::size_t{1} << 31)) o.reach = kCallReach;
+  Result<Arena> made = Arena::create(o);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+
+  const auto a = reinterpret_cast<std::intptr_t>(anchor);
+  auto within = [&](const void* p, std::size_t reach) {
+    const std::intptr_t d = reinterpret_cast<std::intptr_t>(p) - a;
+    const auto r = static_cast<std::intptr_t>(reach);
+    return d < r && d > -r;
+  };
+  const std::byte* lo = arena.range().data();
+  const std::byte* last = lo + arena.range().size() - 1;
+  EXPECT_TRUE(within(lo, kCallReach))
+      << static_cast<const void*>(lo) << " vs " << anchor;
+  EXPECT_TRUE(within(last, kCallReach))
+      << static_cast<const void*>(last) << " vs " << anchor;
+
+  Result<Chunk> c = arena.allocate(64);
+  ASSERT_TRUE(Ok(c));
+  ASSERT_TRUE(write_call_host(c->rw(), c->rx()));
   ASSERT_TRUE(Ok(arena.seal(*c)));
   EXPECT_EQ(call(c->rx()), 0x4057F00Du + 1);
 
@@ -584,7 +625,7 @@ TEST_P(ArenaAnchor, WholeRangeWithinRel32ReachAndACallToTheHostWorks) {
 TEST_P(ArenaAnchor, ReachSmallerThanTheReservationIsUnreachable) {
   Options o = options();
   o.anchor = reinterpret_cast<const void*>(&host_function);
-  o.reach = o.reserve_bytes - 4096;
+  o.reach = o.reserve_bytes - os_page_size();
   EXPECT_TRUE(FailsWith(Arena::create(o), Errc::unreachable_anchor));
   o.reach = 1 << 20;
   EXPECT_TRUE(FailsWith(Arena::create(o), Errc::unreachable_anchor));

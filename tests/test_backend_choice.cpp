@@ -23,7 +23,7 @@
 #include "pal/pal.hpp"
 #include "support/backends.hpp"
 #include "support/maps.hpp"
-#include "support/x86_code.hpp"
+#include "support/native_code.hpp"
 #include "wxarena/arena.hpp"
 #include "wxarena/code_heap.hpp"
 
@@ -59,12 +59,13 @@ TEST(BackendChoice, ThePolicyIsInForce) {
   const int err = rc == 0 ? 0 : EACCES;
   ASSERT_TRUE(::VirtualFree(p, 0, MEM_RELEASE));
 #else
-  void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE,
+  const std::size_t ps = detail::system_pal().capabilities().page_size;
+  void* p = ::mmap(nullptr, ps, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(p, MAP_FAILED);
-  const int rc = ::mprotect(p, 4096, PROT_READ | PROT_EXEC);
+  const int rc = ::mprotect(p, ps, PROT_READ | PROT_EXEC);
   const int err = errno;
-  ASSERT_EQ(::munmap(p, 4096), 0);
+  ASSERT_EQ(::munmap(p, ps), 0);
 #endif
   if (test::execmem_denied()) {
     EXPECT_NE(rc, 0) << "the execmem policy let anonymous memory gain X";
@@ -130,9 +131,6 @@ TEST(BackendChoice, SkipHelperMatchesWhatCreateDoes) {
 // unseal, patch, reseal, read-only data, batches, release, quarantine reuse,
 // trim, and a CodeHeap on top.
 TEST(BackendChoice, EverythingWorksOnTheAutomaticBackend) {
-#if !defined(__x86_64__)
-  GTEST_SKIP() << "writes x86-64 code";
-#endif
   Options o = small(Backend::automatic);
   o.quarantine = 2;
   o.open_pages = 4;

@@ -26,12 +26,23 @@ static int_fn as_fn(const void* rx) {
   return f;
 }
 
+#if defined(__aarch64__)
+/* movz w0, #(value & 0xffff); movk w0, #(value >> 16), lsl #16; ret */
+enum { RET_SIZE = 12 };
+static void write_ret(void* rw, uint32_t value) {
+  const uint32_t code[3] = {0x52800000u | (value & 0xFFFFu) << 5,
+                            0x72A00000u | (value >> 16) << 5, 0xD65F03C0u};
+  memcpy(rw, code, sizeof code); /* little-endian words */
+}
+#else
 /* mov eax, value; ret */
+enum { RET_SIZE = 6 };
 static void write_ret(void* rw, uint32_t value) {
   unsigned char code[6] = {0xB8, 0, 0, 0, 0, 0xC3};
   memcpy(code + 1, &value, 4);
   memcpy(rw, code, sizeof code);
 }
+#endif
 
 static void test_arena(wxa_backend backend) {
   wxa_options o;
@@ -98,7 +109,7 @@ static void test_arena(wxa_backend backend) {
   CHECK(wxa_heap_create(arena, 0, &heap, &err) == WXA_OK);
   wxa_function fns[50];
   for (int i = 0; i < 50; ++i) {
-    CHECK(wxa_heap_allocate(heap, 6, 0, &fns[i], &err) == WXA_OK);
+    CHECK(wxa_heap_allocate(heap, RET_SIZE, 0, &fns[i], &err) == WXA_OK);
     CHECK(((uintptr_t)fns[i].rx & 15) == 0);
     write_ret(fns[i].rw, 1000u + (uint32_t)i);
   }

@@ -12,7 +12,7 @@
 #include "support/arena_util.hpp"
 #include "support/maps.hpp"
 #include "support/memory_fault.hpp"
-#include "support/x86_code.hpp"
+#include "support/native_code.hpp"
 #include "wxarena/arena.hpp"
 
 namespace wxa::test {
@@ -406,7 +406,8 @@ TEST_P(LifecycleDeathTest, StoreIntoReadOnlyChunkFaults) {
   ASSERT_TRUE(Ok(c));
   write_fn(*c, 0xDA7A);
   ASSERT_TRUE(Ok(arena.seal(*c, Seal::read_only)));
-  ASSERT_EQ(load_byte(c->rx()), 0xB8);  // the control: readable, same bytes
+  (void)load_byte(c->rx());  // the control: readable, same bytes
+  ASSERT_TRUE(holds_fn(c->rx(), 0xDA7A));
   EXPECT_EXIT(
       {
         expect_fault_in(c->rx(), c->size());

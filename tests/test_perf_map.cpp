@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "support/native_code.hpp"
 #include "wxarena/wxarena.hpp"
 
 namespace {
@@ -28,17 +29,17 @@ TEST(PerfMap, NamesPublishedFunctions) {
   ASSERT_TRUE(arena) << arena.error().to_string();
   wxa::Result<wxa::CodeHeap> heap = wxa::CodeHeap::create(*arena);
   ASSERT_TRUE(heap);
-  wxa::Result<wxa::Function> f = heap->allocate(6);
+  constexpr std::size_t size = wxa::test::return_imm_size;
+  wxa::Result<wxa::Function> f = heap->allocate(size);
   ASSERT_TRUE(f);
-  const unsigned char code[] = {0xB8, 9, 0, 0, 0, 0xC3};
-  std::memcpy(f->rw.data(), code, sizeof code);
+  ASSERT_EQ(wxa::test::write_return_imm(f->rw, 9), size);
   ASSERT_TRUE(heap->publish());
   ASSERT_EQ(f->entry<int()>()(), 9);
 
-  ASSERT_TRUE(wxa::perf_map_add(f->rx, 6, "jit::answer\nnine"));
-  std::ostringstream want;
-  want << std::hex << reinterpret_cast<std::uintptr_t>(f->rx)
-       << " 6 jit::answer nine";
+  ASSERT_TRUE(wxa::perf_map_add(f->rx, size, "jit::answer\nnine"));
+  std::ostringstream want;  // start and size in hex, as perf reads them
+  want << std::hex << reinterpret_cast<std::uintptr_t>(f->rx) << ' ' << size
+       << " jit::answer nine";
   EXPECT_TRUE(file_has_line(wxa::perf_map_path(), want.str()))
       << "no line '" << want.str() << "' in " << wxa::perf_map_path();
   EXPECT_EQ(wxa::perf_map_add(nullptr, 6, "x").error().code(),

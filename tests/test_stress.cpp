@@ -24,7 +24,7 @@
 #include "support/arena_util.hpp"
 #include "support/backends.hpp"
 #include "support/maps.hpp"
-#include "support/x86_code.hpp"
+#include "support/native_code.hpp"
 #include "wxarena/arena.hpp"
 #include "wxarena/code_heap.hpp"
 
@@ -223,7 +223,7 @@ void heap_worker(Arena& arena, Shadow& shadow, unsigned seed,
   for (std::size_t it = 0;
        it < kMaxIterations && std::chrono::steady_clock::now() < deadline;
        ++it) {
-    const std::size_t bytes = 6 + rng() % 300;
+    const std::size_t bytes = return_imm_size + rng() % 300;
     Result<Function> f = heap.allocate(bytes);
     if (!f) {
       shadow.note(describe("heap allocate", f.error()));
@@ -231,7 +231,8 @@ void heap_worker(Arena& arena, Shadow& shadow, unsigned seed,
     }
     shadow.insert(f->rx, bytes);
     const auto value = static_cast<std::uint32_t>(rng());
-    (void)write_return_imm(f->rw, value);
+    if (write_return_imm(f->rw, value) == 0)
+      shadow.note("heap function too small for its code");
     unpublished.push_back({f->rx, value});
     if (unpublished.size() >= 1 + rng() % 16) {
       if (Result<CommitReport> r = heap.publish(); !r)

@@ -8,12 +8,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "support/backends.hpp"
 #include "support/maps.hpp"
-#include "support/x86_code.hpp"
+#include "support/native_code.hpp"
 #include "wxarena/arena.hpp"
 #include "wxarena/result.hpp"
 
@@ -28,6 +29,12 @@ inline const Backend kBothBackends[] = {Backend::protect, Backend::dual_map};
 
 inline std::string backend_name(const ::testing::TestParamInfo<Backend>& info) {
   return std::string(to_string(info.param));
+}
+
+/// The OS page size as the library sees it: 4 KiB on x86-64, 4, 16 or
+/// 64 KiB on AArch64. Never assume one.
+inline std::size_t os_page_size() noexcept {
+  return detail::system_pal().capabilities().page_size;
 }
 
 /// Success, or a failure that prints the error.
@@ -55,10 +62,19 @@ inline unsigned call(const void* rx) {
   return reinterpret_cast<unsigned (*)()>(const_cast<void*>(rx))();
 }
 
-/// Writes `mov eax, value; ret` at the start of a writable chunk.
+/// Writes `unsigned f()` returning `value` at the start of a writable chunk
+/// (support/native_code.hpp: `mov eax, value; ret` on x86-64).
 inline void write_fn(const Chunk& c, std::uint32_t value) {
   ASSERT_FALSE(c.rw().empty()) << "chunk has no writable view";
   ASSERT_NE(write_return_imm(c.rw(), value), 0u);
+}
+
+/// True if `p` holds exactly the function write_fn(·, value) writes (read
+/// through any readable view, not run).
+inline bool holds_fn(const void* p, std::uint32_t value) {
+  std::byte code[return_imm_size];
+  if (write_return_imm(code, value) != sizeof code) return false;
+  return std::memcmp(p, code, sizeof code) == 0;
 }
 
 /// The tracked state map, as a comparable value.
@@ -112,6 +128,20 @@ inline std::size_t kernel_vmas(const Arena& arena) {
   if (arena.backend() == Backend::dual_map)
     v += count(arena.rw_range().data(), arena.rw_range().size());
   return v;
+}
+
+/// The arena's VMA figure `tracked` agrees with /proc/self/maps: equal
+/// where the file is exact; where it merges r-- pages with r-x neighbours
+/// (maps_tell_read_from_execute() is false: qemu-user) it can only show
+/// fewer, never more.
+inline ::testing::AssertionResult vmas_agree(std::size_t tracked,
+                                             const Arena& arena) {
+  const std::size_t kernel = kernel_vmas(arena);
+  if (kernel == tracked || (kernel < tracked && !maps_tell_read_from_execute()))
+    return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << "the arena counts " << tracked << " VMAs, /proc/self/maps shows "
+         << kernel;
 }
 
 /// Chunk counts by state, as one comparable value.

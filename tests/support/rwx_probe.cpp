@@ -23,15 +23,15 @@
 #include <span>
 #include <string>
 
-#include "support/x86_code.hpp"
+#include "support/native_code.hpp"
 
 namespace {
 
 constexpr std::uint32_t magic = 0x2A17C0DE;
 
 std::size_t page_size() noexcept {
-  const long n = sysconf(_SC_PAGESIZE);
-  return n > 0 ? static_cast<std::size_t>(n) : 4096;
+  const long n = sysconf(_SC_PAGESIZE);  // cannot fail on Linux
+  return static_cast<std::size_t>(n);
 }
 
 const char* errno_name(int error) noexcept {
