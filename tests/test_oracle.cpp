@@ -32,11 +32,23 @@ std::string seccomp_run() {
 }
 std::string rwx_probe() { return helper_path("WXA_RWX_PROBE", "rwx_probe"); }
 
-#define WXA_REQUIRE_HELPERS()                                                \
-  do {                                                                       \
-    if (seccomp_run().empty() || rwx_probe().empty())                        \
-      GTEST_SKIP() << "wxa-seccomp-run or rwx_probe not found: set "         \
-                      "WXA_SECCOMP_RUN and WXA_RWX_PROBE (meson test does)"; \
+// Why the oracle cannot be judged here, or nullptr. Both helpers are
+// programs started with execve(); under an emulator without binfmt_misc
+// (qemu-user) none can start, and where libseccomp is missing for the
+// target (the AArch64 cross build) wxa-seccomp-run is not built at all.
+const char* helpers_missing() {
+  if (const char* why = exec_unavailable_reason()) return why;
+  if (seccomp_run().empty())
+    return "wxa-seccomp-run was not built (-Dseccomp disabled, or no "
+           "libseccomp for the target) or WXA_SECCOMP_RUN names no program";
+  if (rwx_probe().empty())
+    return "rwx_probe not found: set WXA_RWX_PROBE (meson test does)";
+  return nullptr;
+}
+
+#define WXA_REQUIRE_HELPERS()                                     \
+  do {                                                            \
+    if (const char* why = helpers_missing()) GTEST_SKIP() << why; \
   } while (0)
 
 // How strict a policy is; filters stack, so the stricter one wins.

@@ -14,6 +14,7 @@
 #include "support/arena_util.hpp"
 #include "support/fault_pal.hpp"
 #include "support/maps.hpp"
+#include "support/process.hpp"
 #include "wxarena/arena.hpp"
 
 namespace wxa::test {
@@ -155,7 +156,7 @@ void expect_committed(Arena& arena, const Scenario& s) {
 void expect_usable_before(const Arena& arena, const Scenario& s) {
   for (std::size_t i : {s.b0, s.c0, s.d0})
     EXPECT_EQ(call(s.all[i].rx()), s.value[i]) << i;
-  EXPECT_EQ(*static_cast<const volatile std::uint8_t*>(s.all[s.b1].rx()), 0xB8);
+  EXPECT_TRUE(holds_fn(s.all[s.b1].rx(), s.value[s.b1]));
   // The writable ones are writable through their views.
   for (std::size_t i : {s.a0, s.g0, s.d1}) {
     Result<ChunkInfo> info = arena.find(s.all[i].rx());
@@ -234,7 +235,7 @@ TEST_P(Rollback, EveryFailurePositionOfACommitRollsBack) {
       EXPECT_EQ(after.commits, stats_before.commits);
       EXPECT_EQ(after.barriers, stats_before.barriers);
       EXPECT_EQ(after.vmas, stats_before.vmas);
-      EXPECT_EQ(after.vmas, kernel_vmas(arena));
+      EXPECT_TRUE(vmas_agree(after.vmas, arena));
       expect_usable_before(arena, s);
       EXPECT_EQ(batch.size(), s.in_batch.size()) << "the batch is kept";
 
@@ -368,7 +369,7 @@ TEST_P(RollbackOther, FailureToOpenPagesChangesNothing) {
     EXPECT_TRUE(pal.fired());
     EXPECT_EQ(state_map(arena), states);
     EXPECT_EQ(kernel_map(arena), kernel);
-    EXPECT_EQ(arena.stats().vmas, kernel_vmas(arena));
+    EXPECT_TRUE(vmas_agree(arena.stats().vmas, arena));
     EXPECT_EQ(arena.stats().allocations, 0u);
     pal.disarm();
     EXPECT_TRUE(still_works(arena));
@@ -454,7 +455,7 @@ TEST_P(RollbackOther, TrimFailingAtEveryPositionStaysConsistent) {
     (void)a->trim();  // whether it reports it: TrimReportsEveryFailure
     EXPECT_TRUE(pal.fired());
     EXPECT_TRUE(audit_arena(*a));
-    EXPECT_EQ(a->stats().vmas, kernel_vmas(*a));
+    EXPECT_TRUE(vmas_agree(a->stats().vmas, *a));
     pal.disarm();
     EXPECT_TRUE(still_works(*a));
     ASSERT_TRUE(Ok(a->trim()));
@@ -502,11 +503,21 @@ INSTANTIATE_TEST_SUITE_P(Backends, RollbackOther,
 // The arena's calls must run in the process that made the arena (a dual_map
 // arena refuses to change anything in a fork() child), so these death tests
 // re-run the test in a fresh process ("threadsafe" style), not a fork.
+// Where this process cannot start its own executable (qemu-user without
+// binfmt_misc), the protect backend's run in a fork() child instead.
 class RollbackDeathTest : public BackendTest {
  protected:
   void SetUp() override {
     BackendTest::SetUp();
     saved_ = GTEST_FLAG_GET(death_test_style);
+    if (IsSkipped()) return;
+    if (const char* why = exec_unavailable_reason()) {
+      if (GetParam() == Backend::dual_map)
+        GTEST_SKIP() << why << "; a dual_map arena refuses to work in a "
+                     << "fork() child, so this death test cannot run here";
+      GTEST_FLAG_SET(death_test_style, "fast");
+      return;
+    }
     GTEST_FLAG_SET(death_test_style, "threadsafe");
   }
   void TearDown() override { GTEST_FLAG_SET(death_test_style, saved_); }

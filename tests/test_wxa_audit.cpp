@@ -17,9 +17,19 @@
 #include <gtest/gtest.h>
 
 #include "pal/pal.hpp"
+#include "support/process.hpp"
 #include "wxarena/wxarena.hpp"
 
 namespace {
+
+// wxa-audit is a program of this machine, started by a shell: impossible
+// under an emulator without binfmt_misc (and there, another process's
+// /proc/<pid>/maps would show the emulator's host mappings anyway).
+#define WXA_SKIP_IF_NO_EXEC()                                     \
+  do {                                                            \
+    if (const char* why = ::wxa::test::exec_unavailable_reason()) \
+      GTEST_SKIP() << why;                                        \
+  } while (0)
 
 struct Outcome {
   int status = -1;
@@ -71,10 +81,11 @@ void reap(pid_t pid) {
 }
 
 TEST(WxaAudit, FindsAWritableExecutableMapping) {
+  WXA_SKIP_IF_NO_EXEC();
   ASSERT_NE(std::getenv("WXA_AUDIT"), nullptr) << "WXA_AUDIT names the tool";
   const pid_t pid = hold([] {
     // The W+X mapping this tool exists to find; made in this test only.
-    void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
+    void* p = ::mmap(nullptr, 1, PROT_READ | PROT_WRITE | PROT_EXEC,
                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return p != MAP_FAILED;
   });
@@ -90,6 +101,7 @@ TEST(WxaAudit, FindsAWritableExecutableMapping) {
 class WxaAuditArena : public ::testing::TestWithParam<wxa::Backend> {};
 
 TEST_P(WxaAuditArena, ShowsArenaRegionsAndPassesWithoutWx) {
+  WXA_SKIP_IF_NO_EXEC();
   const wxa::Backend backend = GetParam();
   const bool named = backend == wxa::Backend::dual_map ||
                      wxa::detail::system_pal().capabilities().vma_naming;
@@ -121,6 +133,7 @@ TEST_P(WxaAuditArena, ShowsArenaRegionsAndPassesWithoutWx) {
 // The example JIT (wxa-jit-expr --wait) audited while its code is live:
 // no W+X, and its arena's regions where the kernel names them.
 TEST_P(WxaAuditArena, PassesOnTheExampleJit) {
+  WXA_SKIP_IF_NO_EXEC();
   const char* jit = std::getenv("WXA_JIT_EXPR");
   if (!jit) GTEST_SKIP() << "the example JIT is not built (no libxbyak-dev)";
   const wxa::Backend backend = GetParam();
@@ -182,6 +195,7 @@ INSTANTIATE_TEST_SUITE_P(Backends, WxaAuditArena,
                          });
 
 TEST(WxaAudit, ReadsASavedMapsFile) {
+  WXA_SKIP_IF_NO_EXEC();
   const std::string path = ::testing::TempDir() + "wxa_audit_maps.txt";
   {
     std::ofstream f(path);
