@@ -14,7 +14,9 @@
 #include "support/arena_util.hpp"
 #include "support/fault_pal.hpp"
 #include "support/maps.hpp"
+#ifndef _WIN32
 #include "support/process.hpp"
+#endif
 #include "wxarena/arena.hpp"
 
 namespace wxa::test {
@@ -511,6 +513,7 @@ class RollbackDeathTest : public BackendTest {
     BackendTest::SetUp();
     saved_ = GTEST_FLAG_GET(death_test_style);
     if (IsSkipped()) return;
+#ifndef _WIN32
     if (const char* why = exec_unavailable_reason()) {
       if (GetParam() == Backend::dual_map)
         GTEST_SKIP() << why << "; a dual_map arena refuses to work in a "
@@ -518,6 +521,7 @@ class RollbackDeathTest : public BackendTest {
       GTEST_FLAG_SET(death_test_style, "fast");
       return;
     }
+#endif
     GTEST_FLAG_SET(death_test_style, "threadsafe");
   }
   void TearDown() override { GTEST_FLAG_SET(death_test_style, saved_); }
