@@ -145,11 +145,13 @@ Probe run_probe(const std::string& policy) {
                ", got " + got;
     }
   }
-  for (const auto& [name, outcome] : probe.outcome) {
+  for (const auto& entry : probe.outcome) {
+    const auto& name = entry.first;  // a plain reference: clang 14 cannot
+                                     // capture a structured binding
     const bool known =
         std::any_of(std::begin(cases), std::end(cases),
                     [&](const Case& c) { return name == c.name; });
-    if (!known) diffs += "\n  unexpected case " + name + " " + outcome;
+    if (!known) diffs += "\n  unexpected case " + name + " " + entry.second;
   }
   if (diffs.empty()) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure()
