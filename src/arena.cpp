@@ -517,6 +517,10 @@ Result<void> Arena::release(const void* rx) noexcept {
   return {};
 }
 
+Result<void> Arena::patch(const void*, std::span<const std::byte>) noexcept {
+  return Error(Errc::not_supported);
+}
+
 Result<ChunkInfo> Arena::find(const void* address) const noexcept {
   return impl_->find(address);
 }

@@ -268,6 +268,9 @@ void Batch::unseal(const void* rx) noexcept {
 void Batch::release(const void* rx) noexcept {
   push(rx, detail::OpKind::release);
 }
+void Batch::patch(const void*, std::span<const std::byte>) noexcept {
+  overflow_ = true;  // not yet implemented
+}
 
 Result<CommitReport> Batch::commit(CommitFlags flags) noexcept {
   if (overflow_) return Error(Errc::out_of_memory, detail::kNoMemory);

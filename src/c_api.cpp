@@ -14,6 +14,9 @@ static_assert(WXA_OS_ERROR == static_cast<int>(wxa::Errc::os_error));
 static_assert(WXA_WRONG_PROCESS == static_cast<int>(wxa::Errc::wrong_process));
 static_assert(WXA_STATE_RETIRED == static_cast<int>(wxa::State::retired));
 static_assert(WXA_BACKEND_DUAL_MAP == static_cast<int>(wxa::Backend::dual_map));
+static_assert(WXA_BACKEND_KERNEL_WRITE ==
+              static_cast<int>(wxa::Backend::kernel_write));
+static_assert(WXA_OUT_OF_BOUNDS == static_cast<int>(wxa::Errc::out_of_bounds));
 
 struct wxa_arena {
   wxa::Arena arena;
@@ -194,6 +197,8 @@ void wxa_stats_get(const wxa_arena* arena, wxa_stats* out) {
   out->protection_calls = s.protection_calls;
   out->flushes = s.flushes;
   out->barriers = s.barriers;
+  out->write_calls = s.syscalls.write;
+  out->backend = static_cast<wxa_backend>(s.backend);
 }
 
 wxa_backend wxa_arena_backend(const wxa_arena* arena) {

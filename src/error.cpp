@@ -53,6 +53,8 @@ std::string_view to_string(Errc code) noexcept {
     case Errc::wrong_process:
       return "arena shared with the parent process: changes refused in a "
              "fork() child";
+    case Errc::out_of_bounds:
+      return "byte range not inside the chunk";
   }
   return "unknown error";
 }
@@ -82,6 +84,8 @@ std::string_view to_string(Backend backend) noexcept {
       return "protect";
     case Backend::dual_map:
       return "dual_map";
+    case Backend::kernel_write:
+      return "kernel_write";
   }
   return "unknown";
 }

@@ -31,11 +31,15 @@ ArenaImpl& impl_of(Arena& arena) noexcept;
 
 /// How chunks get their permissions.
 enum class Backend : std::uint8_t {
-  automatic,  ///< probe once: protect where anonymous memory may gain
-              ///< execute, else dual_map, else Errc::not_supported
-  protect,    ///< one private anonymous mapping, flipped with mprotect
-  dual_map,   ///< a memfd with a separate executable view and writable
-              ///< views that exist only while a chunk is writable
+  automatic,     ///< probe once: kernel_write where a memfd may be mapped
+                 ///< executable, else protect, else dual_map, else
+                 ///< Errc::not_supported
+  protect,       ///< one private anonymous mapping, flipped with mprotect
+  dual_map,      ///< a memfd with a separate executable view and writable
+                 ///< views that exist only while a chunk is writable
+  kernel_write,  ///< a memfd mapped once read+execute and never writable:
+                 ///< chunks are written in staging memory and the kernel
+                 ///< copies them in (pwritev) at commit
 };
 
 /// The tracked state of a chunk (see the lifecycle in DESIGN.md).
@@ -132,8 +136,10 @@ struct ChunkInfo {
 struct SyscallCounts {
   std::uint64_t mmap = 0, munmap = 0, mprotect = 0, madvise = 0, memfd = 0,
                 membarrier = 0, other = 0;
+  std::uint64_t write = 0;  ///< pwritev into the code's memfd (kernel_write)
   [[nodiscard]] std::uint64_t total() const noexcept {
-    return mmap + munmap + mprotect + madvise + memfd + membarrier + other;
+    return mmap + munmap + mprotect + madvise + memfd + membarrier + other +
+           write;
   }
 };
 
@@ -148,6 +154,8 @@ struct CommitReport {
 
 /// A snapshot of an arena's accounting.
 struct Stats {
+  Backend backend = Backend::automatic;  ///< the backend in use (never
+                                         ///< automatic once created)
   std::size_t page_size = 0;
   std::size_t reserved_bytes = 0;
   std::size_t committed_bytes = 0;  ///< pages that are not PROT_NONE-and-clean
@@ -226,6 +234,20 @@ class Arena {
   [[nodiscard]] Result<void> release(const Chunk& c) noexcept {
     return release(c.rx());
   }
+  /// Writes `bytes` into live code at `at` (an address inside an executable
+  /// chunk; the whole range must lie inside that chunk), then makes the new
+  /// bytes visible to instruction fetch on every thread (cache maintenance
+  /// and the cross-thread barrier). The caller guarantees that no thread
+  /// runs the patched bytes meanwhile.
+  /// kernel_write: nothing becomes non-executable; other code on the same
+  /// page keeps running. protect and dual_map: unseal + write + seal in one
+  /// call; the chunk's pages are not executable meanwhile, so other code on
+  /// them must not run either.
+  /// Errors: null_pointer, foreign_pointer, not_allocated, illegal_transition
+  /// (the chunk is not executable), out_of_bounds, zero_size, OS errors; on
+  /// error the code is unchanged.
+  [[nodiscard]] Result<void> patch(const void* at,
+                                   std::span<const std::byte> bytes) noexcept;
 
   /// The chunk containing `address` (either view), with its state and the
   /// address's offset. Errors: null_pointer, foreign_pointer, not_allocated
@@ -282,6 +304,9 @@ class Batch {
   void unseal(const void* rx) noexcept;
   void release(const void* rx) noexcept;
   void release(const Chunk& c) noexcept { release(c.rx()); }
+  /// Queue a patch of live code (see Arena::patch); `bytes` is copied now.
+  /// At most one patch per chunk per batch, and no other transition of it.
+  void patch(const void* at, std::span<const std::byte> bytes) noexcept;
 
   /// Applies every queued transition, or none. On success the batch is
   /// emptied; on failure it is kept and the error names the first chunk at

@@ -37,9 +37,11 @@ enum class Errc : std::uint8_t {
   permission_denied,   ///< the OS refused by policy (EACCES, EPERM)
   not_supported,       ///< the OS or this build lacks the facility
   os_error,            ///< any other OS failure; see Error::sys_errno()
-  wrong_process,       ///< a dual_map arena used in a fork() child: its
-                       ///< memory is shared with the parent, so only the
-                       ///< parent may change it (sealed code stays callable)
+  wrong_process,       ///< a memfd-backed arena (dual_map, kernel_write)
+                       ///< used in a fork() child: its memory is shared with
+                       ///< the parent, so only the parent may change it
+                       ///< (sealed code stays callable)
+  out_of_bounds,       ///< the byte range does not lie inside the chunk
 };
 
 /// A short, fixed, human-readable message for a code ("double release", ...).

@@ -37,13 +37,15 @@ typedef enum wxa_errc {
   WXA_PERMISSION_DENIED,
   WXA_NOT_SUPPORTED,
   WXA_OS_ERROR,
-  WXA_WRONG_PROCESS
+  WXA_WRONG_PROCESS,
+  WXA_OUT_OF_BOUNDS
 } wxa_errc;
 
 typedef enum wxa_backend {
   WXA_BACKEND_AUTOMATIC = 0,
   WXA_BACKEND_PROTECT,
-  WXA_BACKEND_DUAL_MAP
+  WXA_BACKEND_DUAL_MAP,
+  WXA_BACKEND_KERNEL_WRITE
 } wxa_backend;
 
 typedef enum wxa_state {
@@ -110,6 +112,8 @@ typedef struct wxa_stats {
   uint64_t mmap_calls, munmap_calls, mprotect_calls, madvise_calls, memfd_calls,
       membarrier_calls, other_calls;
   uint64_t allocations, commits, runs, protection_calls, flushes, barriers;
+  uint64_t write_calls; /* pwritev into the code's memfd (kernel_write) */
+  wxa_backend backend;  /* the backend in use */
 } wxa_stats;
 
 typedef struct wxa_heap_stats {

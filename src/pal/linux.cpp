@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <pthread.h>
@@ -27,6 +28,9 @@
 #endif
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  // Linux 5.14
 #endif
 
 namespace wxa::detail {
@@ -153,7 +157,16 @@ Capabilities probe() noexcept {
     if (caps.shared_memory) {
       void* x = ::mmap(nullptr, page, PROT_READ | PROT_EXEC, MAP_SHARED, fd, 0);
       if (x != MAP_FAILED) {
-        caps.shared_exec = ::munmap(x, page) == 0;
+        caps.shared_exec = true;
+        // kernel_write's whole mechanism, tried for real: the kernel copies
+        // into the object while it is mapped executable, and the view shows
+        // the new bytes.
+        const unsigned char probe_byte = 0xC3;
+        caps.shared_write =
+            ::pwrite(fd, &probe_byte, 1, 0) == 1 &&
+            *static_cast<volatile unsigned char*>(x) == probe_byte;
+        caps.populate_read = ::madvise(x, page, MADV_POPULATE_READ) == 0;
+        if (::munmap(x, page) != 0) caps.shared_exec = caps.shared_write = false;
       }
     }
     if (::close(fd) != 0) caps.shared_memory = false;
@@ -300,18 +313,76 @@ Result<SharedHandle> Pal::create_shared(std::size_t bytes, const char* label,
       SYS_memfd_create, label, memfd_create_flags(caps.memfd_exec_flag)));
   if (fd < 0) return error_from_errno(errno);
   ++n.other;
-  if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
-    int err = errno;
+  int err = 0;
+  if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0)
+    err = errno;
+  else if (!track_for_fork(fd))
+    err = EMFILE;
+  if (err) {
     ++n.other;
-    (void)::close(fd);  // already failing; the ftruncate error is reported
+    (void)::close(fd);  // already failing; the first error is reported
     return error_from_errno(err);
   }
-  return SharedHandle{fd};
+  return SharedHandle{fd, fork_generation()};
 }
 
 Result<void> Pal::close_shared(SharedHandle h, SyscallCounts& n) noexcept {
+  // In a fork() child the descriptor was closed at fork; the number may
+  // name another file by now.
+  if (h.generation != fork_generation()) return {};
+  untrack_for_fork(h.fd);
   ++n.other;
   if (::close(h.fd) != 0) return error_from_errno(errno);
+  return {};
+}
+
+Result<void> Pal::write_shared(SharedHandle h, std::size_t offset,
+                               const WritePiece* pieces, std::size_t count,
+                               SyscallCounts& n) noexcept {
+  // pwritev(2) into the memfd: the kernel copies through its own mapping of
+  // the pages, so no writable mapping of them ever exists in this process.
+  // Up to IOV_MAX (1024) pieces per call; a short write (a signal, or
+  // memory running out part way) is continued from where it stopped.
+  static constexpr std::size_t kMaxIov = 1024;
+  struct iovec iov[64];
+  std::size_t k = 0, skip = 0;  // next piece, bytes of it already written
+  while (k < count) {
+    std::size_t m = 0;
+    std::size_t total = 0;
+    for (std::size_t j = k; j < count && m < std::min<std::size_t>(64, kMaxIov);
+         ++j, ++m) {
+      const std::size_t sk = j == k ? skip : 0;
+      iov[m].iov_base =
+          const_cast<char*>(static_cast<const char*>(pieces[j].data) + sk);
+      iov[m].iov_len = pieces[j].bytes - sk;
+      total += iov[m].iov_len;
+    }
+    ++n.write;
+    const ssize_t w = ::pwritev(h.fd, iov, static_cast<int>(m),
+                                static_cast<off_t>(offset));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return error_from_errno(errno);
+    }
+    if (w == 0 && total > 0) return error_from_errno(EIO);
+    offset += static_cast<std::size_t>(w);
+    auto left = static_cast<std::size_t>(w);
+    while (k < count && left >= pieces[k].bytes - skip) {
+      left -= pieces[k].bytes - skip;
+      skip = 0;
+      ++k;
+    }
+    skip += left;
+  }
+  return {};
+}
+
+Result<void> Pal::populate(void* p, std::size_t bytes,
+                           SyscallCounts& n) noexcept {
+  if (!capabilities().populate_read) return Error(Errc::not_supported);
+  ++n.madvise;
+  if (::madvise(p, bytes, MADV_POPULATE_READ) != 0)
+    return error_from_errno(errno);
   return {};
 }
 
@@ -396,10 +467,51 @@ void Pal::flush_icache(void* p, std::size_t bytes) noexcept {
 
 namespace {
 std::atomic<std::uint64_t> g_fork_generation{0};
+
+// Descriptors of shared objects that hold code, closed in every fork()
+// child. Slots, not a locked list: the child handler runs in a process
+// whose other threads are gone, possibly with a lock held by one of them.
+constexpr int kForkSlots = 4096;
+std::atomic<int> g_fork_fds[kForkSlots];
+std::atomic<bool> g_fork_fds_ready{false};
+
 void on_fork_child() noexcept {
   g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+  if (!g_fork_fds_ready.load(std::memory_order_acquire)) return;
+  for (std::atomic<int>& slot : g_fork_fds) {
+    const int fd = slot.exchange(-1, std::memory_order_relaxed);
+    // The child has nothing to report to; a failure leaves it a descriptor
+    // of the parent's code it still cannot map writable through the arena.
+    if (fd >= 0) (void)::close(fd);
+  }
 }
 }  // namespace
+
+bool track_for_fork(int fd) noexcept {
+  (void)fork_generation();  // the handler is registered
+  static const bool ready = [] {
+    for (std::atomic<int>& slot : g_fork_fds)
+      slot.store(-1, std::memory_order_relaxed);
+    g_fork_fds_ready.store(true, std::memory_order_release);
+    return true;
+  }();
+  (void)ready;
+  for (std::atomic<int>& slot : g_fork_fds) {
+    int empty = -1;
+    if (slot.compare_exchange_strong(empty, fd, std::memory_order_acq_rel))
+      return true;
+  }
+  return false;
+}
+
+void untrack_for_fork(int fd) noexcept {
+  if (!g_fork_fds_ready.load(std::memory_order_acquire)) return;
+  for (std::atomic<int>& slot : g_fork_fds) {
+    int mine = fd;
+    if (slot.compare_exchange_strong(mine, -1, std::memory_order_acq_rel))
+      return;
+  }
+}
 
 std::uint64_t fork_generation() noexcept {
   static const bool registered = [] {

@@ -38,6 +38,11 @@ struct Capabilities {
   bool memfd_exec_flag = false;  ///< the kernel knows MFD_EXEC
   bool barrier = false;          ///< membarrier PRIVATE_EXPEDITED_SYNC_CORE
   bool vma_naming = false;       ///< PR_SET_VMA_ANON_NAME
+  /// The kernel can copy into a shared object that is mapped executable
+  /// (pwritev into a memfd, seen through a read+execute view): the
+  /// kernel_write backend's mechanism.
+  bool shared_write = false;
+  bool populate_read = false;  ///< MADV_POPULATE_READ (Linux 5.14)
 };
 
 /// A shared-memory object (memfd on Linux, a pagefile-backed section on
@@ -48,8 +53,18 @@ struct SharedHandle {
   [[nodiscard]] bool valid() const noexcept { return section != nullptr; }
 #else
   int fd = -1;
+  /// fork_generation() of the process that created it: a fork() child has
+  /// the descriptor closed for it (see create_shared) and must not close
+  /// the number again, which may by then name another file.
+  std::uint64_t generation = 0;
   [[nodiscard]] bool valid() const noexcept { return fd >= 0; }
 #endif
+};
+
+/// One piece of a write into a shared object.
+struct WritePiece {
+  const void* data;
+  std::size_t bytes;
 };
 
 class Pal {
@@ -80,7 +95,9 @@ class Pal {
   [[nodiscard]] virtual Result<void> decommit(void* p, std::size_t bytes,
                                               SyscallCounts& n) noexcept;
   /// Creates a shared-memory object of `bytes` bytes that may be mapped
-  /// executable, closed on exec.
+  /// executable, closed on exec and closed in fork() children (a child must
+  /// not be able to write its parent's code through an inherited
+  /// descriptor).
   [[nodiscard]] virtual Result<SharedHandle> create_shared(
       std::size_t bytes, const char* name, SyscallCounts& n) noexcept;
   [[nodiscard]] virtual Result<void> close_shared(SharedHandle h,
@@ -113,6 +130,20 @@ class Pal {
                                                     std::size_t bytes,
                                                     void* view,
                                                     SyscallCounts& n) noexcept;
+  /// Writes the pieces, one after another, into `h` from `offset` on, with
+  /// one call per at most IOV_MAX pieces (pwritev). A short write is
+  /// retried for the rest; an error is returned as is (part may have been
+  /// written: the caller restores what it needs). Counted as `write`.
+  [[nodiscard]] virtual Result<void> write_shared(SharedHandle h,
+                                                  std::size_t offset,
+                                                  const WritePiece* pieces,
+                                                  std::size_t count,
+                                                  SyscallCounts& n) noexcept;
+  /// Maps the pages of a readable range in (MADV_POPULATE_READ), so that
+  /// the first access does not fault. not_supported where the kernel lacks
+  /// it; the caller carries on.
+  [[nodiscard]] virtual Result<void> populate(void* p, std::size_t bytes,
+                                              SyscallCounts& n) noexcept;
   /// Names an anonymous range in /proc/<pid>/maps.
   [[nodiscard]] virtual Result<void> name(void* p, std::size_t bytes,
                                           const char* label,
@@ -132,6 +163,13 @@ class Pal {
 /// Counts fork()s in this process's ancestry line: a child sees a value
 /// its parent never had. Cheap (no system call) after the first use.
 [[nodiscard]] std::uint64_t fork_generation() noexcept;
+
+#ifndef _WIN32
+/// Registers a descriptor to be closed in every fork() child; false when
+/// the table (4096 descriptors) is full.
+[[nodiscard]] bool track_for_fork(int fd) noexcept;
+void untrack_for_fork(int fd) noexcept;
+#endif
 
 /// The process's real platform layer.
 [[nodiscard]] Pal& system_pal() noexcept;

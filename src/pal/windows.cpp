@@ -395,6 +395,19 @@ Result<void> Pal::discard_shared(SharedHandle, std::size_t, std::size_t bytes,
   return {};
 }
 
+Result<void> Pal::write_shared(SharedHandle, std::size_t, const WritePiece*,
+                               std::size_t, SyscallCounts&) noexcept {
+  // No system call writes a section without a writable view of it
+  // (WriteProcessMemory changes the page's protection for the copy), so
+  // Backend::kernel_write does not exist here: capabilities().shared_write
+  // is false.
+  return Error(Errc::not_supported);
+}
+
+Result<void> Pal::populate(void*, std::size_t, SyscallCounts&) noexcept {
+  return Error(Errc::not_supported);  // capabilities().populate_read
+}
+
 Result<void> Pal::name(void*, std::size_t, const char*,
                        SyscallCounts&) noexcept {
   return Error(Errc::not_supported);  // capabilities().vma_naming is false

@@ -30,6 +30,10 @@ std::string_view to_string(PalCall call) noexcept {
       return "register_barrier";
     case PalCall::barrier:
       return "barrier";
+    case PalCall::write_shared:
+      return "write_shared";
+    case PalCall::populate:
+      return "populate";
     case PalCall::flush_icache:
       return "flush_icache";
   }
@@ -199,6 +203,34 @@ Result<void> FaultPal::name(void* p, std::size_t bytes, const char* label,
                             SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::name, p, bytes); !f) return f;
   Result<void> r = Pal::name(p, bytes, label, n);
+  note_failure(r);
+  return r;
+}
+
+Result<void> FaultPal::write_shared(detail::SharedHandle h, std::size_t offset,
+                                    const detail::WritePiece* pieces,
+                                    std::size_t count,
+                                    SyscallCounts& n) noexcept {
+  std::size_t bytes = 0;
+  for (std::size_t k = 0; k < count; ++k) bytes += pieces[k].bytes;
+  if (Result<void> f = intercept(PalCall::write_shared, nullptr, bytes); !f) {
+    // A failure part way: the first piece has reached the object. The
+    // caller must restore it like any other partial write.
+    if (count > 1) {
+      SyscallCounts ignored;
+      (void)Pal::write_shared(h, offset, pieces, 1, ignored);
+    }
+    return f;
+  }
+  Result<void> r = Pal::write_shared(h, offset, pieces, count, n);
+  note_failure(r);
+  return r;
+}
+
+Result<void> FaultPal::populate(void* p, std::size_t bytes,
+                                SyscallCounts& n) noexcept {
+  if (Result<void> f = intercept(PalCall::populate, p, bytes); !f) return f;
+  Result<void> r = Pal::populate(p, bytes, n);
   note_failure(r);
   return r;
 }

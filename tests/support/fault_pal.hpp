@@ -37,9 +37,11 @@ enum class PalCall : std::uint8_t {
   name,
   register_barrier,
   barrier,
+  write_shared,
+  populate,
   flush_icache,  // logged only: not a system call, never fails
 };
-inline constexpr int kPalCalls = 13;
+inline constexpr int kPalCalls = 15;
 
 [[nodiscard]] std::string_view to_string(PalCall call) noexcept;
 
@@ -50,10 +52,12 @@ inline constexpr int kPalCalls = 13;
 /// Every call that reaches the kernel.
 inline constexpr unsigned kAllSyscalls =
     (1u << static_cast<unsigned>(PalCall::flush_icache)) - 1;
-/// The calls a Batch::commit() can make: protection changes and the barrier.
+/// The calls a Batch::commit() can make: protection changes, the kernel's
+/// copy into the code (kernel_write), populating, and the barrier.
 inline constexpr unsigned kCommitCalls =
     bit(PalCall::protect) | bit(PalCall::reset) | bit(PalCall::map_shared) |
-    bit(PalCall::barrier);
+    bit(PalCall::barrier) | bit(PalCall::write_shared) |
+    bit(PalCall::populate);
 
 /// One intercepted call.
 struct PalEvent {
@@ -124,6 +128,11 @@ class FaultPal final : public detail::Pal {
                               SyscallCounts& n) noexcept override;
   Result<void> name(void* p, std::size_t bytes, const char* label,
                     SyscallCounts& n) noexcept override;
+  Result<void> write_shared(detail::SharedHandle h, std::size_t offset,
+                            const detail::WritePiece* pieces, std::size_t count,
+                            SyscallCounts& n) noexcept override;
+  Result<void> populate(void* p, std::size_t bytes,
+                        SyscallCounts& n) noexcept override;
   Result<void> register_barrier(SyscallCounts& n) noexcept override;
   Result<void> barrier(SyscallCounts& n) noexcept override;
   void flush_icache(void* p, std::size_t bytes) noexcept override;
