@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The wxarena strategies: whole chunks from an Arena sealed and released in
-// one Batch per batch of functions (protect and dual_map backends), and small
-// functions packed by a CodeHeap on the automatic backend.
+// one Batch per batch of functions (protect, dual_map and kernel_write
+// backends), and small functions packed by a CodeHeap (on the automatic
+// backend, and on protect).
 #include <wxarena/wxarena.hpp>
 
 #include "maps.hpp"
@@ -27,12 +28,17 @@ std::unique_ptr<Shared> make_arena(const Request&, std::string& error) {
   auto arena = wxa::Arena::create(options);
   if (!arena) {
     // A platform refusing the backend is a result; anything else a failure.
+    // The options are the defaults, so invalid_argument for a backend asked
+    // for by name means this build of the library does not implement it.
     const wxa::Errc code = arena.error().code();
     if (code == wxa::Errc::not_supported ||
-        code == wxa::Errc::permission_denied)
+        code == wxa::Errc::permission_denied ||
+        (code == wxa::Errc::invalid_argument && B != wxa::Backend::automatic))
       error = kRefusedPrefix;
     error += "wxa::Arena::create (backend " + std::string(wxa::to_string(B)) +
              "): " + arena.error().to_string();
+    if (code == wxa::Errc::invalid_argument)
+      error += " (not implemented in this build)";
     return nullptr;
   }
   return std::make_unique<ArenaShared>(std::move(arena).value());
@@ -80,7 +86,8 @@ class ArenaAccounting : public Strategy {
   wxa::Arena& arena_;
 };
 
-// wxarena_protect / wxarena_dual: one chunk per function.
+// wxarena_protect / wxarena_dual / wxarena_kernel_write: one chunk per
+// function.
 class ArenaChunks final : public ArenaAccounting {
  public:
   explicit ArenaChunks(wxa::Arena& arena)
@@ -113,8 +120,8 @@ class ArenaChunks final : public ArenaAccounting {
   wxa::Batch batch_;  // reused: its queue keeps its capacity
 };
 
-// wxarena_heap: functions packed by a CodeHeap; releases are committed by the
-// next publish().
+// wxarena_heap / wxarena_heap_protect: functions packed by a CodeHeap;
+// releases are committed by the next publish().
 class Heap final : public ArenaAccounting {
  public:
   Heap(wxa::Arena& arena, wxa::CodeHeap heap)
@@ -169,8 +176,12 @@ void add_wxarena_strategies(std::vector<Factory>& out) {
       {"wxarena_protect", make_arena<wxa::Backend::protect>, make_chunks});
   out.push_back(
       {"wxarena_dual", make_arena<wxa::Backend::dual_map>, make_chunks});
+  out.push_back({"wxarena_kernel_write", make_arena<wxa::Backend::kernel_write>,
+                 make_chunks});
   out.push_back(
       {"wxarena_heap", make_arena<wxa::Backend::automatic>, make_heap});
+  out.push_back(
+      {"wxarena_heap_protect", make_arena<wxa::Backend::protect>, make_heap});
 }
 
 }  // namespace wxb
