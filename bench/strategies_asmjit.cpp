@@ -96,7 +96,8 @@ std::unique_ptr<Strategy> make(Shared* shared, const Request&, std::string&) {
 }  // namespace
 
 void add_asmjit_strategies(std::vector<Factory>& out) {
-  out.push_back({"asmjit_rwx", make_shared<false>, make});
+  out.push_back({"asmjit_rwx", make_shared<false>, make, /*frees_single=*/true,
+                 /*keeps_wx=*/false});
   out.push_back({"asmjit_dual", make_shared<true>, make});
 }
 

@@ -120,6 +120,9 @@ struct Factory {
   /// False if it cannot free functions one by one (the RWX floor has no
   /// allocator), which rules out the churn workload.
   bool frees_single = true;
+  /// False if its code is writable and executable at once (the RWX floor,
+  /// asmjit_rwx): shown in the summary next to its speed.
+  bool keeps_wx = true;
 };
 
 /// Registration hooks, one per source file; each appends what it provides.
