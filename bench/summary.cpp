@@ -139,6 +139,16 @@ std::string format_count(double x) {
   return text;
 }
 
+// 50000 -> "50,000".
+std::string thousands(long long n) {
+  std::string digits = std::to_string(n), out;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
 // Width on a terminal: code points, so that "µ" and "×" count once.
 std::size_t width(const std::string& s) {
   std::size_t n = 0;
@@ -166,7 +176,7 @@ std::string short_error(const std::string& message) {
     text = "refused by the OS: " + text.substr(at + refused.size());
   else if (const auto colon = text.find(": "); colon != std::string::npos)
     text = "error: " + text.substr(colon + 2);
-  constexpr std::size_t kMax = 96;
+  constexpr std::size_t kMax = 84;
   if (width(text) > kMax) {
     std::size_t cut = kMax - 3;
     while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80)
@@ -350,7 +360,7 @@ void SummaryReporter::print(std::ostream& out,
   if (startup >= 0) {
     any = true;
     print_scenario(out,
-                   "startup: " + std::to_string(startup) +
+                   "startup: " + thousands(startup) +
                        " functions of 32-512 bytes, published 256 at a time, "
                        "each called once",
                    "startup", startup, factories);

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Turns wxa_bench's JSON output into an SVG (or PNG) plot and Markdown tables.
+"""Turns wxa_bench's JSON output into plots (SVG or PNG) and Markdown tables.
 
     build/bench/wxa_bench --benchmark_out=bench.json --benchmark_out_format=json
-    tools/bench_plot.py bench.json --plot docs/benchmarks.svg --markdown out.md
+    tools/bench_plot.py bench.json --plot docs/benchmarks.png docs/benchmarks.svg \
+        --markdown out.md
 
-The plot shows ns per function against batch size (log-log), one line per
-strategy and one panel per function size. The Markdown holds the publish
+--plot draws what wxa_bench's summary prints: ns per function by strategy
+(log scale) for 256-byte functions published at batch 1, 64 and 1024 and for
+startup, each bar annotated with its ratio to asmjit_rwx, and marks the
+strategies that do not keep W^X or were refused. --publish-plot draws ns per
+function against batch size (log-log), one line per strategy and one panel
+per function size. The Markdown holds the publish
 tables (size 256 and 65536) with ratios to asmjit_rwx and naive_mmap, the
 startup, churn, vma_pressure and threads figures, the example JIT on wxarena
 against the same JIT on RWX memory, and the targets of issues 5 and 7 with
@@ -22,10 +27,14 @@ from collections import defaultdict
 
 # Plot order and style: wxarena first (solid), peers (dashed), floor (dotted).
 STRATEGIES = [
-    "wxarena_protect", "wxarena_dual", "wxarena_heap",
-    "naive_mmap", "malloc_mprotect", "llvm_smm",
+    "wxarena_protect", "wxarena_dual", "wxarena_kernel_write", "wxarena_heap",
+    "wxarena_heap_protect", "naive_mmap", "malloc_mprotect", "llvm_smm",
     "asmjit_rwx", "asmjit_dual", "raw_rwx_floor",
 ]
+# Strategies whose code is writable and executable at once.
+NO_WX = {"asmjit_rwx", "raw_rwx_floor"}
+# What the summary and --plot compare against.
+REFERENCE = "asmjit_rwx"
 # The example JIT (startup/example_jit_*): its own table, not a strategy.
 EXAMPLE_JIT = ["example_jit_wxarena", "example_jit_rwx"]
 SIZES = [64, 256, 4096, 65536]
@@ -336,7 +345,8 @@ def targets(r):
     check("publish protect batch 64: mprotect_per_fn ≤ 2/64 (0.031), every size",
           "worst " + fmt_num(worst, 4) if worst is not None else "–",
           None if worst is None else worst <= 2 / 64 + 1e-9)
-    for s in ("wxarena_protect", "wxarena_dual", "wxarena_heap"):
+    for s in ("wxarena_protect", "wxarena_dual", "wxarena_kernel_write",
+              "wxarena_heap", "wxarena_heap_protect"):
         run = r.get("vma_pressure", s, live=20000, size=256, iterations=1)
         if run is None:
             continue
@@ -345,7 +355,8 @@ def targets(r):
               f"{fmt_num(a)} / {fmt_num(b)}",
               None if a is None or b is None else max(a, b) <= 16)
     asm = r.value("ns_per_fn", "startup", "asmjit_rwx", functions=50000, batch=256)
-    for s in ("wxarena_protect", "wxarena_dual", "wxarena_heap"):
+    for s in ("wxarena_protect", "wxarena_dual", "wxarena_kernel_write",
+              "wxarena_heap", "wxarena_heap_protect"):
         x = ratio(r.value("ns_per_fn", "startup", s, functions=50000, batch=256), asm)
         if x is not None:
             check(f"startup `{s}` ≤ 1.2 × asmjit_rwx", fmt_ratio(x), x <= 1.2)
@@ -390,11 +401,11 @@ def markdown(r):
     return "\n".join(out)
 
 
-def plot(r, path):
+def import_matplotlib():
     try:
         import matplotlib
     except ImportError:
-        sys.exit(f"bench_plot.py: --plot needs matplotlib, which {sys.executable} "
+        sys.exit(f"bench_plot.py: plotting needs matplotlib, which {sys.executable} "
                  "lacks (Debian: apt install python3-matplotlib, then run this "
                  "script with /usr/bin/python3)")
     matplotlib.use("Agg")
@@ -404,6 +415,98 @@ def plot(r, path):
     # Text stays text, and the same input gives the same file.
     matplotlib.rcParams["svg.fonttype"] = "none"
     matplotlib.rcParams["svg.hashsalt"] = "wxa_bench"
+    return matplotlib, plt
+
+
+def save(fig, path):
+    fig.savefig(path, dpi=110,
+                metadata={"Date": None} if path.endswith(".svg") else None)
+
+
+def summary_scenarios(r):
+    """[(title, workload, params)] of what wxa_bench's summary shows and this
+    run has: publish 256 B at batch 1, 64, 1024, then startup (the largest
+    function count run)."""
+    out = []
+    for b in BATCHES:
+        key = dict(size=256, batch=b)
+        if any(r.get("publish", s, **key) or r.error("publish", s, **key)
+               for s in r.strategies()):
+            out.append((f"publish 256-byte functions, batch {b}", "publish", key))
+    counts = {dict(k[2]).get("functions") for src in (r.data, r.errors) for k in src
+              if k[0] == "startup" and k[1] not in EXAMPLE_JIT}
+    counts.discard(None)
+    if counts:
+        n = max(counts)
+        batch = 256
+        for src in (r.data, r.errors):
+            for k in src:
+                if k[0] == "startup" and dict(k[2]).get("functions") == n:
+                    batch = dict(k[2]).get("batch", batch)
+        out.append((f"startup: {n:,} functions of 32–512 bytes", "startup",
+                    dict(functions=n, batch=batch)))
+    return out
+
+
+def plot(r, paths):
+    """The summary's comparison: one panel per scenario, one bar per strategy."""
+    matplotlib, plt = import_matplotlib()
+    scenarios = summary_scenarios(r)
+    if not scenarios:
+        sys.exit("bench_plot.py: no publish (256 B) or startup results to plot")
+    strategies = r.strategies()
+    cols = 2 if len(scenarios) > 1 else 1
+    rows = (len(scenarios) + cols - 1) // cols
+    height = 0.32 * len(strategies) + 1.3
+    fig, axes = plt.subplots(rows, cols, figsize=(7.2 * cols, height * rows + 1.0),
+                             squeeze=False)
+    for ax in axes.flat[len(scenarios):]:
+        ax.set_visible(False)
+    wx_color, rwx_color = "#2a6fb0", "#b5b5b5"
+    # One scale for all panels, so that bars compare across them too.
+    present = [v for _, workload, params in scenarios for s in strategies
+               for v in [r.value("ns_per_fn", workload, s, **params)] if v]
+    lo = min(present) if present else 1.0
+    hi = max(present) if present else 10.0
+    for ax, (title, workload, params) in zip(axes.flat, scenarios):
+        ref = r.value("ns_per_fn", workload, REFERENCE, **params)
+        values = [r.value("ns_per_fn", workload, s, **params) for s in strategies]
+        ys = list(range(len(strategies)))
+        for y, s, v in zip(ys, strategies, values):
+            if v:
+                ax.barh(y, v - lo / 4, left=lo / 4, height=0.7,
+                        color=rwx_color if s in NO_WX else wx_color)
+                x = ratio(v, ref)
+                label = f"{fmt_ns(v)}  {fmt_ratio(x)}" if x else fmt_ns(v)
+                ax.text(v * 1.12, y, label, va="center", fontsize=8.5)
+            else:
+                err = r.error(workload, s, **params)
+                text = ("refused by the OS" if err and ": refused: " in err
+                        else "error" if err else "not run")
+                ax.text(lo / 3.5, y, text, va="center", fontsize=8.5,
+                        style="italic", color="#a03030" if err else "#777777")
+        ax.set_xscale("log")
+        # Room on the right for the longest bar's label.
+        ax.set_xlim(lo / 4, hi * 25)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([s + (" (no W^X)" if s in NO_WX else "")
+                            for s in strategies], fontsize=9)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=10.5)
+        ax.grid(True, axis="x", which="major", alpha=0.3)
+        ax.set_xlabel("ns per function (log scale)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8.5)
+    fig.suptitle("wxa_bench: time per function, lower is better; "
+                 f"× = ratio to {REFERENCE} in the same run "
+                 "(grey: no W^X, writable and executable memory)", fontsize=10.5)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    for path in paths:
+        save(fig, path)
+    plt.close(fig)
+
+
+def plot_publish(r, path):
+    matplotlib, plt = import_matplotlib()
 
     strategies = r.strategies()
     sizes = [size for size in SIZES
@@ -448,14 +551,19 @@ def plot(r, path):
     fig.suptitle("publish: allocate, write, make executable, call, free "
                  "(ns per function, lower is better)")
     fig.tight_layout(rect=(0, 0.9 / (4.2 * rows + 0.9) + 0.02, 1, 0.96))
-    fig.savefig(path, metadata={"Date": None} if path.endswith(".svg") else None)
+    save(fig, path)
     plt.close(fig)
 
 
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", help="wxa_bench --benchmark_format=json output")
-    ap.add_argument("--plot", help="write the plot here (.svg or .png)")
+    ap.add_argument("--plot", nargs="+", metavar="FILE",
+                    help="write the summary's comparison here (.svg or .png; "
+                    "several files for several formats)")
+    ap.add_argument("--publish-plot", metavar="FILE",
+                    help="write the publish plot (ns per function against "
+                    "batch, one panel per size) here (.svg or .png)")
     ap.add_argument("--markdown", help="write the tables here (default: stdout)")
     args = ap.parse_args(argv)
 
@@ -477,6 +585,8 @@ def main(argv):
         print(md)
     if args.plot:
         plot(r, args.plot)
+    if args.publish_plot:
+        plot_publish(r, args.publish_plot)
     return 0
 
 
