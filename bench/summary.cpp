@@ -13,6 +13,7 @@
 #include <cstring>
 #include <iostream>
 #include <string_view>
+#include <tuple>
 
 namespace wxb {
 namespace {
@@ -173,10 +174,10 @@ std::string short_error(const std::string& message) {
   std::string text = message;
   const std::string refused(kRefusedPrefix);
   if (const auto at = text.find(refused); at != std::string::npos)
-    text = "refused by the OS: " + text.substr(at + refused.size());
+    text = "refused: " + text.substr(at + refused.size());
   else if (const auto colon = text.find(": "); colon != std::string::npos)
     text = "error: " + text.substr(colon + 2);
-  constexpr std::size_t kMax = 84;
+  constexpr std::size_t kMax = 100;
   if (width(text) > kMax) {
     std::size_t cut = kMax - 3;
     while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80)
@@ -335,12 +336,14 @@ void SummaryReporter::print(std::ostream& out,
                        });
   };
   long long startup = -1;
-  for (const auto& [key, result] : results_)
+  for (const auto& entry : results_) {
+    const Key& key = entry.first;  // not a binding: clang 14 cannot capture one
     if (std::get<0>(key) == "startup" &&
         std::any_of(factories.begin(), factories.end(), [&](const Factory& f) {
           return f.name == std::get<1>(key);
         }))
       startup = std::max(startup, std::get<2>(key));
+  }
 
   out << "\nwxa_bench summary: time per function (lower is better), its ratio "
          "to "
