@@ -306,7 +306,14 @@ Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
   if (!p) return Error(Errc::null_pointer);
   std::lock_guard lock(mutex_);
   const std::ptrdiff_t i = region_.index_of(p, true);
-  if (i < 0) return Error(Errc::foreign_pointer, 0, p);
+  if (i < 0) {
+    // Writable memory no chunk holds now (kernel_write's staging).
+    const std::span<std::byte> rw = region_.ops().rw_range();
+    const auto* b = static_cast<const std::byte*>(p);
+    if (b >= rw.data() && b < rw.data() + rw.size())
+      return Error(Errc::not_allocated, 0, p);
+    return Error(Errc::foreign_pointer, 0, p);
+  }
   const PageState s = region_.state(static_cast<std::size_t>(i));
   if (s == PageState::unused || s == PageState::open || s == PageState::retired)
     return Error(Errc::not_allocated, 0, p);

@@ -334,11 +334,16 @@ class KernelWriteBackend final : public PageBackend {
     return -1;
   }
 
+  // Trap instructions to copy from: 16 pages, so that retiring a large
+  // run takes few pieces.
+  [[nodiscard]] std::size_t trap_bytes() const noexcept {
+    return std::size_t{16} << shift_;
+  }
   [[nodiscard]] const std::byte* trap_page() {
     if (!trap_page_) {
-      trap_page_ = static_cast<std::byte*>(meta_alloc(std::size_t{1} << shift_));
+      trap_page_ = static_cast<std::byte*>(meta_alloc(trap_bytes()));
       if (!trap_page_) throw std::bad_alloc();
-      fill_traps(trap_page_, std::size_t{1} << shift_);
+      fill_traps(trap_page_, trap_bytes());
     }
     return trap_page_;
   }
@@ -348,20 +353,29 @@ class KernelWriteBackend final : public PageBackend {
       groups_.push_back(Group{offset, pieces_.size(), 0});
       group_bytes_ = 0;
     }
+    group_bytes_ += len;
+    // Chunks staged one after another are usually staged next to each
+    // other too: one piece for all of them.
+    if (groups_.back().count) {
+      WritePiece& last = pieces_.back();
+      if (static_cast<const std::byte*>(last.data) + last.bytes == data) {
+        last.bytes += len;
+        return;
+      }
+    }
     pieces_.push_back(WritePiece{data, len});
     ++groups_.back().count;
-    group_bytes_ += len;
   }
 
   void add_traps(std::size_t offset, std::size_t len) {
     const std::byte* traps = trap_page();
-    const std::size_t ps = std::size_t{1} << shift_;
-    for (std::size_t at = 0; at < len; at += ps)
-      add_piece(offset + at, traps, std::min(ps, len - at));
+    for (std::size_t at = 0; at < len; at += trap_bytes())
+      add_piece(offset + at, traps, std::min(trap_bytes(), len - at));
   }
 
   void save(std::size_t offset, std::size_t len, bool traps) {
     if (traps) {
+      (void)trap_page();  // restore() must not allocate
       undo_.push_back(Undo{offset, len, kTraps});
       return;
     }
@@ -417,7 +431,11 @@ class KernelWriteBackend final : public PageBackend {
       while (u < undo_.size() && undo_[u].offset < end) ++u;
       undo_groups_.push_back(UndoGroup{first, u});
     }
-    restore_pieces_.reserve(pieces_.size() + undo_.size());
+    std::size_t most = 1;  // pieces one undo record needs
+    for (const Undo& rec : undo_)
+      if (rec.saved == kTraps)
+        most = std::max(most, (rec.bytes + trap_bytes() - 1) / trap_bytes());
+    restore_pieces_.reserve(most);
   }
 
   // Writes back what the first `groups` groups replaced. Fatal on failure:
@@ -429,10 +447,9 @@ class KernelWriteBackend final : public PageBackend {
         const Undo& rec = undo_[u];
         restore_pieces_.clear();
         if (rec.saved == kTraps) {
-          const std::size_t ps = std::size_t{1} << shift_;
-          for (std::size_t at = 0; at < rec.bytes; at += ps)
+          for (std::size_t at = 0; at < rec.bytes; at += trap_bytes())
             restore_pieces_.push_back(
-                WritePiece{trap_page_, std::min(ps, rec.bytes - at)});
+                WritePiece{trap_page_, std::min(trap_bytes(), rec.bytes - at)});
         } else {
           restore_pieces_.push_back(
               WritePiece{saved_.data() + rec.saved, rec.bytes});

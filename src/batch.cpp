@@ -162,6 +162,7 @@ Result<CommitReport> ArenaImpl::commit_by_unsealing(const Batch::Op* ops,
   }
   CommitReport report = *second;
   report.protection_calls += first->protection_calls;
+  report.writes += first->writes;
   report.flushes += first->flushes;
   report.runs += first->runs;
   return report;
@@ -294,8 +295,8 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
 
   // 6. Protection changes: access removed from every run first, then the
   //    new bytes copied in (kernel_write), then access added. The state of
-  //    a run between the two passes: its old protection, or none where its
-  //    new one is none.
+  //    a run between the two passes: its new protection where that only
+  //    takes rights away, its old one elsewhere.
   // Phases of a run's protection, page by page: 0 before, 1 between the
   // passes, 2 after. The items of a run are sorted and contiguous.
   auto acc = [this](const Run& run, int phase) {
@@ -311,7 +312,7 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
       const Item& it = items_[lo];
       const Access f = region_.access(it.from, v);
       const Access t = region_.access(it.to, v);
-      return phase == 0 ? f : phase == 2 ? t : (t == Access::none ? t : f);
+      return phase == 0 ? f : phase == 2 ? t : (only_removes(f, t) ? t : f);
     };
   };
   auto undo_runs = [&](std::size_t runs, int cur, int want) noexcept {
@@ -365,9 +366,11 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
     return Error(e.code(), e.sys_errno(), chunk_of_page(e.chunk()));
   }
   if (content) {
-    if (Result<void> r = backend.write_content(content_.data(),
-                                               content_.size(), sys_);
-        !r) {
+    const std::uint64_t writes_before = sys_.write;
+    Result<void> r =
+        backend.write_content(content_.data(), content_.size(), sys_);
+    report.writes = static_cast<std::size_t>(sys_.write - writes_before);
+    if (!r) {
       rollback(removed, false, 0);
       return Error(r.error().code(), r.error().sys_errno(),
                    region_.rx_page(items_.front().head));

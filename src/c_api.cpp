@@ -60,8 +60,8 @@ wxa_chunk to_c(const wxa::Chunk& c) noexcept {
 
 void to_c(const wxa::CommitReport& r, wxa_commit_report* out) noexcept {
   if (out)
-    *out = wxa_commit_report{r.chunks, r.runs, r.protection_calls, r.flushes,
-                             r.barrier};
+    *out = wxa_commit_report{r.chunks,  r.runs,    r.protection_calls,
+                             r.flushes, r.barrier, r.writes};
 }
 
 wxa::CommitFlags flags_of(unsigned flags) noexcept {

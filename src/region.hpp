@@ -28,10 +28,16 @@ inline constexpr std::uint8_t kHeldCode = 1;
 /// later needs a barrier only if none has been issued since.
 using BarrierEpoch = std::uint32_t;
 
-/// Which passes of a change to make: removing access (to none) first, then
-/// adding or changing it, so no page is ever writable and executable in any
-/// view at once.
+/// Which passes of a change to make: removing access first, then adding or
+/// changing it, so no page is ever writable and executable in any view at
+/// once.
 enum Passes : unsigned { kRemove = 1, kAdd = 2, kBothPasses = 3 };
+
+/// True when going from `from` to `to` only takes rights away (to none, or
+/// to read-only from more): such a change belongs to the first pass.
+constexpr bool only_removes(Access from, Access to) noexcept {
+  return to == Access::none || (to == Access::read && from != Access::none);
+}
 
 class Region {
  public:
@@ -212,13 +218,15 @@ Result<void> Region::change_access(std::size_t a, std::size_t b, Cur cur,
       std::size_t i = a;
       while (i < b) {
         Access target = want(i, v);
+        const bool removes = only_removes(cur(i, v), target);
         std::size_t j = i + 1;
         bool differs = cur(i, v) != target;
-        while (j < b && want(j, v) == target) {
+        while (j < b && want(j, v) == target &&
+               only_removes(cur(j, v), target) == removes) {
           differs |= cur(j, v) != target;
           ++j;
         }
-        if (differs && ((target == Access::none) == (pass == 0))) {
+        if (differs && (removes == (pass == 0))) {
           if (ndone == kMaxSteps) {
             undo();
             return Error(Errc::invalid_argument);

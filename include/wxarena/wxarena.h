@@ -102,6 +102,7 @@ typedef struct wxa_function {
 typedef struct wxa_commit_report {
   size_t chunks, runs, protection_calls, flushes;
   int barrier;
+  size_t writes; /* pwritev calls copying code in (kernel_write) */
 } wxa_commit_report;
 
 typedef struct wxa_stats {

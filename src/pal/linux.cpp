@@ -343,14 +343,13 @@ Result<void> Pal::write_shared(SharedHandle h, std::size_t offset,
   // the pages, so no writable mapping of them ever exists in this process.
   // Up to IOV_MAX (1024) pieces per call; a short write (a signal, or
   // memory running out part way) is continued from where it stopped.
-  static constexpr std::size_t kMaxIov = 1024;
-  struct iovec iov[64];
+  static constexpr std::size_t kMaxIov = 1024;  // IOV_MAX on Linux
+  struct iovec iov[kMaxIov];
   std::size_t k = 0, skip = 0;  // next piece, bytes of it already written
   while (k < count) {
     std::size_t m = 0;
     std::size_t total = 0;
-    for (std::size_t j = k; j < count && m < std::min<std::size_t>(64, kMaxIov);
-         ++j, ++m) {
+    for (std::size_t j = k; j < count && m < kMaxIov; ++j, ++m) {
       const std::size_t sk = j == k ? skip : 0;
       iov[m].iov_base =
           const_cast<char*>(static_cast<const char*>(pieces[j].data) + sk);

@@ -129,7 +129,7 @@ inline std::size_t kernel_vmas(const Arena& arena) {
     return count_vmas(p, static_cast<const std::byte*>(p) + n);
   };
   std::size_t v = count(arena.range().data(), arena.range().size());
-  if (arena.backend() == Backend::dual_map)
+  if (arena.backend() != Backend::protect)  // the writable views or staging
     v += count(arena.rw_range().data(), arena.rw_range().size());
   return v;
 }

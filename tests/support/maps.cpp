@@ -209,9 +209,10 @@ std::string describe(const std::vector<Mapping>& mappings) {
     std::vector<std::pair<std::string, std::uint64_t>> code_files;
     for (const Mapping& m : maps) {
       if (m.end > rw_base && m.begin < rw_limit && (m.execute || !m.write)) {
-        failures += (failures.empty() ? "" : "; ") +
-                    std::string("staging memory at ") + hex(m.begin) +
-                    " is " + m.protection() + ", expected rw-";
+        failures += (failures.empty() ? "" : "; ") + std::string("at ") +
+                    hex(std::max(m.begin, rw_base)) +
+                    ": expected rw-, kernel has " + m.protection() +
+                    " (staging memory)";
       }
       if (m.end > rx_base && m.begin < rx_limit && m.shared && m.inode)
         code_files.emplace_back(m.dev, m.inode);
