@@ -58,7 +58,9 @@ class KernelWriteBackend final : public PageBackend {
     // Pages past the end count as used, so a search never hands them out.
     if (pages % 64) free_bits_[words_ - 1] = ~std::uint64_t{0} << (pages % 64);
 
-    Result<SharedHandle> shm = pal.create_shared(bytes(), "wxarena", n);
+    // Named apart from dual_map's memfd: no mapping of this one may ever be
+    // writable, and auditors (wxa-audit) check that by name.
+    Result<SharedHandle> shm = pal.create_shared(bytes(), "wxarena-code", n);
     if (!shm) return shm.error();
     shm_ = *shm;
     // The executable view's address range; pages are mapped into it as they
