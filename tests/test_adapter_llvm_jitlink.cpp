@@ -24,6 +24,8 @@
 #include <optional>
 #include <string>
 #include <system_error>
+#include <thread>
+#include <vector>
 
 #include "support/arena_util.hpp"
 #include "support/backends.hpp"
@@ -632,6 +634,92 @@ TEST_P(JitLinkAdapterTest, FailedFinalizeActionRetiresEverything) {
             std::string::npos);
   EXPECT_EQ(live_chunks(), 0u);
   EXPECT_EQ(memory_->live_allocations(), 0u);
+}
+
+// An allocation the arena cannot hold fails with wxarena's error, and the
+// chunk taken for its other segment is given back. (The arena stays usable,
+// but the retired chunk, which may be the whole reservation, waits in
+// quarantine.)
+TEST_P(JitLinkAdapterTest, ArenaRefusalBecomesAnLlvmErrorAndTakesNothing) {
+  using jitlink::MemProt;
+  static const char code[] = {'\xC3'};
+  const std::size_t page = arena_->page_size();
+  for (std::size_t bytes :
+       {arena_->range().size() + page, arena_->range().size() - page / 2}) {
+    auto graph = make_graph();
+    graph->createContentBlock(
+        graph->createSection("text", MemProt::Read | MemProt::Exec), {code, 1},
+        orc::ExecutorAddr(), 1, 0);
+    graph->createZeroFillBlock(
+        graph->createSection("bss", MemProt::Read | MemProt::Write), bytes,
+        orc::ExecutorAddr(), 8, 0);
+    auto alloc = memory_->allocate(nullptr, *graph);
+    ASSERT_FALSE(static_cast<bool>(alloc)) << bytes;
+    const std::string text = message(alloc.takeError());
+    EXPECT_EQ(text.rfind("wxarena: ", 0), 0u) << text;
+    EXPECT_TRUE(text.find(wxa::to_string(Errc::size_too_large)) !=
+                    std::string::npos ||
+                text.find(wxa::to_string(Errc::exhausted)) != std::string::npos)
+        << text;
+    EXPECT_EQ(live_chunks(), 0u) << bytes;
+  }
+  // The second graph's segments fit one at a time but not together: the
+  // first chunk was taken and given back (retired).
+  EXPECT_EQ(arena_->stats().chunks_in(State::retired), 1u);
+  EXPECT_EQ(memory_->live_allocations(), 0u);
+}
+
+// One manager serves JITs on several threads at once.
+TEST_P(JitLinkAdapterTest, ThreadsShareOneManager) {
+  constexpr int kThreads = 2, kModules = 4;
+  std::string errors[kThreads];
+  int sums[kThreads] = {};
+  {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        auto jit = make_jit(*memory_);
+        if (!jit) {
+          errors[t] = message(jit.takeError());
+          return;
+        }
+        for (int m = 0; m < kModules; ++m) {
+          const int k = t * 100 + m;
+          const std::string text = "@v = global i32 " + std::to_string(k) +
+                                   "\ndefine i32 @get() {\n  %r = load i32, "
+                                   "i32* @v\n  ret i32 %r\n}\n";
+          auto module = parse_module(text.c_str());
+          if (!module) {
+            errors[t] = message(module.takeError());
+            return;
+          }
+          auto dylib = (*jit)->createJITDylib("m" + std::to_string(m));
+          if (!dylib) {
+            errors[t] = message(dylib.takeError());
+            return;
+          }
+          if (llvm::Error e = (*jit)->addIRModule(*dylib, std::move(*module))) {
+            errors[t] = message(std::move(e));
+            return;
+          }
+          auto symbol = (*jit)->lookup(*dylib, "get");
+          if (!symbol) {
+            errors[t] = message(symbol.takeError());
+            return;
+          }
+          sums[t] += orc::ExecutorAddr(symbol->getAddress())
+                         .toPtr<std::int32_t (*)()>()();
+        }
+      });
+    }
+    for (std::thread& thread : threads) thread.join();
+  }
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(errors[t], "") << t;
+    EXPECT_EQ(sums[t], t * 100 * kModules + 0 + 1 + 2 + 3) << t;
+  }
+  EXPECT_EQ(memory_->live_allocations(), 0u);
+  EXPECT_EQ(live_chunks(), 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, JitLinkAdapterTest,
