@@ -636,6 +636,32 @@ TEST_P(JitLinkAdapterTest, FailedFinalizeActionRetiresEverything) {
   EXPECT_EQ(memory_->live_allocations(), 0u);
 }
 
+// Allocations never deallocated are retired by the manager's destructor.
+TEST_P(JitLinkAdapterTest, DestructorRetiresWhatWasNotDeallocated) {
+  using jitlink::MemProt;
+  static const char code[] = {'\xC3'};
+  for (int i = 0; i < 3; ++i) {
+    auto graph = make_graph();
+    graph->createContentBlock(
+        graph->createSection("text", MemProt::Read | MemProt::Exec), {code, 1},
+        orc::ExecutorAddr(), 1, 0);
+    graph->createZeroFillBlock(
+        graph->createSection("bss", MemProt::Read | MemProt::Write), 8,
+        orc::ExecutorAddr(), 8, 0);
+    auto alloc = memory_->allocate(nullptr, *graph);
+    ASSERT_TRUE(static_cast<bool>(alloc)) << message(alloc.takeError());
+    auto finalized = (*alloc)->finalize();
+    ASSERT_TRUE(static_cast<bool>(finalized)) << message(finalized.takeError());
+    (void)finalized->release();  // dropped without deallocate()
+  }
+  EXPECT_EQ(memory_->live_allocations(), 3u);
+  EXPECT_EQ(live_chunks(), 6u);
+  const std::uint64_t commits = arena_->stats().commits;
+  memory_.reset();
+  EXPECT_EQ(live_chunks(), 0u);
+  EXPECT_EQ(arena_->stats().commits, commits + 1);
+}
+
 // An allocation the arena cannot hold fails with wxarena's error, and the
 // chunk taken for its other segment is given back. (The arena stays usable,
 // but the retired chunk, which may be the whole reservation, waits in

@@ -109,12 +109,16 @@ class JitLinkMemoryManager final
   JitLinkMemoryManager(const JitLinkMemoryManager&) = delete;
   JitLinkMemoryManager& operator=(const JitLinkMemoryManager&) = delete;
 
-  /// Retires the chunks of every allocation not deallocated.
+  /// Retires the chunks of every allocation not deallocated, in one
+  /// commit.
   ~JitLinkMemoryManager() override {
     std::lock_guard<std::mutex> lock(mutex_);
+    Batch batch(arena_);
+    for (const Record* r = live_.next; r; r = r->next)
+      for (std::size_t i = 0; i < r->count; ++i) batch.release(r->chunks[i]);
+    if (!batch.empty()) (void)batch.commit();  // nobody to tell
     while (Record* r = live_.next) {
       unlink(r);
-      (void)release(arena_, r->chunks, r->count);
       delete r;
     }
   }
