@@ -287,7 +287,7 @@ TEST_P(XbyakAdapter, SealRefusesWhatItCannotVouchFor) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, XbyakAdapter,
-                         ::testing::ValuesIn(kBothBackends),
+                         ::testing::ValuesIn(test::kAllBackends),
                          test::backend_name);
 
 // --- address-dependent code: Backend::protect only ---------------------------

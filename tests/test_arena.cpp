@@ -117,7 +117,7 @@ TEST_P(ArenaCode, ThousandsOfFunctionsEachReturnTheirOwnValue) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, ArenaCode,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 // --- Bad input -------------------------------------------------------------
 
@@ -278,7 +278,7 @@ TEST_P(ArenaBadInput, BadOptionsAreRefused) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, ArenaBadInput,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 // --- Exhaustion and quarantine
 // ------------------------------------------------
@@ -368,7 +368,7 @@ TEST_P(ArenaExhausted, TinyReservationExhaustsAndRecyclesAfterQuarantine) {
 
 INSTANTIATE_TEST_SUITE_P(
     Backends, ArenaExhausted,
-    ::testing::Combine(::testing::ValuesIn(kBothBackends),
+    ::testing::Combine(::testing::ValuesIn(kAllBackends),
                        ::testing::Values(std::size_t{0}, std::size_t{2},
                                          std::size_t{3})),
     [](const ::testing::TestParamInfo<std::tuple<Backend, std::size_t>>& i) {
@@ -435,7 +435,7 @@ TEST_P(ArenaQuarantine, PassesByLaterAllocationsWithoutLaterReleases) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, ArenaQuarantine,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 using ArenaFind = BackendTest;
 
@@ -512,7 +512,7 @@ TEST_P(ArenaFind, InteriorAddressesOfEitherViewMapToChunkAndOffset) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, ArenaFind,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 // --- Placement near an anchor ------------------------------------------------
 
@@ -632,7 +632,7 @@ TEST_P(ArenaAnchor, ReachSmallerThanTheReservationIsUnreachable) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, ArenaAnchor,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 // --- The cost of single operations -------------------------------------------
 
@@ -729,7 +729,7 @@ TEST_P(ArenaCost, SingleOperationsCostExactlyTheirSystemCalls) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, ArenaCost,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 }  // namespace
 }  // namespace wxa::test

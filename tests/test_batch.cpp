@@ -106,7 +106,7 @@ TEST_P(BatchFresh, AdjacentFreshChunksSealAndReleaseAsOneRun) {
 
 INSTANTIATE_TEST_SUITE_P(
     Sizes, BatchFresh,
-    ::testing::Combine(::testing::ValuesIn(kBothBackends),
+    ::testing::Combine(::testing::ValuesIn(kAllBackends),
                        ::testing::Values(std::size_t{1}, std::size_t{64},
                                          std::size_t{1024})),
     [](const ::testing::TestParamInfo<std::tuple<Backend, std::size_t>>& i) {
@@ -309,7 +309,7 @@ TEST_P(BatchRuns, EmptyBatchIsFreeAndMovedBatchesCommit) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BatchRuns,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 // --- Order of operations and the barrier, seen from the platform layer
 // --------
@@ -641,7 +641,7 @@ TEST_P(BatchOrder, OneBarrierCoversEveryAddressRevokedBeforeIt) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BatchOrder,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 }  // namespace
 }  // namespace wxa::test

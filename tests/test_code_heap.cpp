@@ -19,6 +19,7 @@
 #include <set>
 #include <vector>
 
+#include "support/arena_util.hpp"
 #include "support/backends.hpp"
 #include "support/maps.hpp"
 #include "support/native_code.hpp"
@@ -805,7 +806,7 @@ TEST_P(CodeHeapTest, HeapsOnALargeArenaTouchLittleMemory) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, CodeHeapTest,
-                         testing::Values(Backend::protect, Backend::dual_map),
+                         testing::ValuesIn(test::kAllBackends),
                          backend_name);
 
 }  // namespace

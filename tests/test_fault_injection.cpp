@@ -364,7 +364,7 @@ std::string scenario_name(
 
 INSTANTIATE_TEST_SUITE_P(
     Matrix, FaultInjection,
-    ::testing::Combine(::testing::ValuesIn(kBothBackends),
+    ::testing::Combine(::testing::ValuesIn(kAllBackends),
                        ::testing::Range<std::size_t>(0, std::size(kScenarios))),
     scenario_name);
 
@@ -441,7 +441,7 @@ TEST_P(FaultInjectionCreate, EveryCallFailsCleanlyWithEveryErrno) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, FaultInjectionCreate,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 // After every test: the total, if any of these ran.
 class PrintCovered : public ::testing::Environment {

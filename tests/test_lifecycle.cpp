@@ -296,7 +296,7 @@ std::string cell_name(const ::testing::TestParamInfo<Cell>& info) {
 
 INSTANTIATE_TEST_SUITE_P(
     All, LifecycleTable,
-    ::testing::Combine(::testing::ValuesIn(kBothBackends),
+    ::testing::Combine(::testing::ValuesIn(kAllBackends),
                        ::testing::Values(Start::free_unused, Start::free_open,
                                          Start::writable, Start::executable,
                                          Start::read_only, Start::retired),
@@ -424,7 +424,7 @@ TEST_P(LifecycleDeathTest, StoreIntoReadOnlyChunkFaults) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, LifecycleDeathTest,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 }  // namespace
 }  // namespace wxa::test

@@ -19,6 +19,7 @@
 #include <vector>
 #include <wxarena/arena.hpp>
 
+#include "support/arena_util.hpp"
 #include "support/backends.hpp"
 #include "support/maps.hpp"
 #ifndef _WIN32
@@ -444,7 +445,7 @@ TEST_P(AuditArena, FailsOnAWritableExecutableMappingAnywhere) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, AuditArena,
-                         ::testing::Values(Backend::protect, Backend::dual_map),
+                         ::testing::ValuesIn(kAllBackends),
                          [](const ::testing::TestParamInfo<Backend>& info) {
                            return std::string(to_string(info.param));
                          });

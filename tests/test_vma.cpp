@@ -173,7 +173,7 @@ TEST_P(VmaRandom, FigureEqualsKernelAfterEveryOperation) {
 
 INSTANTIATE_TEST_SUITE_P(
     Sequences, VmaRandom,
-    ::testing::Combine(::testing::ValuesIn(kBothBackends),
+    ::testing::Combine(::testing::ValuesIn(kAllBackends),
                        ::testing::ValuesIn(kShapes)),
     [](const ::testing::TestParamInfo<std::tuple<Backend, Shape>>& i) {
       return std::string(to_string(std::get<0>(i.param))) + "_" +
@@ -261,7 +261,7 @@ TEST_P(VmaMany, HundredThousandLiveChunksNeedAFewVmas) {
     ASSERT_EQ(call(entries[k]), k) << k;
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, VmaMany, ::testing::ValuesIn(kBothBackends),
+INSTANTIATE_TEST_SUITE_P(Backends, VmaMany, ::testing::ValuesIn(kAllBackends),
                          backend_name);
 
 // --- The budget
@@ -336,7 +336,7 @@ TEST_P(VmaBudget, OverBudgetIsRefusedBeforeAnySystemCallAndNothingChanges) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, VmaBudget,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 }  // namespace
 }  // namespace wxa::test

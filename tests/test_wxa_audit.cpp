@@ -189,7 +189,8 @@ TEST_P(WxaAuditArena, PassesOnTheExampleJit) {
 
 INSTANTIATE_TEST_SUITE_P(Backends, WxaAuditArena,
                          ::testing::Values(wxa::Backend::protect,
-                                           wxa::Backend::dual_map),
+                                           wxa::Backend::dual_map,
+                                           wxa::Backend::kernel_write),
                          [](const auto& info) {
                            return std::string(wxa::to_string(info.param));
                          });

@@ -325,6 +325,7 @@ class Batch {
   friend class detail::HeapImpl;
   struct Op;
   void push(const void* rx, detail::OpKind kind) noexcept;
+  void free_patches() noexcept;
   Arena* arena_ = nullptr;
   Op* ops_ = nullptr;
   std::size_t size_ = 0, capacity_ = 0;

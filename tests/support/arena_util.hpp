@@ -26,6 +26,10 @@ inline constexpr std::size_t kSmallReserve = std::size_t{64} << 20;
 /// The two concrete backends; tests parameterised over them skip the one
 /// this run cannot create (see backends.hpp).
 inline const Backend kBothBackends[] = {Backend::protect, Backend::dual_map};
+/// Every concrete backend; tests parameterised over them skip those this
+/// host cannot create (see backends.hpp).
+inline const Backend kAllBackends[] = {Backend::protect, Backend::dual_map,
+                                       Backend::kernel_write};
 
 inline std::string backend_name(const ::testing::TestParamInfo<Backend>& info) {
   return std::string(to_string(info.param));
