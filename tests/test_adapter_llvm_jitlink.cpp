@@ -567,6 +567,17 @@ TEST_P(JitLinkAdapterTest, RefusesWritableAndExecutableSegments) {
   EXPECT_EQ(arena_->stats().allocations, before.allocations);
 }
 
+// deallocate() of an allocation it never made is refused, not followed.
+TEST_P(JitLinkAdapterTest, RefusesToDeallocateAForeignAllocation) {
+  int stranger = 0;
+  llvm::Error e = memory_->deallocate(JitLinkMemoryManager::FinalizedAlloc(
+      orc::ExecutorAddr::fromPtr(&stranger)));
+  ASSERT_TRUE(static_cast<bool>(e));
+  EXPECT_EQ(llvm::errorToErrorCode(std::move(e)),
+            wxa::llvm::make_error_code(Errc::invalid_argument));
+  EXPECT_EQ(stranger, 0);
+}
+
 // Abandoning, or dropping an allocation never finalized, retires it.
 TEST_P(JitLinkAdapterTest, AbandonAndDropRetireTheChunks) {
   using jitlink::MemProt;
