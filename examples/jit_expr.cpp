@@ -4,7 +4,8 @@
 // prints what it cost the arena, frees the older half and prints it again.
 //
 // Usage: wxa-jit-expr [--functions N] [--batch N] [--seed N]
-//                     [--backend automatic|protect|dual_map|kernel_write] [--wait]
+//                     [--backend automatic|protect|dual_map|kernel_write]
+//                     [--wait]
 // Exit status 0 iff every result matched the interpreter and no mapping of
 // the process was writable and executable at once. With --wait it stays
 // alive after its report, its code still mapped, until its standard input
@@ -75,10 +76,11 @@ bool parse_size(const char* s, std::uint64_t& out) {
 }
 
 int usage() {
-  std::fprintf(stderr,
-               "usage: wxa-jit-expr [--functions N] [--batch N] [--seed N]\n"
-               "                    [--backend automatic|protect|dual_map|kernel_write] "
-               "[--wait]\n");
+  std::fprintf(
+      stderr,
+      "usage: wxa-jit-expr [--functions N] [--batch N] [--seed N]\n"
+      "                    [--backend automatic|protect|dual_map|kernel_write] "
+      "[--wait]\n");
   return 2;
 }
 

@@ -322,8 +322,8 @@ Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
   info.chunk = chunk_at(head, s == PageState::writable);
   info.state = to_public(s);
   const bool in_rx = region_.index_of(p, false) >= 0;
-  const std::byte* base = in_rx ? region_.rx_page(head)
-                                : region_.ops().staged(head);
+  const std::byte* base =
+      in_rx ? region_.rx_page(head) : region_.ops().staged(head);
   info.offset =
       static_cast<std::size_t>(static_cast<const std::byte*>(p) - base);
   return info;
@@ -348,16 +348,14 @@ Result<void> ArenaImpl::trim() noexcept {
               : region_.change(
                     q.head, q.head + q.pages,
                     [](std::size_t) { return PageState::retired; },
-                    [](std::size_t) { return PageState::unused; }, calls,
-                    sys_);
+                    [](std::size_t) { return PageState::unused; }, calls, sys_);
       protection_calls_ += calls;
       if (r) r = region_.decommit(q.head, q.head + q.pages, sys_);
       if (!r) {
         // What was given back stays given back; the rest stays retired
         // (if the pages are already inaccessible, retired is still true of
         // them: they never run again and come back through recycle()).
-        region_.set_state(q.head, q.head + q.pages, PageState::retired,
-                          q.head);
+        region_.set_state(q.head, q.head + q.pages, PageState::retired, q.head);
         if (calls) {
           std::size_t back = 0;
           if (!region_.change(

@@ -31,7 +31,7 @@ enum class OpKind : std::uint8_t {
 struct Batch::Op {
   const void* rx;
   detail::OpKind kind;
-  std::uint32_t size = 0;             // patch only
+  std::uint32_t size = 0;           // patch only
   const std::byte* data = nullptr;  // patch only
 };
 
@@ -119,9 +119,9 @@ class ArenaImpl {
   }
 
   // Free space: runs of pages by start index, coalesced.
-  RunMap open_;    // free, prepared already
-  RunMap unused_;  // free, inaccessible
-  MetaVector<Quarantined> quarantine_;            // oldest first
+  RunMap open_;                         // free, prepared already
+  RunMap unused_;                       // free, inaccessible
+  MetaVector<Quarantined> quarantine_;  // oldest first
   std::uint64_t released_ = 0;
 
   // Scratch reused by every commit, so a commit does not allocate.

@@ -131,10 +131,12 @@ class PageBackend {
     (void)pages;
   }
   /// The writable bytes of a writable chunk (what stage() returned).
-  [[nodiscard]] virtual std::byte* staged(std::uint32_t head) const noexcept = 0;
+  [[nodiscard]] virtual std::byte* staged(
+      std::uint32_t head) const noexcept = 0;
   /// The page index of a writable address (the chunk's page it stands
   /// for), or -1.
-  [[nodiscard]] virtual std::ptrdiff_t page_of_rw(const void* p) const noexcept {
+  [[nodiscard]] virtual std::ptrdiff_t page_of_rw(
+      const void* p) const noexcept {
     (void)p;
     return -1;
   }
@@ -150,7 +152,8 @@ class PageBackend {
   /// view; kernel_write trapped them when they were retired).
   virtual void trap_fill(std::size_t a, std::size_t b) noexcept = 0;
 
-  // --- the commit -------------------------------------------------------------
+  // --- the commit
+  // -------------------------------------------------------------
 
   /// True when a commit's bytes reach the code through write_content()
   /// rather than by the pages changing protection under the writer.

@@ -81,7 +81,8 @@ class KernelWriteBackend final : public PageBackend {
     // adapters/). Mapped read+write once: never executable.
     const auto code = reinterpret_cast<std::uintptr_t>(rx_base_);
     const std::uintptr_t reach = (std::uintptr_t{1} << 31) - 1;
-    const std::uintptr_t slo = code + bytes() > reach ? code + bytes() - reach : 0;
+    const std::uintptr_t slo =
+        code + bytes() > reach ? code + bytes() - reach : 0;
     const std::uintptr_t shi =
         code > std::numeric_limits<std::uintptr_t>::max() - reach
             ? std::numeric_limits<std::uintptr_t>::max()
@@ -157,7 +158,8 @@ class KernelWriteBackend final : public PageBackend {
 
   bool revoke_before_decommit() const noexcept override { return true; }
 
-  // --- staging ----------------------------------------------------------------
+  // --- staging
+  // ----------------------------------------------------------------
 
   Result<std::byte*> stage(std::uint32_t head, std::uint32_t pages,
                            bool keep_code) noexcept override {
@@ -220,8 +222,8 @@ class KernelWriteBackend final : public PageBackend {
       }
       std::size_t j = i + 1;
       while (j < pages_ && !used(j)) ++j;
-      if (Result<void> r = pal_->decommit(stage_base_ + (i << shift_),
-                                          (j - i) << shift_, n);
+      if (Result<void> r =
+              pal_->decommit(stage_base_ + (i << shift_), (j - i) << shift_, n);
           !r)
         return r;
       i = j;
@@ -229,7 +231,8 @@ class KernelWriteBackend final : public PageBackend {
     return {};
   }
 
-  // --- the commit -------------------------------------------------------------
+  // --- the commit
+  // -------------------------------------------------------------
 
   bool writes_content() const noexcept override { return true; }
 
@@ -268,8 +271,7 @@ class KernelWriteBackend final : public PageBackend {
           ++end;
         }
         if (a < b) {
-          if (Result<void> r =
-                  pal_->populate(rx_page(a), (b - a) << shift_, n);
+          if (Result<void> r = pal_->populate(rx_page(a), (b - a) << shift_, n);
               !r) {
             restore(written_groups_, n);
             return r.error();

@@ -11,8 +11,7 @@
 namespace wxa {
 namespace detail {
 
-Result<std::uint32_t> ArenaImpl::validate(const Batch::Op& op,
-                                          PageState& from,
+Result<std::uint32_t> ArenaImpl::validate(const Batch::Op& op, PageState& from,
                                           PageState& to) const noexcept {
   const void* rx = op.rx;
   if (!rx) return Error(Errc::null_pointer);
@@ -87,8 +86,8 @@ Result<CommitReport> ArenaImpl::commit_by_unsealing(const Batch::Op* ops,
     PageState from{}, to{};
     Result<std::uint32_t> head = validate(ops[k], from, to);
     if (!head) return head.error();
-    items_.push_back(Item{*head, 0, from, to, static_cast<std::uint32_t>(k),
-                          false});
+    items_.push_back(
+        Item{*head, 0, from, to, static_cast<std::uint32_t>(k), false});
   }
   std::sort(items_.begin(), items_.end(),
             [](const Item& x, const Item& y) { return x.head < y.head; });
@@ -116,8 +115,8 @@ Result<CommitReport> ArenaImpl::commit_by_unsealing(const Batch::Op* ops,
   MetaVector<PageState> was;
   was.reserve(unseals);
   for (std::size_t k = 0; k < unseals; ++k)
-    was.push_back(region_.state(static_cast<std::size_t>(
-        region_.index_of(split_[k].rx))));
+    was.push_back(region_.state(
+        static_cast<std::size_t>(region_.index_of(split_[k].rx))));
   for (std::size_t k = 0; k < unseals; ++k)
     split_.push_back(Batch::Op{split_[k].rx, was[k] == PageState::executable
                                                  ? OpKind::seal_execute
@@ -132,9 +131,9 @@ Result<CommitReport> ArenaImpl::commit_by_unsealing(const Batch::Op* ops,
       if (ops[k].kind != OpKind::patch) continue;
       const auto i = static_cast<std::size_t>(region_.index_of(ops[k].rx));
       const std::uint32_t head = region_.head(i);
-      std::byte* dst = region_.ops().staged(head) +
-                       (static_cast<const std::byte*>(ops[k].rx) -
-                        region_.rx_page(head));
+      std::byte* dst =
+          region_.ops().staged(head) +
+          (static_cast<const std::byte*>(ops[k].rx) - region_.rx_page(head));
       if (restore) {
         std::memcpy(dst, patch_saved_.data() + at, ops[k].size);
       } else {
@@ -344,8 +343,8 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   };
   // One pass over every run: one call per run whose protection changes (a
   // failing run undoes its own steps).
-  auto apply_pass = [&](unsigned pass, std::size_t& done) noexcept
-      -> Result<void> {
+  auto apply_pass = [&](unsigned pass,
+                        std::size_t& done) noexcept -> Result<void> {
     const int before = pass == kRemove ? 0 : 1;
     for (done = 0; done < runs_.size(); ++done) {
       const Run& run = runs_[done];

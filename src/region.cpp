@@ -47,8 +47,7 @@ Result<void> Region::init(Pal& pal, Backend backend, std::size_t pages,
 
   ops_ = make_backend(backend);
   if (!ops_) return Error(Errc::out_of_memory, kNoMemory);
-  if (Result<void> r =
-          ops_->init(pal, pages, shift_, lo, hi, name_mappings, n);
+  if (Result<void> r = ops_->init(pal, pages, shift_, lo, hi, name_mappings, n);
       !r) {
     destroy_backend(ops_);
     ops_ = nullptr;

@@ -61,8 +61,7 @@ class Region {
   [[nodiscard]] PageBackend& ops() const noexcept { return *ops_; }
   /// True when the memory is shared with fork() children (a memfd).
   [[nodiscard]] bool shared() const noexcept {
-    return backend() == Backend::dual_map ||
-           backend() == Backend::kernel_write;
+    return backend() == Backend::dual_map || backend() == Backend::kernel_write;
   }
   [[nodiscard]] std::size_t pages() const noexcept { return pages_; }
   [[nodiscard]] std::size_t page_size() const noexcept { return page_size_; }
@@ -138,8 +137,7 @@ class Region {
   /// change_access() between page states: `from(i)` to `to(i)`.
   template <class From, class To>
   [[nodiscard]] Result<void> change(std::size_t a, std::size_t b, From from,
-                                    To to, std::size_t& calls,
-                                    SyscallCounts& n,
+                                    To to, std::size_t& calls, SyscallCounts& n,
                                     unsigned passes = kBothPasses) noexcept {
     return change_access(
         a, b, [&](std::size_t i, View v) { return access(from(i), v); },

@@ -116,8 +116,8 @@ TEST_P(ArenaCode, ThousandsOfFunctionsEachReturnTheirOwnValue) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, ArenaCode,
-                         ::testing::ValuesIn(kAllBackends), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, ArenaCode, ::testing::ValuesIn(kAllBackends),
+                         backend_name);
 
 // --- Bad input -------------------------------------------------------------
 
@@ -416,8 +416,7 @@ TEST_P(ArenaQuarantine, PassesByLaterAllocationsWithoutLaterReleases) {
     ASSERT_TRUE(Ok(c));
     if (freed.count(c->rx())) first_reuse = i + 1;
     for (std::size_t k = 0; k < c->rw().size(); ++k)
-      ASSERT_TRUE(c->rw()[k] == std::byte{0} ||
-                  c->rw()[k] == trap_byte_at(k))
+      ASSERT_TRUE(c->rw()[k] == std::byte{0} || c->rw()[k] == trap_byte_at(k))
           << "a reused page still holds old code";
     write_fn(*c, 100 + i);
     fresh.push_back(*c);
@@ -518,8 +517,8 @@ TEST_P(ArenaFind, InteriorAddressesOfEitherViewMapToChunkAndOffset) {
   EXPECT_EQ(f.error().chunk(), &local);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, ArenaFind,
-                         ::testing::ValuesIn(kAllBackends), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, ArenaFind, ::testing::ValuesIn(kAllBackends),
+                         backend_name);
 
 // --- Placement near an anchor ------------------------------------------------
 
@@ -706,8 +705,9 @@ TEST_P(ArenaCost, SingleOperationsCostExactlyTheirSystemCalls) {
             kw && populate ? 1u : 0u);
   EXPECT_EQ(s3.syscalls.membarrier, s2.syscalls.membarrier)
       << "fresh code needs no barrier";
-  EXPECT_EQ(s3.protection_calls - s2.protection_calls,
-            kw ? 0u : dual ? 2u : 1u);
+  EXPECT_EQ(s3.protection_calls - s2.protection_calls, kw     ? 0u
+                                                       : dual ? 2u
+                                                              : 1u);
   EXPECT_EQ(s3.commits - s2.commits, 1u);
   EXPECT_EQ(s3.runs - s2.runs, 1u);
   EXPECT_EQ(call(chunks[10].rx()), 10u);
@@ -745,8 +745,8 @@ TEST_P(ArenaCost, SingleOperationsCostExactlyTheirSystemCalls) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, ArenaCost,
-                         ::testing::ValuesIn(kAllBackends), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, ArenaCost, ::testing::ValuesIn(kAllBackends),
+                         backend_name);
 
 }  // namespace
 }  // namespace wxa::test

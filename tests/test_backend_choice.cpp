@@ -87,8 +87,8 @@ TEST(BackendChoice, AutomaticPicksKernelWriteThenProtectThenDualMap) {
   const detail::Capabilities& caps = detail::system_pal().capabilities();
   const bool shared = caps.shared_memory && caps.shared_exec;
   const Backend want = shared && caps.shared_write ? Backend::kernel_write
-                       : caps.anon_exec           ? Backend::protect
-                                                  : Backend::dual_map;
+                       : caps.anon_exec            ? Backend::protect
+                                                   : Backend::dual_map;
   EXPECT_EQ(arena->backend(), want)
       << "automatic picked " << to_string(arena->backend()) << ", expected "
       << to_string(want);

@@ -38,9 +38,8 @@ bool copies(const Arena& arena) {
 // populate of fresh code pages (kernel_write, where the kernel has it).
 std::uint64_t commit_calls(const CommitReport& r, const Arena& arena,
                            bool fresh_code) {
-  const bool populate =
-      copies(arena) && fresh_code &&
-      detail::system_pal().capabilities().populate_read;
+  const bool populate = copies(arena) && fresh_code &&
+                        detail::system_pal().capabilities().populate_read;
   return r.protection_calls + r.writes + (populate ? 1 : 0) +
          (r.barrier ? 1 : 0);
 }
@@ -342,8 +341,8 @@ TEST_P(BatchRuns, EmptyBatchIsFreeAndMovedBatchesCommit) {
   EXPECT_EQ(call(c[199].rx()), 199u);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, BatchRuns,
-                         ::testing::ValuesIn(kAllBackends), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, BatchRuns, ::testing::ValuesIn(kAllBackends),
+                         backend_name);
 
 // --- Order of operations and the barrier, seen from the platform layer
 // --------

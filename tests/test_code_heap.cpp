@@ -829,8 +829,7 @@ TEST_P(CodeHeapTest, HeapsOnALargeArenaTouchLittleMemory) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, CodeHeapTest,
-                         testing::ValuesIn(test::kAllBackends),
-                         backend_name);
+                         testing::ValuesIn(test::kAllBackends), backend_name);
 
 }  // namespace
 }  // namespace wxa

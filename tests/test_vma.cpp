@@ -353,8 +353,8 @@ TEST_P(VmaBudget, OverBudgetIsRefusedBeforeAnySystemCallAndNothingChanges) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, VmaBudget,
-                         ::testing::ValuesIn(kAllBackends), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, VmaBudget, ::testing::ValuesIn(kAllBackends),
+                         backend_name);
 
 }  // namespace
 }  // namespace wxa::test

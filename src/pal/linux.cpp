@@ -166,7 +166,8 @@ Capabilities probe() noexcept {
             ::pwrite(fd, &probe_byte, 1, 0) == 1 &&
             *static_cast<volatile unsigned char*>(x) == probe_byte;
         caps.populate_read = ::madvise(x, page, MADV_POPULATE_READ) == 0;
-        if (::munmap(x, page) != 0) caps.shared_exec = caps.shared_write = false;
+        if (::munmap(x, page) != 0)
+          caps.shared_exec = caps.shared_write = false;
       }
     }
     if (::close(fd) != 0) caps.shared_memory = false;
@@ -357,8 +358,8 @@ Result<void> Pal::write_shared(SharedHandle h, std::size_t offset,
       total += iov[m].iov_len;
     }
     ++n.write;
-    const ssize_t w = ::pwritev(h.fd, iov, static_cast<int>(m),
-                                static_cast<off_t>(offset));
+    const ssize_t w =
+        ::pwritev(h.fd, iov, static_cast<int>(m), static_cast<off_t>(offset));
     if (w < 0) {
       if (errno == EINTR) continue;
       return error_from_errno(errno);

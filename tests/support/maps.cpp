@@ -221,9 +221,10 @@ std::string describe(const std::vector<Mapping>& mappings) {
       if (!m.write || !m.inode) continue;
       for (const auto& f : code_files)
         if (m.dev == f.first && m.inode == f.second)
-          failures += (failures.empty() ? "" : "; ") +
-                      std::string("a writable mapping of the code's memfd at ") +
-                      hex(m.begin) + " (" + m.perms() + ")";
+          failures +=
+              (failures.empty() ? "" : "; ") +
+              std::string("a writable mapping of the code's memfd at ") +
+              hex(m.begin) + " (" + m.perms() + ")";
     }
   }
   std::vector<Mapping> wx;
