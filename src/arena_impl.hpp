@@ -74,6 +74,7 @@ class ArenaImpl {
     std::uint32_t a, b;
     PageState to;
     std::uint32_t first_item, end_item;
+    bool changes;  // some page's protection changes in some view
   };
 
   [[nodiscard]] Result<std::uint32_t> validate(const Batch::Op& op,

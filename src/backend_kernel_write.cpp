@@ -262,14 +262,16 @@ class KernelWriteBackend final : public PageBackend {
         const ContentItem& it = items[k];
         if (it.to != PageState::executable || it.data) continue;
         std::size_t a = it.head, b = it.head + it.pages;
-        while (a < b && populated_[a]) ++a;
-        // Coalesce with the following items' fresh pages.
+        // Coalesce with the following items, then keep the part between
+        // the first and the last page not mapped in yet.
         std::size_t end = k + 1;
         while (end < count && items[end].to == PageState::executable &&
                !items[end].data && items[end].head == b) {
           b += items[end].pages;
           ++end;
         }
+        while (a < b && populated_[a]) ++a;
+        while (b > a && populated_[b - 1]) --b;
         if (a < b) {
           if (Result<void> r = pal_->populate(rx_page(a), (b - a) << shift_, n);
               !r) {

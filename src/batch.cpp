@@ -193,16 +193,24 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
       return Error(Errc::duplicate_in_batch, 0,
                    region_.rx_page(items_[k].head));
 
-  // 3. Coalesce address-adjacent chunks with the same target into runs.
+  // 3. Coalesce address-adjacent chunks with the same target into runs,
+  //    noting which runs change any protection at all.
   runs_.clear();
+  const int views = backend.views();
   for (std::uint32_t k = 0; k < items_.size(); ++k) {
     const Item& it = items_[k];
+    bool changes = false;
+    for (int v = 0; v < views; ++v)
+      changes |= region_.access(it.from, View(v)) !=
+                 region_.access(it.to, View(v));
     if (!runs_.empty() && runs_.back().b == it.head &&
         runs_.back().to == it.to) {
       runs_.back().b += it.pages;
       runs_.back().end_item = k + 1;
+      runs_.back().changes |= changes;
     } else {
-      runs_.push_back(Run{it.head, it.head + it.pages, it.to, k, k + 1});
+      runs_.push_back(
+          Run{it.head, it.head + it.pages, it.to, k, k + 1, changes});
     }
   }
 
@@ -317,6 +325,7 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   auto undo_runs = [&](std::size_t runs, int cur, int want) noexcept {
     for (std::size_t r = runs; r-- > 0;) {
       const Run& run = runs_[r];
+      if (!run.changes) continue;
       std::size_t calls = 0;
       // Undoing a change of our own is not optional: if the kernel
       // refuses, the tracked state and the kernel's would disagree (and
@@ -348,6 +357,7 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
     const int before = pass == kRemove ? 0 : 1;
     for (done = 0; done < runs_.size(); ++done) {
       const Run& run = runs_[done];
+      if (!run.changes) continue;  // kernel_write's seals and releases
       std::size_t calls = 0;
       Result<void> res =
           region_.change_access(run.a, run.b, acc(run, before),
