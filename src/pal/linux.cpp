@@ -17,7 +17,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 
 #include "pal/pal.hpp"
@@ -123,6 +125,43 @@ int memfd_create_flags(bool exec_flag) noexcept {
   return static_cast<int>(MFD_CLOEXEC | (exec_flag ? MFD_EXEC : 0U));
 }
 
+// kernel_write's whole mechanism, tried for real on a memfd page `fd`
+// mapped read+execute at `view`: the kernel copies a function in, it runs;
+// another replaces it at the same address, and that one runs. An emulator
+// that keeps translated code until the guest itself stores to the page
+// (qemu-user) fails the second call, and the backend is then not offered.
+bool kernel_copies_code(int fd, void* view) noexcept {
+#if defined(__x86_64__)
+  auto code = [](unsigned char (&out)[8], std::uint32_t v) {
+    out[0] = 0xB8;  // mov eax, imm32; ret
+    std::memcpy(out + 1, &v, 4);
+    out[5] = 0xC3;
+    out[6] = out[7] = 0xCC;
+  };
+#elif defined(__aarch64__)
+  auto code = [](unsigned char (&out)[8], std::uint32_t v) {
+    const std::uint32_t w[2] = {0x52800000u | (v & 0xFFFFu) << 5,  // movz w0
+                                0xD65F03C0u};                      // ret
+    std::memcpy(out, w, 8);
+  };
+#else
+  auto code = [](unsigned char (&)[8], std::uint32_t) {};
+#endif
+  for (std::uint32_t v : {1u, 2u}) {
+    unsigned char bytes[8] = {};
+    code(bytes, v);
+    if (::pwrite(fd, bytes, sizeof bytes, 0) != static_cast<ssize_t>(sizeof bytes))
+      return false;
+    if (std::memcmp(view, bytes, sizeof bytes) != 0) return false;
+#if defined(__x86_64__) || defined(__aarch64__)
+    auto* p = static_cast<char*>(view);
+    __builtin___clear_cache(p, p + sizeof bytes);
+    if (reinterpret_cast<std::uint32_t (*)()>(view)() != v) return false;
+#endif
+  }
+  return true;
+}
+
 Capabilities probe() noexcept {
   Capabilities caps;
   // The kernel's page size (AT_PAGESZ): 4 KiB on x86-64; 4, 16 or 64 KiB
@@ -158,13 +197,7 @@ Capabilities probe() noexcept {
       void* x = ::mmap(nullptr, page, PROT_READ | PROT_EXEC, MAP_SHARED, fd, 0);
       if (x != MAP_FAILED) {
         caps.shared_exec = true;
-        // kernel_write's whole mechanism, tried for real: the kernel copies
-        // into the object while it is mapped executable, and the view shows
-        // the new bytes.
-        const unsigned char probe_byte = 0xC3;
-        caps.shared_write =
-            ::pwrite(fd, &probe_byte, 1, 0) == 1 &&
-            *static_cast<volatile unsigned char*>(x) == probe_byte;
+        caps.shared_write = kernel_copies_code(fd, x);
         caps.populate_read = ::madvise(x, page, MADV_POPULATE_READ) == 0;
         if (::munmap(x, page) != 0)
           caps.shared_exec = caps.shared_write = false;
