@@ -7,6 +7,9 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <csignal>
 #include <cstdint>
@@ -133,6 +136,26 @@ TEST_F(KernelWriteDeathTest, TrimmedCodeIsInaccessibleNotZeros) {
   EXPECT_TRUE(vmas_agree(arena.stats().vmas, arena));
   // The arena goes on: the same pages are opened and used again.
   EXPECT_TRUE(still_works(arena));
+}
+
+// The code view is mapped from a read-only descriptor of the memfd where
+// /proc/self/fd lets the library open one: then not even mprotect() can
+// make it writable.
+TEST_F(KernelWrite, TheCodeViewCannotBeMadeWritable) {
+  if (::access("/proc/self/fd", R_OK) != 0)
+    GTEST_SKIP() << "no /proc/self/fd here: the view is mapped through the "
+                    "read-write descriptor";
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Result<Chunk> c = made->allocate(64);
+  ASSERT_TRUE(Ok(c));
+  write_fn(*c, 0x71);
+  ASSERT_TRUE(Ok(made->seal(*c)));
+  void* page = const_cast<void*>(c->rx());
+  EXPECT_NE(::mprotect(page, made->page_size(), PROT_READ | PROT_WRITE), 0);
+  EXPECT_EQ(errno, EACCES);
+  EXPECT_EQ(call(c->rx()), 0x71u);
+  EXPECT_TRUE(audit_arena(*made));
 }
 
 TEST_F(KernelWrite, StagingIsRecycledNotFaultedInAfresh) {

@@ -320,6 +320,7 @@ TEST(AuditListener, FailsATestThatLeavesAWritableExecutableMapping) {
 class AuditArena : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
+    WXA_SKIP_IF_UNAVAILABLE(GetParam());
     Options options;
     options.backend = GetParam();
     options.reserve_bytes = 64 * page();

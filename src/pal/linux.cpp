@@ -357,16 +357,35 @@ Result<SharedHandle> Pal::create_shared(std::size_t bytes, const char* label,
     (void)::close(fd);  // already failing; the first error is reported
     return error_from_errno(err);
   }
-  return SharedHandle{fd, fork_generation()};
+  // A read-only descriptor of the same object for the views that are never
+  // writable. Best effort: without /proc those views use `fd` (and can then
+  // be made writable by mprotect, by whoever may call it).
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  ++n.other;
+  int ro = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (ro >= 0 && !track_for_fork(ro)) {
+    ++n.other;
+    (void)::close(ro);  // a full table: carry on without it
+    ro = -1;
+  }
+  return SharedHandle{fd, ro, fork_generation()};
 }
 
 Result<void> Pal::close_shared(SharedHandle h, SyscallCounts& n) noexcept {
   // In a fork() child the descriptor was closed at fork; the number may
   // name another file by now.
   if (h.generation != fork_generation()) return {};
+  int err = 0;
+  if (h.ro_fd >= 0) {
+    untrack_for_fork(h.ro_fd);
+    ++n.other;
+    if (::close(h.ro_fd) != 0) err = errno;
+  }
   untrack_for_fork(h.fd);
   ++n.other;
-  if (::close(h.fd) != 0) return error_from_errno(errno);
+  if (::close(h.fd) != 0) err = errno;
+  if (err) return error_from_errno(err);
   return {};
 }
 
@@ -422,8 +441,9 @@ Result<void> Pal::populate(void* p, std::size_t bytes,
 Result<void> Pal::map_shared(void* p, std::size_t bytes, SharedHandle h,
                              std::size_t offset, Access access,
                              SyscallCounts& n) noexcept {
+  const int fd = access != Access::read_write && h.ro_fd >= 0 ? h.ro_fd : h.fd;
   ++n.mmap;
-  void* r = ::mmap(p, bytes, prot_of(access), MAP_SHARED | MAP_FIXED, h.fd,
+  void* r = ::mmap(p, bytes, prot_of(access), MAP_SHARED | MAP_FIXED, fd,
                    static_cast<off_t>(offset));
   if (r == MAP_FAILED) return error_from_errno(errno);
   if (access == Access::read_write) {
