@@ -38,10 +38,10 @@ void print_stats(const char* title, const wxa::Arena& arena) {
       s.committed_bytes >> 10, s.reserved_bytes >> 20, s.vmas, s.vma_budget);
   std::printf("  system calls: %" PRIu64 " (mmap %" PRIu64 ", mprotect %" PRIu64
               ", madvise %" PRIu64 ", memfd %" PRIu64 ", membarrier %" PRIu64
-              ", other %" PRIu64 ")\n",
+              ", pwritev %" PRIu64 ", other %" PRIu64 ")\n",
               s.syscalls.total(), s.syscalls.mmap, s.syscalls.mprotect,
               s.syscalls.madvise, s.syscalls.memfd, s.syscalls.membarrier,
-              s.syscalls.other);
+              s.syscalls.write, s.syscalls.other);
   std::printf("  commits %" PRIu64 ", runs %" PRIu64 ", barriers %" PRIu64 "\n",
               s.commits, s.runs, s.barriers);
 }
@@ -102,7 +102,23 @@ int run(wxa::Backend backend) {
 }  // namespace
 
 int main() {
+  // automatic first (kernel_write where the host allows it), then each
+  // backend this host can create, so their costs can be compared.
   int rc = run(wxa::Backend::automatic);
-  if (rc == 0) rc = run(wxa::Backend::dual_map);
+  for (wxa::Backend b : {wxa::Backend::kernel_write, wxa::Backend::protect,
+                         wxa::Backend::dual_map}) {
+    if (rc != 0) break;
+    wxa::Options probe;
+    probe.backend = b;
+    probe.reserve_bytes = 1 << 20;
+    if (wxa::Result<wxa::Arena> a = wxa::Arena::create(probe); !a) {
+      std::printf("backend %.*s: not available here (%s)\n",
+                  int(to_string(b).size()), to_string(b).data(),
+                  a.error().to_string().c_str());
+      continue;
+    }
+    std::printf("\n");
+    rc = run(b);
+  }
   return rc;
 }

@@ -4,7 +4,8 @@
 // prints what it cost the arena, frees the older half and prints it again.
 //
 // Usage: wxa-jit-expr [--functions N] [--batch N] [--seed N]
-//                     [--backend automatic|protect|dual_map] [--wait]
+//                     [--backend automatic|protect|dual_map|kernel_write]
+//                     [--wait]
 // Exit status 0 iff every result matched the interpreter and no mapping of
 // the process was writable and executable at once. With --wait it stays
 // alive after its report, its code still mapped, until its standard input
@@ -58,10 +59,10 @@ void print_stats(const char* title, const wxa::Arena& arena,
       s.reserved_bytes >> 20, s.vmas, s.vma_budget);
   std::printf("  system calls: %" PRIu64 " (mmap %" PRIu64 ", munmap %" PRIu64
               ", mprotect %" PRIu64 ", madvise %" PRIu64 ", memfd %" PRIu64
-              ", membarrier %" PRIu64 ")\n",
+              ", membarrier %" PRIu64 ", pwritev %" PRIu64 ")\n",
               s.syscalls.total(), s.syscalls.mmap, s.syscalls.munmap,
               s.syscalls.mprotect, s.syscalls.madvise, s.syscalls.memfd,
-              s.syscalls.membarrier);
+              s.syscalls.membarrier, s.syscalls.write);
   std::printf("  commits %" PRIu64 ", runs %" PRIu64
               ", protection calls %" PRIu64 ", barriers %" PRIu64
               "; heap publishes %" PRIu64 "\n",
@@ -75,10 +76,11 @@ bool parse_size(const char* s, std::uint64_t& out) {
 }
 
 int usage() {
-  std::fprintf(stderr,
-               "usage: wxa-jit-expr [--functions N] [--batch N] [--seed N]\n"
-               "                    [--backend automatic|protect|dual_map] "
-               "[--wait]\n");
+  std::fprintf(
+      stderr,
+      "usage: wxa-jit-expr [--functions N] [--batch N] [--seed N]\n"
+      "                    [--backend automatic|protect|dual_map|kernel_write] "
+      "[--wait]\n");
   return 2;
 }
 
@@ -111,6 +113,8 @@ int main(int argc, char** argv) {
         options.backend = wxa::Backend::protect;
       else if (b == "dual_map")
         options.backend = wxa::Backend::dual_map;
+      else if (b == "kernel_write")
+        options.backend = wxa::Backend::kernel_write;
       else
         return usage();
     } else {

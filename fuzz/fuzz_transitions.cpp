@@ -929,7 +929,17 @@ bool Harness::create(Slot& s, const Options& o, bool use_fault) {
   const std::size_t pages = (o.reserve_bytes + ps_ - 1) / ps_;
   Backend resolved = o.backend;
   if (resolved == Backend::automatic)
-    resolved = caps.anon_exec ? Backend::protect : Backend::dual_map;
+    resolved = caps.shared_memory && caps.shared_exec && caps.shared_write
+                   ? Backend::kernel_write
+               : caps.anon_exec ? Backend::protect
+                                : Backend::dual_map;
+  if (resolved == Backend::kernel_write) {
+    // This model knows the views of protect and dual_map only: it checks
+    // what automatic picks, and models the arena as the next choice.
+    Options next = o;
+    next.backend = caps.anon_exec ? Backend::protect : Backend::dual_map;
+    return create(s, next, use_fault);
+  }
 
   // The order of ArenaImpl::init()'s checks, from the header's contract.
   Errc want = Errc::ok;

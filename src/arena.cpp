@@ -8,49 +8,6 @@
 
 namespace wxa {
 namespace detail {
-namespace {
-
-// Inserts the free run [a, a+len) into `runs`, merging with neighbours.
-void insert_run(MetaMap<std::uint32_t, std::uint32_t>& runs, std::uint32_t a,
-                std::uint32_t len) {
-  auto next = runs.lower_bound(a);
-  if (next != runs.begin()) {
-    auto prev = std::prev(next);
-    if (prev->first + prev->second == a) {
-      prev->second += len;
-      if (next != runs.end() && prev->first + prev->second == next->first) {
-        prev->second += next->second;
-        runs.erase(next);
-      }
-      return;
-    }
-  }
-  if (next != runs.end() && a + len == next->first) {
-    auto node = runs.extract(next);
-    node.key() = a;
-    node.mapped() += len;
-    runs.insert(std::move(node));
-    return;
-  }
-  runs.emplace(a, len);
-}
-
-// Removes [a, a+len) from the run starting at `it` (a == it->first).
-void carve_front(MetaMap<std::uint32_t, std::uint32_t>& runs,
-                 MetaMap<std::uint32_t, std::uint32_t>::iterator it,
-                 std::uint32_t len) noexcept {
-  if (it->second == len) {
-    runs.erase(it);
-    return;
-  }
-  auto node = runs.extract(it);
-  node.key() += len;
-  node.mapped() -= len;
-  runs.insert(std::move(node));  // reuses the node: cannot throw
-}
-
-}  // namespace
-
 ArenaImpl::ArenaImpl(Pal& pal, const Options& options) noexcept
     : pal_(pal), options_(options) {}
 
@@ -67,20 +24,31 @@ Result<void> ArenaImpl::init() noexcept {
     return Error(Errc::size_too_large);
   const std::size_t bytes = pages * ps;
 
+  // What each backend needs, as the platform layer found it by trying.
+  const bool shared = caps.shared_memory && caps.shared_exec;
+  const bool kernel_write = shared && caps.shared_write;
   Backend backend = options_.backend;
+  // automatic: every backend this host allows, best first. kernel_write
+  // first: no page changes protection to publish code, and no writable
+  // mapping of code exists at all; it needs only a memfd that may be
+  // mapped executable, which deny_execmem hosts allow. If the first cannot
+  // be created after all (no descriptor left, a policy the probe did not
+  // meet), the next is tried.
+  Backend candidates[3];
+  std::size_t ncandidates = 0;
   if (backend == Backend::automatic) {
-    if (caps.anon_exec)
-      backend = Backend::protect;
-    else if (caps.shared_memory && caps.shared_exec)
-      backend = Backend::dual_map;
-    else
-      return Error(Errc::not_supported);
+    if (kernel_write) candidates[ncandidates++] = Backend::kernel_write;
+    if (caps.anon_exec) candidates[ncandidates++] = Backend::protect;
+    if (shared) candidates[ncandidates++] = Backend::dual_map;
+    if (ncandidates == 0) return Error(Errc::not_supported);
   } else if (backend == Backend::protect && !caps.anon_exec) {
     return Error(Errc::permission_denied);
-  } else if (backend == Backend::dual_map &&
-             !(caps.shared_memory && caps.shared_exec)) {
+  } else if (backend == Backend::dual_map && !shared) {
     return Error(Errc::not_supported);
-  } else if (backend != Backend::protect && backend != Backend::dual_map) {
+  } else if (backend == Backend::kernel_write && !kernel_write) {
+    return Error(Errc::not_supported);
+  } else if (backend != Backend::protect && backend != Backend::dual_map &&
+             backend != Backend::kernel_write) {
     return Error(Errc::invalid_argument);
   }
 
@@ -101,10 +69,16 @@ Result<void> ArenaImpl::init() noexcept {
                     : std::max<std::size_t>(caps.max_map_count / 4, 16);
   if (options_.open_pages == 0) options_.open_pages = 1;
 
-  if (Result<void> r = region_.init(pal_, backend, pages, lo, hi,
-                                    options_.name_mappings, sys_);
-      !r)
-    return r;
+  if (ncandidates == 0) candidates[ncandidates++] = backend;
+  Result<void> made;
+  for (std::size_t k = 0; k < ncandidates; ++k) {
+    made = region_.init(pal_, candidates[k], pages, lo, hi,
+                        options_.name_mappings, sys_);
+    if (made || made.error().code() == Errc::out_of_memory ||
+        made.error().code() == Errc::unreachable_anchor)
+      break;  // another backend would not fare better
+  }
+  if (!made) return made;
   if (vma_budget_ < region_.vmas()) return Error(Errc::invalid_argument);
   try {
     unused_.emplace(0, static_cast<std::uint32_t>(pages));
@@ -121,7 +95,8 @@ Result<void> ArenaImpl::init() noexcept {
 Chunk ArenaImpl::chunk_at(std::size_t head, bool writable) const noexcept {
   const std::size_t bytes = std::size_t{region_.length(head)}
                             << region_.page_shift();
-  return Chunk(writable ? region_.rw_page(head) : nullptr,
+  return Chunk(writable ? region_.ops().staged(static_cast<std::uint32_t>(head))
+                        : nullptr,
                region_.rx_page(head), bytes);
 }
 
@@ -138,9 +113,8 @@ std::ptrdiff_t ArenaImpl::take_open(std::size_t pages) noexcept {
   return -1;
 }
 
-Result<void> ArenaImpl::open_front(
-    MetaMap<std::uint32_t, std::uint32_t>::iterator it,
-    std::uint32_t n) noexcept {
+Result<void> ArenaImpl::open_front(RunMap::iterator it,
+                                   std::uint32_t n) noexcept {
   const std::uint32_t a = it->first;
   region_.set_state(a, a + n, PageState::open, 0);
   if (over_budget()) {
@@ -313,8 +287,13 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
     }
     if (a < 0) return Error(Errc::exhausted);
     const auto head = static_cast<std::uint32_t>(a);
+    const auto n = static_cast<std::uint32_t>(pages);
+    if (Result<std::byte*> st = region_.ops().stage(head, n, false); !st) {
+      insert_run(open_, head, n);  // merges back: no allocation
+      return st.error();
+    }
     region_.set_state(head, head + pages, PageState::writable, head);
-    region_.set_length(head, static_cast<std::uint32_t>(pages));
+    region_.set_length(head, n);
     ++chunks_[static_cast<int>(State::writable)];
     ++allocations_;
     return chunk_at(head, true);
@@ -327,7 +306,14 @@ Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
   if (!p) return Error(Errc::null_pointer);
   std::lock_guard lock(mutex_);
   const std::ptrdiff_t i = region_.index_of(p, true);
-  if (i < 0) return Error(Errc::foreign_pointer, 0, p);
+  if (i < 0) {
+    // Writable memory no chunk holds now (kernel_write's staging).
+    const std::span<std::byte> rw = region_.ops().rw_range();
+    const auto* b = static_cast<const std::byte*>(p);
+    if (b >= rw.data() && b < rw.data() + rw.size())
+      return Error(Errc::not_allocated, 0, p);
+    return Error(Errc::foreign_pointer, 0, p);
+  }
   const PageState s = region_.state(static_cast<std::size_t>(i));
   if (s == PageState::unused || s == PageState::open || s == PageState::retired)
     return Error(Errc::not_allocated, 0, p);
@@ -336,7 +322,8 @@ Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
   info.chunk = chunk_at(head, s == PageState::writable);
   info.state = to_public(s);
   const bool in_rx = region_.index_of(p, false) >= 0;
-  const std::byte* base = in_rx ? region_.rx_page(head) : region_.rw_page(head);
+  const std::byte* base =
+      in_rx ? region_.rx_page(head) : region_.ops().staged(head);
   info.offset =
       static_cast<std::size_t>(static_cast<const std::byte*>(p) - base);
   return info;
@@ -351,25 +338,53 @@ Result<void> ArenaImpl::trim() noexcept {
     std::size_t eligible = 0;
     while (eligible < quarantine_.size() && passed(quarantine_[eligible])) {
       const Quarantined& q = quarantine_[eligible];
-      if (Result<void> r = region_.decommit(q.head, q.head + q.pages, sys_);
-          !r) {
-        // What was given back stays given back; the rest stays retired.
+      // Retired pages that are still mapped (kernel_write: trapped code)
+      // become inaccessible first; elsewhere this makes no call.
+      std::size_t calls = 0;
+      region_.set_state(q.head, q.head + q.pages, PageState::unused, 0);
+      Result<void> r =
+          over_budget()
+              ? Result<void>(Error(Errc::vma_budget))
+              : region_.change(
+                    q.head, q.head + q.pages,
+                    [](std::size_t) { return PageState::retired; },
+                    [](std::size_t) { return PageState::unused; }, calls, sys_);
+      protection_calls_ += calls;
+      if (r) r = region_.decommit(q.head, q.head + q.pages, sys_);
+      if (!r) {
+        // What was given back stays given back; the rest stays retired
+        // (if the pages are already inaccessible, retired is still true of
+        // them: they never run again and come back through recycle()).
+        region_.set_state(q.head, q.head + q.pages, PageState::retired, q.head);
+        if (calls) {
+          std::size_t back = 0;
+          if (!region_.change(
+                  q.head, q.head + q.pages,
+                  [](std::size_t) { return PageState::unused; },
+                  [](std::size_t) { return PageState::retired; }, back, sys_))
+            fatal("cannot restore retired pages", region_.rx_page(q.head), 0);
+          protection_calls_ += back;
+        }
         quarantine_.erase(quarantine_.begin(), quarantine_.begin() + eligible);
         return r;
       }
-      region_.set_state(q.head, q.head + q.pages, PageState::unused, 0);
       insert_run(unused_, q.head, q.pages);
       --chunks_[static_cast<int>(State::retired)];
       ++eligible;
     }
     quarantine_.erase(quarantine_.begin(), quarantine_.begin() + eligible);
 
+    const bool revoke_first = region_.ops().revoke_before_decommit();
     while (!open_.empty()) {
       auto it = open_.begin();
       const std::uint32_t a = it->first, n = it->second;
       // Drop the contents first: if making the pages inaccessible then
-      // fails, they are still consistently open (and empty).
-      if (Result<void> r = region_.decommit(a, a + n, sys_); !r) return r;
+      // fails, they are still consistently open (and empty). Where a
+      // dropped page would read as zeros that execute (a memfd mapped
+      // executable), the pages become inaccessible first instead.
+      if (!revoke_first) {
+        if (Result<void> r = region_.decommit(a, a + n, sys_); !r) return r;
+      }
       region_.set_state(a, a + n, PageState::unused, 0);
       if (over_budget()) {
         region_.set_state(a, a + n, PageState::open, 0);
@@ -386,7 +401,13 @@ Result<void> ArenaImpl::trim() noexcept {
       }
       open_.erase(it);
       insert_run(unused_, a, n);
+      // Inaccessible and unlisted as open now: if giving the memory back
+      // fails, the pages are consistently unused (and still committed).
+      if (revoke_first) {
+        if (Result<void> d = region_.decommit(a, a + n, sys_); !d) return d;
+      }
     }
+    if (Result<void> r = region_.ops().trim(sys_); !r) return r;
   } catch (const std::bad_alloc&) {
     return Error(Errc::out_of_memory, kNoMemory);
   }
@@ -396,6 +417,7 @@ Result<void> ArenaImpl::trim() noexcept {
 Stats ArenaImpl::stats() const noexcept {
   std::lock_guard lock(mutex_);
   Stats s;
+  s.backend = region_.backend();
   const std::size_t ps = region_.page_size();
   s.page_size = ps;
   s.reserved_bytes = region_.pages() * ps;
@@ -431,12 +453,14 @@ std::vector<RunInfo> ArenaImpl::runs() const {
     while (j < n && region_.state(j) == s) ++j;
     RunInfo r;
     r.rx = region_.rx_page(i);
-    r.rw = region_.rw_page(i);
+    r.rw = region_.rw_page(i);  // nullptr where writable bytes are staged
     r.bytes = (j - i) << region_.page_shift();
     r.state = to_public(s);
     r.open = s == PageState::open;
     r.rx_access = region_.access(s, View::rx);
-    r.rw_access = region_.dual() ? region_.access(s, View::rw) : r.rx_access;
+    r.rw_access = region_.ops().views() == 2 ? region_.access(s, View::rw)
+                  : region_.backend() == Backend::protect ? r.rx_access
+                                                          : Access::none;
     out.push_back(r);
     i = j;
   }
@@ -517,8 +541,15 @@ Result<void> Arena::release(const void* rx) noexcept {
   return {};
 }
 
-Result<void> Arena::patch(const void*, std::span<const std::byte>) noexcept {
-  return Error(Errc::not_supported);
+Result<void> Arena::patch(const void* at,
+                          std::span<const std::byte> bytes) noexcept {
+  if (bytes.size() > std::numeric_limits<std::uint32_t>::max())
+    return Error(Errc::out_of_bounds, 0, at);
+  const Batch::Op op{at, detail::OpKind::patch,
+                     static_cast<std::uint32_t>(bytes.size()), bytes.data()};
+  Result<CommitReport> r = impl_->commit(&op, 1, CommitFlags::none);
+  if (!r) return r.error();
+  return {};
 }
 
 Result<ChunkInfo> Arena::find(const void* address) const noexcept {
@@ -536,8 +567,7 @@ std::span<const std::byte> Arena::range() const noexcept {
   return {r.rx_base(), r.pages() * r.page_size()};
 }
 std::span<std::byte> Arena::rw_range() const noexcept {
-  const detail::Region& r = impl_->region();
-  return {r.rw_base(), r.pages() * r.page_size()};
+  return impl_->region().ops().rw_range();
 }
 std::vector<RunInfo> Arena::runs() const { return impl_->runs(); }
 

@@ -23,13 +23,16 @@ enum class OpKind : std::uint8_t {
   seal_execute,
   seal_read_only,
   unseal,
-  release
+  release,
+  patch,  // write `size` bytes from `data` at `rx` (inside a sealed chunk)
 };
 }  // namespace detail
 
 struct Batch::Op {
   const void* rx;
   detail::OpKind kind;
+  std::uint32_t size = 0;           // patch only
+  const std::byte* data = nullptr;  // patch only
 };
 
 namespace detail {
@@ -65,23 +68,24 @@ class ArenaImpl {
     std::uint32_t head, pages;
     PageState from, to;
     std::uint32_t op;  // index in the caller's batch
+    bool staged;       // writable bytes were staged for it (unseal)
   };
   struct Run {
     std::uint32_t a, b;
     PageState to;
     std::uint32_t first_item, end_item;
+    bool changes;  // some page's protection changes in some view
   };
 
-  [[nodiscard]] Result<std::uint32_t> validate(const void* rx, OpKind kind,
+  [[nodiscard]] Result<std::uint32_t> validate(const Batch::Op& op,
                                                PageState& from,
                                                PageState& to) const noexcept;
   [[nodiscard]] std::ptrdiff_t take_open(std::size_t pages) noexcept;
   [[nodiscard]] Result<void> open_more(std::size_t pages) noexcept;
   // Opens the first n pages of the unused run at `it`; on failure nothing
   // changed.
-  [[nodiscard]] Result<void> open_front(
-      MetaMap<std::uint32_t, std::uint32_t>::iterator it,
-      std::uint32_t n) noexcept;
+  [[nodiscard]] Result<void> open_front(RunMap::iterator it,
+                                        std::uint32_t n) noexcept;
   [[nodiscard]] Result<void> recycle() noexcept;
   [[nodiscard]] std::size_t eligible_pages() const noexcept;
   // A quarantined entry may be reused once `quarantine` chunks have been
@@ -96,6 +100,10 @@ class ArenaImpl {
   [[nodiscard]] Result<CommitReport> commit_locked(const Batch::Op* ops,
                                                    std::size_t n,
                                                    CommitFlags flags);
+  // Patches where the backend cannot write live code: unseal, write, seal.
+  [[nodiscard]] Result<CommitReport> commit_by_unsealing(const Batch::Op* ops,
+                                                         std::size_t n,
+                                                         CommitFlags flags);
 
   Pal& pal_;
   Options options_;
@@ -105,21 +113,24 @@ class ArenaImpl {
   bool barrier_registered_ = false;
   std::uint64_t fork_generation_ = 0;  // of the process that made the arena
 
-  // A dual_map arena's pages are shared with fork() children: only the
+  // A memfd-backed arena's pages are shared with fork() children: only the
   // process that made it may change them.
   [[nodiscard]] bool foreign_process() const noexcept {
-    return region_.dual() && fork_generation() != fork_generation_;
+    return region_.shared() && fork_generation() != fork_generation_;
   }
 
   // Free space: runs of pages by start index, coalesced.
-  MetaMap<std::uint32_t, std::uint32_t> open_;    // free, writable already
-  MetaMap<std::uint32_t, std::uint32_t> unused_;  // free, inaccessible
-  MetaVector<Quarantined> quarantine_;            // oldest first
+  RunMap open_;                         // free, prepared already
+  RunMap unused_;                       // free, inaccessible
+  MetaVector<Quarantined> quarantine_;  // oldest first
   std::uint64_t released_ = 0;
 
   // Scratch reused by every commit, so a commit does not allocate.
   MetaVector<Item> items_;
   MetaVector<Run> runs_;
+  MetaVector<ContentItem> content_;
+  MetaVector<Batch::Op> split_;  // commit_by_unsealing()'s own batches
+  MetaVector<std::byte> patch_saved_;
 
   mutable SyscallCounts sys_;
   std::size_t chunks_[5] = {};

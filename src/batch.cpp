@@ -3,6 +3,7 @@
 // roll back on failure. Every permission change of a chunk comes through here.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <new>
 
 #include "arena_impl.hpp"
@@ -10,9 +11,9 @@
 namespace wxa {
 namespace detail {
 
-Result<std::uint32_t> ArenaImpl::validate(const void* rx, OpKind kind,
-                                          PageState& from,
+Result<std::uint32_t> ArenaImpl::validate(const Batch::Op& op, PageState& from,
                                           PageState& to) const noexcept {
+  const void* rx = op.rx;
   if (!rx) return Error(Errc::null_pointer);
   const std::ptrdiff_t i = region_.index_of(rx, false);
   if (i < 0) return Error(Errc::foreign_pointer, 0, rx);
@@ -21,14 +22,28 @@ Result<std::uint32_t> ArenaImpl::validate(const void* rx, OpKind kind,
   if (from == PageState::unused || from == PageState::open)
     return Error(Errc::not_allocated, 0, rx);
   const std::uint32_t head = region_.head(page);
+  if (op.kind == OpKind::patch) {
+    // Any address inside a sealed chunk; the bytes must stay inside it.
+    const void* chunk = region_.rx_page(head);
+    if (from != PageState::executable && from != PageState::read_only)
+      return Error(Errc::illegal_transition, 0, chunk);
+    if (op.size == 0) return Error(Errc::zero_size, 0, chunk);
+    const auto offset = static_cast<std::size_t>(
+        static_cast<const std::byte*>(rx) - region_.rx_page(head));
+    const std::size_t bytes = std::size_t{region_.length(head)}
+                              << region_.page_shift();
+    if (op.size > bytes - offset) return Error(Errc::out_of_bounds, 0, chunk);
+    to = from;
+    return head;
+  }
   if (rx != region_.rx_page(head)) return Error(Errc::interior_pointer, 0, rx);
-  switch (kind) {
+  switch (op.kind) {
     case OpKind::seal_execute:
     case OpKind::seal_read_only:
       if (from != PageState::writable)
         return Error(Errc::illegal_transition, 0, rx);
-      to = kind == OpKind::seal_execute ? PageState::executable
-                                        : PageState::read_only;
+      to = op.kind == OpKind::seal_execute ? PageState::executable
+                                           : PageState::read_only;
       break;
     case OpKind::unseal:
       if (from != PageState::executable && from != PageState::read_only)
@@ -39,6 +54,8 @@ Result<std::uint32_t> ArenaImpl::validate(const void* rx, OpKind kind,
       if (from == PageState::retired) return Error(Errc::double_release, 0, rx);
       to = PageState::retired;
       break;
+    case OpKind::patch:
+      break;
   }
   return head;
 }
@@ -48,6 +65,10 @@ Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
   std::lock_guard lock(mutex_);
   if (foreign_process()) return Error(Errc::wrong_process);
   try {
+    if (!region_.ops().writes_content())
+      for (std::size_t k = 0; k < n; ++k)
+        if (ops[k].kind == OpKind::patch)
+          return commit_by_unsealing(ops, n, flags);
     return commit_locked(ops, n, flags);
   } catch (const std::bad_alloc&) {
     // Only the scratch vectors allocate, before anything changes.
@@ -55,20 +76,112 @@ Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
   }
 }
 
+Result<CommitReport> ArenaImpl::commit_by_unsealing(const Batch::Op* ops,
+                                                    std::size_t n,
+                                                    CommitFlags flags) {
+  // Every transition is checked against today's states first, so that a
+  // caller's error changes nothing (the commit below checks them again).
+  items_.clear();
+  for (std::size_t k = 0; k < n; ++k) {
+    PageState from{}, to{};
+    Result<std::uint32_t> head = validate(ops[k], from, to);
+    if (!head) return head.error();
+    items_.push_back(
+        Item{*head, 0, from, to, static_cast<std::uint32_t>(k), false});
+  }
+  std::sort(items_.begin(), items_.end(),
+            [](const Item& x, const Item& y) { return x.head < y.head; });
+  for (std::size_t k = 1; k < items_.size(); ++k)
+    if (items_[k].head == items_[k - 1].head)
+      return Error(Errc::duplicate_in_batch, 0,
+                   region_.rx_page(items_[k].head));
+
+  // 1. Unseal the patched chunks (their pages stop being executable).
+  split_.clear();
+  patch_saved_.clear();
+  std::size_t saved = 0;
+  for (std::size_t k = 0; k < n; ++k)
+    if (ops[k].kind == OpKind::patch) {
+      const std::uint32_t head =
+          region_.head(static_cast<std::size_t>(region_.index_of(ops[k].rx)));
+      split_.push_back(Batch::Op{region_.rx_page(head), OpKind::unseal});
+      saved += ops[k].size;
+    }
+  patch_saved_.resize(saved);
+  const std::size_t unseals = split_.size();
+  // The seals back, then every other transition, in the second commit.
+  for (std::size_t k = 0; k < n; ++k)
+    if (ops[k].kind != OpKind::patch) split_.push_back(ops[k]);
+  MetaVector<PageState> was;
+  was.reserve(unseals);
+  for (std::size_t k = 0; k < unseals; ++k)
+    was.push_back(region_.state(
+        static_cast<std::size_t>(region_.index_of(split_[k].rx))));
+  for (std::size_t k = 0; k < unseals; ++k)
+    split_.push_back(Batch::Op{split_[k].rx, was[k] == PageState::executable
+                                                 ? OpKind::seal_execute
+                                                 : OpKind::seal_read_only});
+  Result<CommitReport> first = commit_locked(split_.data(), unseals, flags);
+  if (!first) return first.error();
+
+  // 2. Write, keeping what was there.
+  auto write_all = [&](bool restore) noexcept {
+    std::size_t at = 0;
+    for (std::size_t k = 0; k < n; ++k) {
+      if (ops[k].kind != OpKind::patch) continue;
+      const auto i = static_cast<std::size_t>(region_.index_of(ops[k].rx));
+      const std::uint32_t head = region_.head(i);
+      std::byte* dst =
+          region_.ops().staged(head) +
+          (static_cast<const std::byte*>(ops[k].rx) - region_.rx_page(head));
+      if (restore) {
+        std::memcpy(dst, patch_saved_.data() + at, ops[k].size);
+      } else {
+        std::memcpy(patch_saved_.data() + at, dst, ops[k].size);
+        std::memcpy(dst, ops[k].data, ops[k].size);
+      }
+      at += ops[k].size;
+    }
+  };
+  write_all(false);
+
+  // 3. Seal them again, with the rest of the batch. Patched code needs the
+  //    barrier: other threads may have run what was there.
+  Result<CommitReport> second = commit_locked(
+      split_.data() + unseals, split_.size() - unseals, CommitFlags::barrier);
+  if (!second) {
+    // The old bytes go back and the chunks are sealed again on their own;
+    // if even that fails, code the caller published is gone: fatal.
+    write_all(true);
+    if (!commit_locked(split_.data() + split_.size() - unseals, unseals,
+                       CommitFlags::barrier))
+      fatal("cannot re-seal code after a failed patch",
+            split_.empty() ? nullptr : split_.front().rx, 0);
+    return second.error();
+  }
+  CommitReport report = *second;
+  report.protection_calls += first->protection_calls;
+  report.writes += first->writes;
+  report.flushes += first->flushes;
+  report.runs += first->runs;
+  return report;
+}
+
 Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
                                               std::size_t n,
                                               CommitFlags flags) {
   CommitReport report;
+  PageBackend& backend = region_.ops();
   // 1. Validate every transition against the current states, in order, so
   //    the error names the first chunk at fault.
   items_.clear();
   items_.reserve(n);
   for (std::size_t k = 0; k < n; ++k) {
     PageState from{}, to{};
-    Result<std::uint32_t> head = validate(ops[k].rx, ops[k].kind, from, to);
+    Result<std::uint32_t> head = validate(ops[k], from, to);
     if (!head) return head.error();
     items_.push_back(Item{*head, region_.length(*head), from, to,
-                          static_cast<std::uint32_t>(k)});
+                          static_cast<std::uint32_t>(k), false});
   }
   if (items_.empty()) return report;
 
@@ -80,23 +193,73 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
       return Error(Errc::duplicate_in_batch, 0,
                    region_.rx_page(items_[k].head));
 
-  // 3. Coalesce address-adjacent chunks with the same target into runs.
+  // 3. Coalesce address-adjacent chunks with the same target into runs,
+  //    noting which runs change any protection at all.
   runs_.clear();
+  const int views = backend.views();
   for (std::uint32_t k = 0; k < items_.size(); ++k) {
     const Item& it = items_[k];
+    bool changes = false;
+    for (int v = 0; v < views; ++v)
+      changes |= region_.access(it.from, View(v)) !=
+                 region_.access(it.to, View(v));
     if (!runs_.empty() && runs_.back().b == it.head &&
         runs_.back().to == it.to) {
       runs_.back().b += it.pages;
       runs_.back().end_item = k + 1;
+      runs_.back().changes |= changes;
     } else {
-      runs_.push_back(Run{it.head, it.head + it.pages, it.to, k, k + 1});
+      runs_.push_back(
+          Run{it.head, it.head + it.pages, it.to, k, k + 1, changes});
     }
   }
 
   // Room in the quarantine now: nothing may fail after the system calls.
   std::size_t releases = 0;
-  for (const Item& it : items_) releases += it.to == PageState::retired;
+  bool patches = false;
+  for (const Item& it : items_) {
+    releases += it.to == PageState::retired;
+    patches |= ops[it.op].kind == OpKind::patch;
+  }
   quarantine_.reserve(quarantine_.size() + releases);
+
+  // What the commit writes into the code, where the backend copies it in.
+  const bool content = backend.writes_content();
+  if (content) {
+    content_.clear();
+    content_.reserve(items_.size());
+    for (const Item& it : items_) {
+      ContentItem c{it.head, it.pages, it.from, it.to};
+      const Batch::Op& op = ops[it.op];
+      if (op.kind == OpKind::patch) {
+        c.data = op.data;
+        c.size = op.size;
+        c.offset = static_cast<std::uint32_t>(
+            static_cast<const std::byte*>(op.rx) - region_.rx_page(it.head));
+      }
+      content_.push_back(c);
+    }
+  }
+
+  // Writable bytes for unsealed chunks, holding their current bytes, before
+  // any system call (staging may run out: then nothing has changed).
+  auto unstage_unseals = [&]() noexcept {
+    for (Item& it : items_)
+      if (it.staged) {
+        backend.unstage(it.head, it.pages);
+        it.staged = false;
+      }
+  };
+  for (Item& it : items_) {
+    if (it.to != PageState::writable) continue;
+    Result<std::byte*> st = backend.stage(it.head, it.pages, true);
+    if (!st) {
+      unstage_unseals();
+      return Error(st.error().code(), st.error().sys_errno(),
+                   region_.rx_page(it.head));
+    }
+    it.staged = true;
+  }
 
   // 4. The VMA budget, from the state map, before any system call.
   auto set_all = [&](bool target) noexcept {
@@ -107,78 +270,132 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   set_all(true);
   if (over_budget()) {
     set_all(false);
+    unstage_unseals();
     return Error(Errc::vma_budget, 0, region_.rx_page(items_.front().head));
   }
 
-  // 5. Code is made visible to instruction fetch before it is executable.
-  bool barrier = flags == CommitFlags::barrier;
+  // 5. Whether other threads need a barrier: code at an address that held
+  //    code before (reuse, or an unsealed chunk sealed again) may be stale
+  //    in other cores' pipelines, unless every core has serialised since
+  //    that address stopped being executable: a barrier issued after that
+  //    has already done this one's work, and no core can have fetched from
+  //    the address since. Patched code always needs one.
+  bool barrier = flags == CommitFlags::barrier || patches;
   const auto epoch = static_cast<BarrierEpoch>(barriers_);
   for (const Run& run : runs_) {
     if (run.to != PageState::executable) continue;
-    region_.flush(run.a, run.b);
-    ++report.flushes;
-    // Code at an address that held code before (reuse, or an unsealed
-    // chunk sealed again) may be stale in other cores' pipelines, unless
-    // every core has serialised since that address stopped being
-    // executable: a barrier issued after that has already done this one's
-    // work, and no core can have fetched from the address since.
     for (std::size_t i = run.a; i < run.b && !barrier; ++i)
       barrier = (region_.flags(i) & kHeldCode) && region_.revoked(i) == epoch;
   }
+  // Where the owner writes the pages themselves, code is made visible to
+  // instruction fetch before it becomes executable.
+  auto flush_code = [&]() noexcept {
+    for (const Run& run : runs_) {
+      if (run.to != PageState::executable &&
+          !(content && run.to == PageState::retired))
+        continue;
+      region_.flush(run.a, run.b);
+      ++report.flushes;
+    }
+  };
+  if (!content) flush_code();
 
-  // 6. One protection change per run (two in dual_map: one per view).
-  auto from_of = [&](const Run& run) {
-    return [this, &run](std::size_t page) noexcept {
-      // The items of a run are sorted and contiguous.
-      for (std::uint32_t k = run.first_item; k < run.end_item; ++k)
-        if (page < items_[k].head + items_[k].pages) return items_[k].from;
-      return items_[run.end_item - 1].from;
+  // 6. Protection changes: access removed from every run first, then the
+  //    new bytes copied in (kernel_write), then access added. The state of
+  //    a run between the two passes: its new protection where that only
+  //    takes rights away, its old one elsewhere.
+  // Phases of a run's protection, page by page: 0 before, 1 between the
+  // passes, 2 after. The items of a run are sorted and contiguous.
+  auto acc = [this](const Run& run, int phase) {
+    return [this, &run, phase](std::size_t page, View v) noexcept {
+      std::uint32_t lo = run.first_item, hi = run.end_item;
+      while (hi - lo > 1) {
+        const std::uint32_t mid = lo + (hi - lo) / 2;
+        if (items_[mid].head <= page)
+          lo = mid;
+        else
+          hi = mid;
+      }
+      const Item& it = items_[lo];
+      const Access f = region_.access(it.from, v);
+      const Access t = region_.access(it.to, v);
+      return phase == 0 ? f : phase == 2 ? t : (only_removes(f, t) ? t : f);
     };
   };
-  auto rollback = [&](std::size_t done) noexcept {
-    for (std::size_t r = done; r-- > 0;) {
+  auto undo_runs = [&](std::size_t runs, int cur, int want) noexcept {
+    for (std::size_t r = runs; r-- > 0;) {
       const Run& run = runs_[r];
-      for (std::uint32_t k = run.first_item; k < run.end_item; ++k) {
-        const Item& it = items_[k];
-        std::size_t calls = 0;
-        // Undoing a change of our own is not optional: if the kernel
-        // refuses, the tracked state and the kernel's would disagree (and
-        // code might stay writable), so that is fatal by design.
-        if (!region_.change(
-                it.head, it.head + it.pages, [&](std::size_t) { return it.to; },
-                [&](std::size_t) { return it.from; }, calls, sys_))
-          fatal("cannot roll back a protection change",
-                region_.rx_page(it.head), 0);
-        protection_calls_ += calls;
-      }
+      if (!run.changes) continue;
+      std::size_t calls = 0;
+      // Undoing a change of our own is not optional: if the kernel
+      // refuses, the tracked state and the kernel's would disagree (and
+      // code might stay writable), so that is fatal by design.
+      if (!region_.change_access(run.a, run.b, acc(run, cur), acc(run, want),
+                                 kBothPasses, calls, sys_))
+        fatal("cannot roll back a protection change", region_.rx_page(run.a),
+              0);
+      protection_calls_ += calls;
     }
+  };
+  auto rollback = [&](std::size_t removed, bool written,
+                      std::size_t added) noexcept {
+    undo_runs(added, 2, 1);
+    if (written) backend.undo_content(sys_);
+    undo_runs(removed, 1, 0);
     set_all(false);
+    unstage_unseals();
   };
   auto chunk_of_page = [&](const void* page_addr) -> const void* {
     const std::ptrdiff_t i = region_.index_of(page_addr, false);
     if (i < 0) return page_addr;
     return region_.rx_page(region_.head(static_cast<std::size_t>(i)));
   };
-
-  for (std::size_t r = 0; r < runs_.size(); ++r) {
-    const Run& run = runs_[r];
-    std::size_t calls = 0;
-    Result<void> res = region_.change(
-        run.a, run.b, from_of(run), [&run](std::size_t) { return run.to; },
-        calls, sys_);
-    report.protection_calls += calls;
-    protection_calls_ += calls;
-    if (!res) {
-      const Error& e = res.error();
-      rollback(r);
-      return Error(e.code(), e.sys_errno(), chunk_of_page(e.chunk()));
+  // One pass over every run: one call per run whose protection changes (a
+  // failing run undoes its own steps).
+  auto apply_pass = [&](unsigned pass,
+                        std::size_t& done) noexcept -> Result<void> {
+    const int before = pass == kRemove ? 0 : 1;
+    for (done = 0; done < runs_.size(); ++done) {
+      const Run& run = runs_[done];
+      if (!run.changes) continue;  // kernel_write's seals and releases
+      std::size_t calls = 0;
+      Result<void> res =
+          region_.change_access(run.a, run.b, acc(run, before),
+                                acc(run, before + 1), pass, calls, sys_);
+      report.protection_calls += calls;
+      protection_calls_ += calls;
+      if (!res) return res;
     }
+    return {};
+  };
+  std::size_t removed = 0, added = 0;
+  if (Result<void> r = apply_pass(kRemove, removed); !r) {
+    const Error& e = r.error();
+    rollback(removed, false, 0);
+    return Error(e.code(), e.sys_errno(), chunk_of_page(e.chunk()));
+  }
+  if (content) {
+    const std::uint64_t writes_before = sys_.write;
+    Result<void> r =
+        backend.write_content(content_.data(), content_.size(), sys_);
+    report.writes = static_cast<std::size_t>(sys_.write - writes_before);
+    if (!r) {
+      rollback(removed, false, 0);
+      return Error(r.error().code(), r.error().sys_errno(),
+                   region_.rx_page(items_.front().head));
+    }
+    flush_code();
+  }
+  if (Result<void> r = apply_pass(kAdd, added); !r) {
+    const Error& e = r.error();
+    rollback(removed, content, added);
+    return Error(e.code(), e.sys_errno(), chunk_of_page(e.chunk()));
   }
 
   // 7. At most one cross-thread barrier per commit.
   if (barrier && barrier_registered_) {
     if (Result<void> b = pal_.barrier(sys_); !b) {
-      rollback(runs_.size());
+      rollback(removed, content, added);
       return Error(b.error().code(), b.error().sys_errno(),
                    region_.rx_page(items_.front().head));
     }
@@ -192,9 +409,13 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   for (const Run& run : runs_)
     if (run.to == PageState::executable)
       region_.add_flags(run.a, run.b, kHeldCode);
-  for (const Item& it : items_)
+  for (const Item& it : items_) {
     if (it.from == PageState::executable && it.to != PageState::executable)
       region_.set_revoked(it.head, it.head + it.pages, epoch);
+    // Writable bytes are given back once a chunk stops being writable.
+    if (it.from == PageState::writable && it.to != PageState::writable)
+      backend.unstage(it.head, it.pages);
+  }
   for (const Item& it : items_) {
     --chunks_[static_cast<int>(to_public(it.from))];
     ++chunks_[static_cast<int>(to_public(it.to))];
@@ -240,7 +461,10 @@ Batch& Batch::operator=(Batch&& other) noexcept {
   return *this;
 }
 
-Batch::~Batch() { detail::meta_free(ops_); }
+Batch::~Batch() {
+  free_patches();
+  detail::meta_free(ops_);
+}
 
 void Batch::push(const void* rx, detail::OpKind kind) noexcept {
   if (size_ == capacity_) {
@@ -268,20 +492,51 @@ void Batch::unseal(const void* rx) noexcept {
 void Batch::release(const void* rx) noexcept {
   push(rx, detail::OpKind::release);
 }
-void Batch::patch(const void*, std::span<const std::byte>) noexcept {
-  overflow_ = true;  // not yet implemented
+void Batch::patch(const void* at, std::span<const std::byte> bytes) noexcept {
+  // The bytes are copied now: the caller's buffer may be gone at commit.
+  if (bytes.size() > std::numeric_limits<std::uint32_t>::max()) {
+    overflow_ = true;
+    return;
+  }
+  std::byte* copy = nullptr;
+  if (!bytes.empty()) {
+    copy = static_cast<std::byte*>(detail::meta_alloc(bytes.size()));
+    if (!copy) {
+      overflow_ = true;
+      return;
+    }
+    std::memcpy(copy, bytes.data(), bytes.size());
+  }
+  const std::size_t before = size_;
+  push(at, detail::OpKind::patch);
+  if (size_ == before) {
+    detail::meta_free(copy);
+    return;
+  }
+  ops_[size_ - 1].size = static_cast<std::uint32_t>(bytes.size());
+  ops_[size_ - 1].data = copy;
+}
+
+void Batch::free_patches() noexcept {
+  for (std::size_t k = 0; k < size_; ++k)
+    if (ops_[k].kind == detail::OpKind::patch)
+      detail::meta_free(const_cast<std::byte*>(ops_[k].data));
 }
 
 Result<CommitReport> Batch::commit(CommitFlags flags) noexcept {
   if (overflow_) return Error(Errc::out_of_memory, detail::kNoMemory);
   Result<CommitReport> r = detail::impl_of(*arena_).commit(ops_, size_, flags);
-  if (r) size_ = 0;
+  if (r) {
+    free_patches();
+    size_ = 0;
+  }
   return r;
 }
 
 std::size_t Batch::size() const noexcept { return size_; }
 
 void Batch::clear() noexcept {
+  free_patches();
   size_ = 0;
   overflow_ = false;
 }

@@ -60,8 +60,8 @@ wxa_chunk to_c(const wxa::Chunk& c) noexcept {
 
 void to_c(const wxa::CommitReport& r, wxa_commit_report* out) noexcept {
   if (out)
-    *out = wxa_commit_report{r.chunks, r.runs, r.protection_calls, r.flushes,
-                             r.barrier};
+    *out = wxa_commit_report{r.chunks,  r.runs,    r.protection_calls,
+                             r.flushes, r.barrier, r.writes};
 }
 
 wxa::CommitFlags flags_of(unsigned flags) noexcept {
@@ -152,6 +152,17 @@ wxa_errc wxa_release(wxa_arena* arena, const void* rx, wxa_error* err) {
   return ok(err);
 }
 
+wxa_errc wxa_patch(wxa_arena* arena, const void* at, const void* bytes,
+                   size_t size, wxa_error* err) {
+  if (!arena) return fail(wxa::Error(wxa::Errc::null_pointer), err);
+  if (!bytes && size) return fail(wxa::Error(wxa::Errc::null_pointer), err);
+  if (wxa::Result<void> r = arena->arena.patch(
+          at, {static_cast<const std::byte*>(bytes), size});
+      !r)
+    return fail(r.error(), err);
+  return ok(err);
+}
+
 wxa_errc wxa_find(const wxa_arena* arena, const void* address, wxa_chunk* out,
                   wxa_state* state, size_t* offset, wxa_error* err) {
   if (!arena) return fail(wxa::Error(wxa::Errc::null_pointer), err);
@@ -226,6 +237,12 @@ void wxa_batch_unseal(wxa_batch* batch, const void* rx) {
 
 void wxa_batch_release(wxa_batch* batch, const void* rx) {
   if (batch) batch->batch.release(rx);
+}
+
+void wxa_batch_patch(wxa_batch* batch, const void* at, const void* bytes,
+                     size_t size) {
+  if (batch && (bytes || !size))
+    batch->batch.patch(at, {static_cast<const std::byte*>(bytes), size});
 }
 
 wxa_errc wxa_batch_commit(wxa_batch* batch, unsigned flags,

@@ -210,9 +210,11 @@ Result<Function> HeapImpl::allocate(std::size_t bytes,
                                     std::size_t alignment) noexcept {
   if (bytes == 0) return Error(Errc::zero_size);
   if (alignment == 0) alignment = options_.alignment;
-  if (!std::has_single_bit(alignment) || alignment > page_size_)
+  // (x & (x - 1)) == 0: std::has_single_bit() is a libgcc call without
+  // -mpopcnt, on every allocation.
+  if ((alignment & (alignment - 1)) != 0 || alignment > page_size_)
     return Error(Errc::bad_alignment);
-  if (bytes > arena_.range().size() || bytes >= kDead)
+  if (bytes > (arena_pages_ << shift_) || bytes >= kDead)
     return Error(Errc::size_too_large);
 
   Page* page = current_;

@@ -1,50 +1,24 @@
 // SPDX-License-Identifier: MIT
-// Region: one reservation, its page state map, its views and its VMA count.
+// Region: one reservation, its page state map and its VMA count, over the
+// backend that carries out what the states say (backend.hpp).
 //
-// Layering: layer 3. Includes the platform layer (pal/) and metadata helpers
-// only. The region knows which state every page is in, what kernel
-// protection each view of a page must have in that state, and how to move a
-// run of pages between states with the fewest calls; it knows nothing of
-// chunks' lifecycle rules, quarantine or locking (that is the arena's).
+// Layering: layer 3. Includes backend.hpp, the platform layer (pal/) and
+// metadata helpers only. The region knows which state every page is in and
+// moves runs of pages between states with the fewest calls, asking its
+// backend what each view must show; it knows nothing of chunks' lifecycle
+// rules, quarantine or locking (that is the arena's).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
+#include "backend.hpp"
 #include "meta.hpp"
 #include "pal/pal.hpp"
 #include "wxarena/arena.hpp"
 
 namespace wxa::detail {
-
-/// The state of one page. `unused` and `open` are both free: `open` pages
-/// are already writable, waiting to be handed out without a system call.
-enum class PageState : std::uint8_t {
-  unused,      // inaccessible, nothing committed
-  open,        // free, writable (protect) / writable view mapped (dual_map)
-  writable,    // in a writable chunk
-  executable,  // in an executable chunk
-  read_only,   // in a read-only chunk
-  retired,     // released, inaccessible, in quarantine
-};
-
-inline constexpr int kPageStates = 6;
-
-/// The public State a page state shows as.
-constexpr State to_public(PageState s) noexcept {
-  switch (s) {
-    case PageState::writable:
-      return State::writable;
-    case PageState::executable:
-      return State::executable;
-    case PageState::read_only:
-      return State::read_only;
-    case PageState::retired:
-      return State::retired;
-    default:
-      return State::free;
-  }
-}
 
 /// Per-page flag: the page has been executable since it was last unused.
 inline constexpr std::uint8_t kHeldCode = 1;
@@ -54,8 +28,16 @@ inline constexpr std::uint8_t kHeldCode = 1;
 /// later needs a barrier only if none has been issued since.
 using BarrierEpoch = std::uint32_t;
 
-/// One view of the region (the protect backend has only `rx`).
-enum class View : std::uint8_t { rx = 0, rw = 1 };
+/// Which passes of a change to make: removing access first, then adding or
+/// changing it, so no page is ever writable and executable in any view at
+/// once.
+enum Passes : unsigned { kRemove = 1, kAdd = 2, kBothPasses = 3 };
+
+/// True when going from `from` to `to` only takes rights away (to none, or
+/// to read-only from more): such a change belongs to the first pass.
+constexpr bool only_removes(Access from, Access to) noexcept {
+  return to == Access::none || (to == Access::read && from != Access::none);
+}
 
 class Region {
  public:
@@ -64,8 +46,8 @@ class Region {
   Region& operator=(const Region&) = delete;
   ~Region();
 
-  /// Reserves `pages` pages (and, for dual_map, the shared object and its
-  /// second view), optionally within [lo, hi). All pages start `unused`.
+  /// Reserves `pages` pages with the given backend, optionally within
+  /// [lo, hi). All pages start `unused`.
   [[nodiscard]] Result<void> init(Pal& pal, Backend backend, std::size_t pages,
                                   std::uintptr_t lo, std::uintptr_t hi,
                                   bool name_mappings,
@@ -73,24 +55,29 @@ class Region {
   /// Unmaps everything (idempotent). Failures here cannot be reported.
   void destroy(SyscallCounts& n) noexcept;
 
-  [[nodiscard]] bool dual() const noexcept {
-    return backend_ == Backend::dual_map;
+  [[nodiscard]] Backend backend() const noexcept {
+    return ops_ ? ops_->kind() : Backend::automatic;
   }
-  [[nodiscard]] Backend backend() const noexcept { return backend_; }
+  [[nodiscard]] PageBackend& ops() const noexcept { return *ops_; }
+  /// True when the memory is shared with fork() children (a memfd).
+  [[nodiscard]] bool shared() const noexcept {
+    return backend() == Backend::dual_map || backend() == Backend::kernel_write;
+  }
   [[nodiscard]] std::size_t pages() const noexcept { return pages_; }
   [[nodiscard]] std::size_t page_size() const noexcept { return page_size_; }
   [[nodiscard]] unsigned page_shift() const noexcept { return shift_; }
-  [[nodiscard]] std::byte* rx_base() const noexcept { return rx_base_; }
-  [[nodiscard]] std::byte* rw_base() const noexcept { return rw_base_; }
+  [[nodiscard]] std::byte* rx_base() const noexcept { return ops_->rx_base(); }
   [[nodiscard]] std::byte* rx_page(std::size_t i) const noexcept {
-    return rx_base_ + (i << shift_);
+    return ops_->rx_base() + (i << shift_);
   }
+  /// The address standing for page i in the writable range, or nullptr
+  /// where writable bytes do not follow page offsets (kernel_write).
   [[nodiscard]] std::byte* rw_page(std::size_t i) const noexcept {
-    return rw_base_ + (i << shift_);
+    return ops_->rw_page(i);
   }
 
-  /// Page index of an address in the rx view (or, if `either`, the rw
-  /// view); -1 if outside.
+  /// Page index of an address in the rx view (or, if `either`, in the
+  /// writable bytes of a chunk); -1 if outside.
   [[nodiscard]] std::ptrdiff_t index_of(const void* p,
                                         bool either = false) const noexcept;
 
@@ -123,47 +110,62 @@ class Region {
   }
 
   /// The kernel protection a page in state `s` has in view `v`.
-  [[nodiscard]] Access access(PageState s, View v) const noexcept;
+  [[nodiscard]] Access access(PageState s, View v) const noexcept {
+    return ops_->access(s, v);
+  }
   /// Kernel VMAs the region occupies, from the state map.
-  [[nodiscard]] std::size_t vmas() const noexcept { return vmas_; }
+  [[nodiscard]] std::size_t vmas() const noexcept {
+    return vmas_ + ops_->fixed_vmas();
+  }
   /// Pages per state.
   [[nodiscard]] std::size_t count(PageState s) const noexcept {
     return counts_[static_cast<int>(s)];
   }
 
-  /// Brings the kernel's view of [a, b) from the states `from(i)` to the
-  /// states `to(i)`, never making a page writable and executable in any
-  /// view at once: access is removed before it is added. One call per
-  /// maximal sub-run that changes. On failure, what this call did is undone
-  /// and the error is returned (an undo that fails is fatal). `calls` is
-  /// incremented per protection call made.
+  /// Brings the kernel's view of [a, b) from the protections `cur(i, v)` to
+  /// `want(i, v)`, in the given passes: access is removed (pass kRemove)
+  /// before it is added (kAdd), so no page is ever writable and executable
+  /// in any view at once. One call per maximal sub-run that changes. On
+  /// failure, what this call did is undone and the error is returned (an
+  /// undo that fails is fatal). `calls` counts protection calls made.
+  template <class Cur, class Want>
+  [[nodiscard]] Result<void> change_access(std::size_t a, std::size_t b,
+                                           Cur cur, Want want, unsigned passes,
+                                           std::size_t& calls,
+                                           SyscallCounts& n) noexcept;
+
+  /// change_access() between page states: `from(i)` to `to(i)`.
   template <class From, class To>
   [[nodiscard]] Result<void> change(std::size_t a, std::size_t b, From from,
-                                    To to, std::size_t& calls,
-                                    SyscallCounts& n) noexcept;
+                                    To to, std::size_t& calls, SyscallCounts& n,
+                                    unsigned passes = kBothPasses) noexcept {
+    return change_access(
+        a, b, [&](std::size_t i, View v) { return access(from(i), v); },
+        [&](std::size_t i, View v) { return access(to(i), v); }, passes, calls,
+        n);
+  }
 
   /// Frees the memory behind [a, b), which must be free (open or unused).
   [[nodiscard]] Result<void> decommit(std::size_t a, std::size_t b,
-                                      SyscallCounts& n) noexcept;
-  /// Fills [a, b) with trap instructions through the writable view.
-  void trap_fill(std::size_t a, std::size_t b) noexcept;
-  /// Flushes the instruction cache over [a, b) through the writable view.
-  void flush(std::size_t a, std::size_t b) noexcept;
+                                      SyscallCounts& n) noexcept {
+    return ops_->decommit(a, b, n);
+  }
+  /// Fills recycled pages [a, b) with trap instructions.
+  void trap_fill(std::size_t a, std::size_t b) noexcept {
+    ops_->trap_fill(a, b);
+  }
+  /// Makes code in [a, b) visible to instruction fetch.
+  void flush(std::size_t a, std::size_t b) noexcept { ops_->flush(a, b); }
 
   [[nodiscard]] Pal& pal() const noexcept { return *pal_; }
 
  private:
   std::size_t boundaries(std::size_t a, std::size_t b) const noexcept;
-  [[nodiscard]] Result<void> set_view(View v, std::size_t a, std::size_t b,
-                                      Access access, SyscallCounts& n) noexcept;
 
   Pal* pal_ = nullptr;
-  Backend backend_ = Backend::protect;
+  PageBackend* ops_ = nullptr;
   std::size_t pages_ = 0, page_size_ = 0;
   unsigned shift_ = 0;
-  std::byte* rx_base_ = nullptr;
-  std::byte* rw_base_ = nullptr;
-  SharedHandle shm_;
   PageState* state_ = nullptr;
   std::uint32_t* head_ = nullptr;
   std::uint32_t* length_ = nullptr;
@@ -173,12 +175,14 @@ class Region {
   std::size_t counts_[kPageStates] = {};
 };
 
-// --- Region::change --------------------------------------------------------
+// --- Region::change_access ---------------------------------------------------
 
-template <class From, class To>
-Result<void> Region::change(std::size_t a, std::size_t b, From from, To to,
-                            std::size_t& calls, SyscallCounts& n) noexcept {
-  // A step: view v over [sa, sb) was set to its `to` access.
+template <class Cur, class Want>
+Result<void> Region::change_access(std::size_t a, std::size_t b, Cur cur,
+                                   Want want, unsigned passes,
+                                   std::size_t& calls,
+                                   SyscallCounts& n) noexcept {
+  // A step: view v over [sa, sb) was set to its `want` access.
   struct Step {
     std::size_t sa, sb;
     View v;
@@ -186,18 +190,18 @@ Result<void> Region::change(std::size_t a, std::size_t b, From from, To to,
   static constexpr int kMaxSteps = 64;
   Step done[kMaxSteps];
   int ndone = 0;
-  const int nviews = dual() ? 2 : 1;
+  const int nviews = ops_->views();
 
   auto undo = [&]() noexcept {
     for (int k = ndone - 1; k >= 0; --k) {
       const Step& s = done[k];
       std::size_t i = s.sa;
       while (i < s.sb) {
-        Access want = access(from(i), s.v);
+        Access back = cur(i, s.v);
         std::size_t j = i + 1;
-        while (j < s.sb && access(from(j), s.v) == want) ++j;
+        while (j < s.sb && cur(j, s.v) == back) ++j;
         ++calls;
-        if (!set_view(s.v, i, j, want, n))
+        if (!ops_->set_access(s.v, i, j, back, n))
           fatal("cannot undo a protection change", rx_page(i), 0);
         i = j;
       }
@@ -206,24 +210,27 @@ Result<void> Region::change(std::size_t a, std::size_t b, From from, To to,
 
   // Pass 0 removes access (to `none`), pass 1 adds or changes it.
   for (int pass = 0; pass < 2; ++pass) {
+    if (!(passes & (pass == 0 ? kRemove : kAdd))) continue;
     for (int vi = 0; vi < nviews; ++vi) {
       const View v = static_cast<View>(vi);
       std::size_t i = a;
       while (i < b) {
-        Access want = access(to(i), v);
+        Access target = want(i, v);
+        const bool removes = only_removes(cur(i, v), target);
         std::size_t j = i + 1;
-        bool differs = access(from(i), v) != want;
-        while (j < b && access(to(j), v) == want) {
-          differs |= access(from(j), v) != want;
+        bool differs = cur(i, v) != target;
+        while (j < b && want(j, v) == target &&
+               only_removes(cur(j, v), target) == removes) {
+          differs |= cur(j, v) != target;
           ++j;
         }
-        if (differs && ((want == Access::none) == (pass == 0))) {
+        if (differs && (removes == (pass == 0))) {
           if (ndone == kMaxSteps) {
             undo();
             return Error(Errc::invalid_argument);
           }
           ++calls;
-          Result<void> r = set_view(v, i, j, want, n);
+          Result<void> r = ops_->set_access(v, i, j, target, n);
           if (!r) {
             Error e(r.error().code(), r.error().sys_errno(), rx_page(i));
             undo();

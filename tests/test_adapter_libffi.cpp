@@ -192,7 +192,7 @@ TEST_P(LibffiAdapter, PrepareIntoAChunkByHand) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, LibffiAdapter,
-                         ::testing::ValuesIn(kBothBackends),
+                         ::testing::ValuesIn(test::kAllBackends),
                          test::backend_name);
 
 }  // namespace

@@ -426,10 +426,14 @@ TEST_F(LlvmAdapterTest, DestructorReleasesWhatLlvmDidNotRelease) {
   EXPECT_EQ(arena_->stats().chunks_in(State::executable), 0u);
 }
 
-TEST(LlvmAdapter, RefusesDualMapArenas) {
-  WXA_SKIP_IF_UNAVAILABLE(Backend::dual_map);
+class LlvmAdapterRefuses : public ::testing::TestWithParam<Backend> {};
+
+// Both memfd backends run code at an address other than where it was
+// written (dual_map's view, kernel_write's staging memory).
+TEST_P(LlvmAdapterRefuses, ArenasWhereCodeIsWrittenElsewhere) {
+  WXA_SKIP_IF_UNAVAILABLE(GetParam());
   wxa::Options options;
-  options.backend = Backend::dual_map;
+  options.backend = GetParam();
   options.reserve_bytes = wxa::test::kSmallReserve;
   wxa::Result<Arena> arena = Arena::create(options);
   ASSERT_TRUE(Ok(arena));
@@ -443,5 +447,12 @@ TEST(LlvmAdapter, RefusesDualMapArenas) {
   EXPECT_EQ(block.base(), nullptr);
   EXPECT_EQ(arena->stats().allocations, 0u);
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, LlvmAdapterRefuses,
+                         ::testing::Values(Backend::dual_map,
+                                           Backend::kernel_write),
+                         [](const ::testing::TestParamInfo<Backend>& info) {
+                           return std::string(wxa::to_string(info.param));
+                         });
 
 }  // namespace

@@ -287,7 +287,7 @@ TEST_P(XbyakAdapter, SealRefusesWhatItCannotVouchFor) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, XbyakAdapter,
-                         ::testing::ValuesIn(kBothBackends),
+                         ::testing::ValuesIn(test::kBothBackends),
                          test::backend_name);
 
 // --- address-dependent code: Backend::protect only ---------------------------
@@ -329,6 +329,32 @@ TEST(XbyakAdapterProtect, CallsTheHostWithRel32FromAnAnchoredArena) {
   EXPECT_EQ((*f)(5, 1), 6);
   EXPECT_TRUE(runs_sealed(reinterpret_cast<const void*>(*f)));
   EXPECT_TRUE(audit_arena(*arena));
+}
+
+TEST(XbyakAdapterKernelWrite, IsRefusedForAnyCode) {
+  WXA_SKIP_IF_UNAVAILABLE(Backend::kernel_write);
+  Options o;
+  o.backend = Backend::kernel_write;
+  o.reserve_bytes = test::kSmallReserve;
+  Result<Arena> arena = Arena::create(o);
+  ASSERT_TRUE(Ok(arena));
+  EXPECT_TRUE(FailsWith(xbyak::check(*arena, Code::address_dependent),
+                        Errc::not_supported));
+  EXPECT_TRUE(FailsWith(xbyak::check(*arena, Code::position_independent),
+                        Errc::not_supported));
+  try {
+    xbyak::CodeGenerator gen(*arena, 4096, xbyak::Growth::fixed,
+                             Code::position_independent);
+    ADD_FAILURE() << "generator created in a kernel_write arena";
+  } catch (const xbyak::Refused& e) {
+    EXPECT_EQ(e.error().code(), Errc::not_supported);
+    EXPECT_NE(std::string(e.what()).find("kernel_write"), std::string::npos)
+        << e.what();
+  }
+  xbyak::Allocator alloc(*arena, Code::position_independent);
+  EXPECT_THROW(Xbyak::CodeGenerator(4096, nullptr, &alloc), Xbyak::Error);
+  EXPECT_EQ(alloc.last_error().code(), Errc::not_supported);
+  EXPECT_EQ(arena->stats().allocations, 0u) << "nothing was allocated";
 }
 
 TEST(XbyakAdapterDualMap, RefusesAddressDependentCode) {

@@ -116,8 +116,8 @@ TEST_P(ArenaCode, ThousandsOfFunctionsEachReturnTheirOwnValue) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, ArenaCode,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, ArenaCode, ::testing::ValuesIn(kAllBackends),
+                         backend_name);
 
 // --- Bad input -------------------------------------------------------------
 
@@ -255,8 +255,9 @@ TEST_P(ArenaBadInput, BadOptionsAreRefused) {
   o = options();
   o.vma_budget = 1;
   o.open_pages = 4;  // fewer than the reservation holds at any page size
-  if (GetParam() == Backend::dual_map) {
-    // Two reservations (the views) already exceed a budget of one.
+  if (GetParam() != Backend::protect) {
+    // Two reservations (the views; the code and its staging memory)
+    // already exceed a budget of one.
     EXPECT_TRUE(FailsWith(Arena::create(o), Errc::invalid_argument));
   } else {
     // One reservation fits; opening pages would split it, and is refused.
@@ -278,7 +279,7 @@ TEST_P(ArenaBadInput, BadOptionsAreRefused) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, ArenaBadInput,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 // --- Exhaustion and quarantine
 // ------------------------------------------------
@@ -368,7 +369,7 @@ TEST_P(ArenaExhausted, TinyReservationExhaustsAndRecyclesAfterQuarantine) {
 
 INSTANTIATE_TEST_SUITE_P(
     Backends, ArenaExhausted,
-    ::testing::Combine(::testing::ValuesIn(kBothBackends),
+    ::testing::Combine(::testing::ValuesIn(kAllBackends),
                        ::testing::Values(std::size_t{0}, std::size_t{2},
                                          std::size_t{3})),
     [](const ::testing::TestParamInfo<std::tuple<Backend, std::size_t>>& i) {
@@ -415,8 +416,7 @@ TEST_P(ArenaQuarantine, PassesByLaterAllocationsWithoutLaterReleases) {
     ASSERT_TRUE(Ok(c));
     if (freed.count(c->rx())) first_reuse = i + 1;
     for (std::size_t k = 0; k < c->rw().size(); ++k)
-      ASSERT_TRUE(c->rw()[k] == std::byte{0} ||
-                  c->rw()[k] == trap_byte_at(k))
+      ASSERT_TRUE(c->rw()[k] == std::byte{0} || c->rw()[k] == trap_byte_at(k))
           << "a reused page still holds old code";
     write_fn(*c, 100 + i);
     fresh.push_back(*c);
@@ -435,7 +435,7 @@ TEST_P(ArenaQuarantine, PassesByLaterAllocationsWithoutLaterReleases) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, ArenaQuarantine,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 using ArenaFind = BackendTest;
 
@@ -467,7 +467,13 @@ TEST_P(ArenaFind, InteriorAddressesOfEitherViewMapToChunkAndOffset) {
       } else {
         EXPECT_TRUE(i->chunk.rw().empty());
       }
-      // The writable view's addresses name the same chunk (dual_map).
+      // The writable view's addresses name the same chunk (dual_map);
+      // kernel_write's staging memory is given back at the seal.
+      if (arena.backend() == Backend::kernel_write &&
+          state != State::writable) {
+        EXPECT_TRUE(FailsWith(arena.find(rw + off), Errc::not_allocated));
+        continue;
+      }
       Result<ChunkInfo> j = arena.find(rw + off);
       ASSERT_TRUE(Ok(j));
       EXPECT_EQ(j->chunk.rx(), c->rx());
@@ -511,8 +517,8 @@ TEST_P(ArenaFind, InteriorAddressesOfEitherViewMapToChunkAndOffset) {
   EXPECT_EQ(f.error().chunk(), &local);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, ArenaFind,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, ArenaFind, ::testing::ValuesIn(kAllBackends),
+                         backend_name);
 
 // --- Placement near an anchor ------------------------------------------------
 
@@ -632,7 +638,7 @@ TEST_P(ArenaAnchor, ReachSmallerThanTheReservationIsUnreachable) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, ArenaAnchor,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 // --- The cost of single operations -------------------------------------------
 
@@ -645,8 +651,10 @@ TEST_P(ArenaCost, SingleOperationsCostExactlyTheirSystemCalls) {
   ASSERT_TRUE(Ok(made));
   Arena& arena = *made;
   const bool dual = arena.backend() == Backend::dual_map;
-  const bool mapped = dual && !kViewsChangeByProtection;
+  const bool kw = arena.backend() == Backend::kernel_write;
+  const bool mapped = (dual || kw) && !kViewsChangeByProtection;
   const std::size_t ps = arena.page_size();
+  const bool populate = detail::system_pal().capabilities().populate_read;
 
   // The first allocation opens 64 pages with one protection change
   // (protect: one mprotect to RW; dual_map: one writable view, mapped with
@@ -680,19 +688,26 @@ TEST_P(ArenaCost, SingleOperationsCostExactlyTheirSystemCalls) {
   // mprotect(RX). dual_map: the chunk's two views change, so two calls —
   // its writable view is replaced by an inaccessible placeholder (mmap) and
   // its executable view is mapped read+execute from the memfd (mmap); on
-  // Windows two VirtualProtect calls, one within each view.
+  // Windows two VirtualProtect calls, one within each view. kernel_write:
+  // no protection changes; one pwritev copies the code in, and one madvise
+  // (MADV_POPULATE_READ, where the kernel has it) maps the fresh page in.
   write_fn(chunks[10], 10);
   Result<void> sealed = arena.seal(chunks[10]);
   ASSERT_TRUE(Ok(sealed));
   Stats s3 = arena.stats();
   const std::uint64_t seal_calls = s3.syscalls.total() - s2.syscalls.total();
-  EXPECT_EQ(seal_calls, dual ? 2u : 1u);
+  EXPECT_EQ(seal_calls, kw ? (populate ? 2u : 1u) : dual ? 2u : 1u);
   EXPECT_EQ(s3.syscalls.mprotect - s2.syscalls.mprotect,
             mapped ? 0u : (dual ? 2u : 1u));
-  EXPECT_EQ(s3.syscalls.mmap - s2.syscalls.mmap, mapped ? 2u : 0u);
+  EXPECT_EQ(s3.syscalls.mmap - s2.syscalls.mmap, mapped && !kw ? 2u : 0u);
+  EXPECT_EQ(s3.syscalls.write - s2.syscalls.write, kw ? 1u : 0u);
+  EXPECT_EQ(s3.syscalls.madvise - s2.syscalls.madvise,
+            kw && populate ? 1u : 0u);
   EXPECT_EQ(s3.syscalls.membarrier, s2.syscalls.membarrier)
       << "fresh code needs no barrier";
-  EXPECT_EQ(s3.protection_calls - s2.protection_calls, dual ? 2u : 1u);
+  EXPECT_EQ(s3.protection_calls - s2.protection_calls, kw     ? 0u
+                                                       : dual ? 2u
+                                                              : 1u);
   EXPECT_EQ(s3.commits - s2.commits, 1u);
   EXPECT_EQ(s3.runs - s2.runs, 1u);
   EXPECT_EQ(call(chunks[10].rx()), 10u);
@@ -701,10 +716,12 @@ TEST_P(ArenaCost, SingleOperationsCostExactlyTheirSystemCalls) {
             << " system call(s)\n";
 
   // Releasing it: one call (protect: mprotect(NONE); dual_map: only its
-  // executable view exists, replaced by a placeholder).
+  // executable view exists, replaced by a placeholder; kernel_write: one
+  // pwritev of trap instructions over it).
   ASSERT_TRUE(Ok(arena.release(chunks[10])));
   Stats s4 = arena.stats();
   EXPECT_EQ(s4.syscalls.total() - s3.syscalls.total(), 1u);
+  EXPECT_EQ(s4.syscalls.write - s3.syscalls.write, kw ? 1u : 0u);
 
   // Unsealing and resealing a chunk: the reseal is code at an address that
   // held code, so it costs the barrier too (where the kernel has one).
@@ -728,8 +745,8 @@ TEST_P(ArenaCost, SingleOperationsCostExactlyTheirSystemCalls) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, ArenaCost,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, ArenaCost, ::testing::ValuesIn(kAllBackends),
+                         backend_name);
 
 }  // namespace
 }  // namespace wxa::test

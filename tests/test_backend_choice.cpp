@@ -80,19 +80,24 @@ TEST(BackendChoice, ThePolicyIsInForce) {
   EXPECT_TRUE(detail::system_pal().capabilities().shared_exec);
 }
 
-TEST(BackendChoice, AutomaticPicksProtectUnlessExecmemIsDenied) {
+TEST(BackendChoice, AutomaticPicksKernelWriteThenProtectThenDualMap) {
   Result<Arena> arena = Arena::create(small(Backend::automatic));
   ASSERT_TRUE(arena) << arena.error().to_string();
-  const Backend want =
-      test::execmem_denied() ? Backend::dual_map : Backend::protect;
+  // The order, decided from what the platform layer found by trying.
+  const detail::Capabilities& caps = detail::system_pal().capabilities();
+  const bool shared = caps.shared_memory && caps.shared_exec;
+  const Backend want = shared && caps.shared_write ? Backend::kernel_write
+                       : caps.anon_exec            ? Backend::protect
+                                                   : Backend::dual_map;
   EXPECT_EQ(arena->backend(), want)
-      << "policy '" << test::seccomp_policy() << "': automatic picked "
-      << to_string(arena->backend()) << ", expected " << to_string(want);
-  if (arena->backend() == Backend::dual_map) {
-    EXPECT_NE(static_cast<const void*>(arena->rw_range().data()),
+      << "automatic picked " << to_string(arena->backend()) << ", expected "
+      << to_string(want);
+  EXPECT_EQ(arena->stats().backend, arena->backend());
+  if (arena->backend() == Backend::protect) {
+    EXPECT_EQ(static_cast<const void*>(arena->rw_range().data()),
               static_cast<const void*>(arena->range().data()));
   } else {
-    EXPECT_EQ(static_cast<const void*>(arena->rw_range().data()),
+    EXPECT_NE(static_cast<const void*>(arena->rw_range().data()),
               static_cast<const void*>(arena->range().data()));
   }
   EXPECT_TRUE(test::audit_arena(*arena));

@@ -27,6 +27,23 @@ std::size_t calls_per_run(const Arena& arena) {
   return arena.backend() == Backend::dual_map ? 2 : 1;
 }
 
+// kernel_write changes no protection to seal code or to retire it: the
+// kernel copies the bytes in, one pwritev per contiguous stretch of
+// changed chunks.
+bool copies(const Arena& arena) {
+  return arena.backend() == Backend::kernel_write;
+}
+
+// System calls of a commit: its protection changes, its copies, and the
+// populate of fresh code pages (kernel_write, where the kernel has it).
+std::uint64_t commit_calls(const CommitReport& r, const Arena& arena,
+                           bool fresh_code) {
+  const bool populate = copies(arena) && fresh_code &&
+                        detail::system_pal().capabilities().populate_read;
+  return r.protection_calls + r.writes + (populate ? 1 : 0) +
+         (r.barrier ? 1 : 0);
+}
+
 // --- N adjacent fresh chunks -------------------------------------------------
 
 class BatchFresh
@@ -72,10 +89,12 @@ TEST_P(BatchFresh, AdjacentFreshChunksSealAndReleaseAsOneRun) {
   const Stats s2 = arena.stats();
   EXPECT_EQ(r->chunks, n);
   EXPECT_EQ(r->runs, 1u);
-  EXPECT_EQ(r->protection_calls, calls_per_run(arena));
+  EXPECT_EQ(r->protection_calls, copies(arena) ? 0u : calls_per_run(arena));
+  EXPECT_EQ(r->writes, copies(arena) ? 1u : 0u);
   EXPECT_EQ(r->flushes, 1u);
   EXPECT_FALSE(r->barrier) << "fresh code at fresh addresses needs none";
-  EXPECT_EQ(s2.syscalls.total() - s1.syscalls.total(), calls_per_run(arena));
+  EXPECT_EQ(s2.syscalls.total() - s1.syscalls.total(),
+            commit_calls(*r, arena, true));
   EXPECT_EQ(s2.syscalls.membarrier, s1.syscalls.membarrier);
   EXPECT_TRUE(batch.empty()) << "a committed batch is emptied";
   std::cout << "[ figures  ] " << to_string(backend) << ": sealing " << n
@@ -96,8 +115,11 @@ TEST_P(BatchFresh, AdjacentFreshChunksSealAndReleaseAsOneRun) {
   ASSERT_TRUE(Ok(q));
   EXPECT_EQ(q->runs, 1u);
   // Only the executable view exists, in either backend: one call.
-  EXPECT_EQ(q->protection_calls, 1u);
-  EXPECT_EQ(q->flushes, 0u);
+  // kernel_write: no protection change; one copy of traps over the run,
+  // flushed so that no core runs the old code from its cache.
+  EXPECT_EQ(q->protection_calls, copies(arena) ? 0u : 1u);
+  EXPECT_EQ(q->writes, copies(arena) ? 1u : 0u);
+  EXPECT_EQ(q->flushes, copies(arena) ? 1u : 0u);
   EXPECT_FALSE(q->barrier);
   EXPECT_EQ(arena.stats().syscalls.total() - s2.syscalls.total(), 1u);
   EXPECT_EQ(arena.stats().chunks_in(State::retired), n);
@@ -106,7 +128,7 @@ TEST_P(BatchFresh, AdjacentFreshChunksSealAndReleaseAsOneRun) {
 
 INSTANTIATE_TEST_SUITE_P(
     Sizes, BatchFresh,
-    ::testing::Combine(::testing::ValuesIn(kBothBackends),
+    ::testing::Combine(::testing::ValuesIn(kAllBackends),
                        ::testing::Values(std::size_t{1}, std::size_t{64},
                                          std::size_t{1024})),
     [](const ::testing::TestParamInfo<std::tuple<Backend, std::size_t>>& i) {
@@ -149,7 +171,14 @@ TEST_P(BatchRuns, InterleavedTargetsMakeOneRunEach) {
   Result<CommitReport> r = b.commit();
   ASSERT_TRUE(Ok(r));
   EXPECT_EQ(r->runs, 3u);
-  EXPECT_EQ(r->protection_calls, 3 * calls_per_run(arena));
+  if (copies(arena)) {
+    // Only the read-only run changes protection (execute removed), and the
+    // three chunks are copied in with one call.
+    EXPECT_EQ(r->protection_calls, 1u);
+    EXPECT_EQ(r->writes, 1u);
+  } else {
+    EXPECT_EQ(r->protection_calls, 3 * calls_per_run(arena));
+  }
   EXPECT_EQ(r->flushes, 2u) << "one flush per run that becomes executable";
   EXPECT_EQ(call(c[0].rx()), 0u);
   EXPECT_EQ(call(c[2].rx()), 2u);
@@ -180,9 +209,12 @@ TEST_P(BatchRuns, ReleaseAndSealOfNeighboursMakeTwoRuns) {
   // protect: one mprotect per run. dual_map: the release run drops c[0]'s
   // writable view and c[1]'s executable view (2 calls); the seal run drops
   // the writable views and maps the executable one (2 calls).
-  EXPECT_EQ(r->protection_calls, 2 * calls_per_run(arena));
+  // kernel_write: no protection changes; traps over c[0..1] and the code
+  // of c[2..3] are one contiguous copy.
+  EXPECT_EQ(r->protection_calls, copies(arena) ? 0u : 2 * calls_per_run(arena));
+  EXPECT_EQ(r->writes, copies(arena) ? 1u : 0u);
   EXPECT_EQ(arena.stats().syscalls.total() - before.syscalls.total(),
-            r->protection_calls);
+            commit_calls(*r, arena, true));
   EXPECT_EQ(call(c[2].rx()), 2u);
   EXPECT_EQ(call(c[3].rx()), 3u);
   EXPECT_TRUE(audit_arena(arena));
@@ -208,7 +240,8 @@ TEST_P(BatchRuns, OrderOfQueueingDoesNotMatterAndGapsSplitRuns) {
   r = g.commit();
   ASSERT_TRUE(Ok(r));
   EXPECT_EQ(r->runs, 2u);
-  EXPECT_EQ(r->protection_calls, 2 * calls_per_run(arena));
+  EXPECT_EQ(r->protection_calls, copies(arena) ? 0u : 2 * calls_per_run(arena));
+  EXPECT_EQ(r->writes, copies(arena) ? 2u : 0u) << "one copy per gap-split run";
   for (int i : {0, 1, 2, 3, 5, 6, 8})
     EXPECT_EQ(call(c[static_cast<std::size_t>(i)].rx()),
               static_cast<unsigned>(i));
@@ -308,8 +341,8 @@ TEST_P(BatchRuns, EmptyBatchIsFreeAndMovedBatchesCommit) {
   EXPECT_EQ(call(c[199].rx()), 199u);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, BatchRuns,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, BatchRuns, ::testing::ValuesIn(kAllBackends),
+                         backend_name);
 
 // --- Order of operations and the barrier, seen from the platform layer
 // --------
@@ -331,6 +364,9 @@ TEST_P(BatchOrder, FlushComesBeforeTheRunBecomesExecutable) {
   Result<Arena> made = make(pal);
   ASSERT_TRUE(Ok(made));
   Arena& arena = *made;
+  if (copies(arena))
+    GTEST_SKIP() << "kernel_write never makes a page executable to seal it: "
+                    "KernelWriteOrder checks its copy, flush and barrier";
   std::vector<Chunk> c = adjacent(arena, 5);
   ASSERT_EQ(c.size(), 5u);
   pal.count_only();
@@ -389,6 +425,9 @@ TEST_P(BatchOrder, FlushesCoverExactlyTheRunsThatBecomeExecutable) {
   Result<Arena> made = make(pal);
   ASSERT_TRUE(Ok(made));
   Arena& arena = *made;
+  if (copies(arena))
+    GTEST_SKIP() << "kernel_write never makes a page executable to seal it: "
+                    "KernelWriteOrder checks its copy, flush and barrier";
   const std::size_t ps = arena.page_size();
   std::vector<Chunk> c = adjacent(arena, 8);
   ASSERT_EQ(c.size(), 8u);
@@ -641,7 +680,99 @@ TEST_P(BatchOrder, OneBarrierCoversEveryAddressRevokedBeforeIt) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BatchOrder,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
+
+}  // namespace
+}  // namespace wxa::test
+
+namespace wxa::test {
+namespace {
+
+// kernel_write: the kernel copies the code in first, then the instruction
+// cache is flushed over exactly what was copied as code or traps (through
+// the executable view: there is no other), then the barrier. Read-only data
+// and unseals are not flushed; nothing changes protection but the data.
+TEST(KernelWriteOrder, CopyThenFlushThenBarrier) {
+  WXA_SKIP_IF_UNAVAILABLE(Backend::kernel_write);
+  FaultPal pal;
+  Options o;
+  o.backend = Backend::kernel_write;
+  o.reserve_bytes = kSmallReserve;
+  o.quarantine = 0;
+  o.open_pages = 16;
+  Result<Arena> made = detail::create_arena(o, pal);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  const std::size_t ps = arena.page_size();
+  std::vector<Chunk> c = adjacent(arena, 6);
+  ASSERT_EQ(c.size(), 6u);
+  auto rx = [&](std::size_t i) { return c[i].rx(); };
+
+  pal.count_only(kAllSyscalls);
+  Batch b(arena);
+  b.seal(c[0]);
+  b.seal(c[1]);
+  b.seal(c[2], Seal::read_only);
+  b.release(c[3]);
+  b.seal(c[5]);
+  Result<CommitReport> r = b.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_EQ(r->runs, 4u);
+  EXPECT_EQ(r->writes, 2u) << "c0..c3 are contiguous, c5 is not";
+  EXPECT_EQ(r->protection_calls, 1u) << "only the data loses execute";
+  EXPECT_EQ(r->flushes, 3u) << "code c0..c1, traps c3, code c5";
+  // Every flush follows the copy that covered it, and precedes any barrier.
+  const std::vector<PalEvent>& log = pal.log();
+  std::size_t first_write = log.size(), flushes = 0;
+  for (std::size_t i = 0; i < log.size(); ++i) {
+    if (log[i].call == PalCall::write_shared && first_write == log.size())
+      first_write = i;
+    if (log[i].call == PalCall::protect) {
+      EXPECT_EQ(log[i].p, rx(2));
+      EXPECT_EQ(log[i].access, Access::read);
+      EXPECT_LT(i, first_write) << "execute is removed before the data lands";
+    }
+    if (log[i].call != PalCall::flush_icache) continue;
+    ++flushes;
+    EXPECT_GT(i, first_write) << "flushed before the copy";
+    const auto* p = static_cast<const std::byte*>(log[i].p);
+    EXPECT_TRUE(p == rx(0) || p == rx(3) || p == rx(5))
+        << "flushed " << log[i].p << " through the executable view";
+    EXPECT_NE(p, static_cast<const std::byte*>(rx(2))) << "data flushed";
+  }
+  EXPECT_EQ(flushes, 3u);
+  EXPECT_EQ(call(rx(0)), 0u);
+  EXPECT_EQ(call(rx(5)), 5u);
+
+  // Unseal, rewrite, reseal: the copy, one flush, then the barrier.
+  pal.count_only(kAllSyscalls);
+  Result<Chunk> u = arena.unseal(rx(1));
+  ASSERT_TRUE(Ok(u));
+  EXPECT_TRUE(pal.log().empty()) << "unseal makes no call and no flush";
+  EXPECT_NE(static_cast<const void*>(u->rw().data()), rx(1));
+  EXPECT_TRUE(holds_fn(u->rw().data(), 1)) << "the staged copy is the code";
+  EXPECT_EQ(call(rx(1)), 1u) << "the old code runs until the seal";
+  write_fn(*u, 0x9A7C4);
+  pal.count_only(kAllSyscalls);
+  ASSERT_TRUE(Ok(arena.seal(*u)));
+  std::size_t write_at = 0, flush_at = 0, barrier_at = 0;
+  for (std::size_t i = 0; i < pal.log().size(); ++i) {
+    const PalEvent& e = pal.log()[i];
+    if (e.call == PalCall::write_shared) write_at = i + 1;
+    if (e.call == PalCall::flush_icache) {
+      flush_at = i + 1;
+      EXPECT_EQ(e.p, rx(1));
+      EXPECT_EQ(e.bytes, ps);
+    }
+    if (e.call == PalCall::barrier) barrier_at = i + 1;
+  }
+  EXPECT_TRUE(write_at && flush_at && write_at < flush_at);
+  if (has_barrier()) {
+    EXPECT_GT(barrier_at, flush_at);
+  }
+  EXPECT_EQ(call(rx(1)), 0x9A7C4u);
+  EXPECT_TRUE(audit_arena(arena));
+}
 
 }  // namespace
 }  // namespace wxa::test

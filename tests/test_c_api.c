@@ -57,6 +57,11 @@ static void test_arena(wxa_backend backend) {
     printf("protect backend refused by this system's policy: skipped\n");
     return;
   }
+  if (rc == WXA_NOT_SUPPORTED && backend != WXA_BACKEND_PROTECT) {
+    printf("backend %d not supported on this system (%s): skipped\n",
+           (int)backend, wxa_strerror(rc));
+    return;
+  }
   CHECK(rc == WXA_OK && arena != NULL);
   if (!arena) return;
   CHECK(wxa_arena_backend(arena) == backend);
@@ -104,6 +109,21 @@ static void test_arena(wxa_backend backend) {
   CHECK(wxa_seal(arena, chunks[1].rx, WXA_SEAL_EXECUTE, &err) == WXA_OK);
   CHECK(as_fn(chunks[1].rx)() == 777);
 
+  /* Patch live code in place, alone and in a batch. */
+  unsigned char code[RET_SIZE];
+  write_ret(code, 888);
+  CHECK(wxa_patch(arena, chunks[1].rx, code, sizeof code, &err) == WXA_OK);
+  CHECK(as_fn(chunks[1].rx)() == 888);
+  CHECK(wxa_patch(arena, (const char*)chunks[1].rx + chunks[1].size - 2, code,
+                  sizeof code, &err) == WXA_OUT_OF_BOUNDS);
+  CHECK(wxa_patch(arena, chunks[1].rx, code, 0, &err) == WXA_ZERO_SIZE);
+  write_ret(code, 999);
+  wxa_batch_patch(batch, chunks[2].rx, code, sizeof code);
+  write_ret(code, 0); /* copied when queued */
+  CHECK(wxa_batch_commit(batch, 0, &report, &err) == WXA_OK);
+  CHECK(as_fn(chunks[2].rx)() == 999);
+  CHECK(as_fn(chunks[1].rx)() == 888);
+
   /* Code heap. */
   wxa_heap* heap = NULL;
   CHECK(wxa_heap_create(arena, 0, &heap, &err) == WXA_OK);
@@ -126,6 +146,8 @@ static void test_arena(wxa_backend backend) {
   CHECK(s.chunks[WXA_STATE_EXECUTABLE] == N - 1 + 1 /* heap page */);
   CHECK(s.chunks[WXA_STATE_RETIRED] == 1);
   CHECK(s.vmas >= 1 && s.commits >= 3);
+  CHECK(s.backend == backend);
+  if (backend == WXA_BACKEND_KERNEL_WRITE) CHECK(s.write_calls >= 3);
 
   wxa_heap_destroy(heap);
   wxa_batch_destroy(batch);
@@ -135,6 +157,7 @@ static void test_arena(wxa_backend backend) {
 int main(void) {
   test_arena(WXA_BACKEND_PROTECT);
   test_arena(WXA_BACKEND_DUAL_MAP);
+  test_arena(WXA_BACKEND_KERNEL_WRITE);
   printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }

@@ -15,6 +15,8 @@
 #include <dirent.h>
 #include <gtest/gtest.h>
 
+#include <iostream>
+
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
@@ -295,6 +297,13 @@ TEST_P(FaultInjection, EveryCallFailsCleanlyWithEveryErrno) {
     for (const auto& [rx, value] : w.runs_after) EXPECT_EQ(call(rx), value);
     EXPECT_TRUE(audit_arena(*w.arena));
   }
+  if (kinds.empty() && backend == Backend::kernel_write) {
+    // Recycling retired pages and unsealing change no mapping there: the
+    // traps are in place, the staged copy is a memcpy. Nothing to fail.
+    std::cout << "[ figures  ] kernel_write: " << sc.name
+              << " makes no platform call\n";
+    return;
+  }
   ASSERT_FALSE(kinds.empty()) << sc.name << " makes no platform call";
 
   std::size_t covered = 0;
@@ -364,7 +373,7 @@ std::string scenario_name(
 
 INSTANTIATE_TEST_SUITE_P(
     Matrix, FaultInjection,
-    ::testing::Combine(::testing::ValuesIn(kBothBackends),
+    ::testing::Combine(::testing::ValuesIn(kAllBackends),
                        ::testing::Range<std::size_t>(0, std::size(kScenarios))),
     scenario_name);
 
@@ -441,7 +450,7 @@ TEST_P(FaultInjectionCreate, EveryCallFailsCleanlyWithEveryErrno) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, FaultInjectionCreate,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 // After every test: the total, if any of these ran.
 class PrintCovered : public ::testing::Environment {

@@ -15,8 +15,10 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "support/backends.hpp"
@@ -328,6 +330,75 @@ TEST(ForkDualMap, ChildTrimmingTheArenaLeavesParentCodeAlone) {
   EXPECT_EQ(call(c->rx()), 77);
   check_parent_after(s);
 }
+
+// A descriptor of the code's memfd open in this process, if any: the path
+// /proc/self/fd/N links to ("/memfd:wxarena..."), or "" when none does.
+std::string code_descriptor() {
+  for (int fd = 0; fd < 4096; ++fd) {
+    char path[64], target[256];
+    std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    const ssize_t n = ::readlink(path, target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = '\0';
+    if (std::strstr(target, "memfd:wxarena")) return target;
+  }
+  return "";
+}
+
+// The memfd-backed backends: a fork() child inherits no descriptor of the
+// parent's code (it is closed in the child), so it cannot write the code
+// with pwrite or map it writable; the code view it inherits is read+execute
+// and a store into it faults; and its arena refuses every change with
+// wrong_process. The parent's code is untouched.
+class ForkMemfd : public ::testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override { WXA_SKIP_IF_UNAVAILABLE(GetParam()); }
+};
+
+TEST_P(ForkMemfd, ChildHoldsNoDescriptorAndIsRefused) {
+  ForkScene s;
+  ASSERT_NO_FATAL_FAILURE(make_scene(GetParam(), s));
+  ASSERT_NE(code_descriptor(), "") << "the parent holds the memfd";
+  const int code = in_child([&]() -> int {
+    if (!code_descriptor().empty()) return kMemfdWritable;
+    for (const test::Mapping& m : test::read_maps())
+      if (m.write && m.name.find("memfd:wxarena") != std::string::npos &&
+          GetParam() == Backend::kernel_write)
+        return kMemfdWritable;
+    if (touch_faults(const_cast<void*>(s.sealed.rx()), true) != 1)
+      return kWriteSurvived;
+    if (call(s.sealed.rx()) != 42) return kWrongValue;
+    Arena& arena = *s.arena;
+    const std::byte ret[1] = {std::byte{0xC3}};
+    if (Result<void> r = arena.patch(s.sealed.rx(), ret);
+        r || r.error() != Errc::wrong_process)
+      return r ? kChildMutated : kOtherError;
+    if (Result<Chunk> r = arena.unseal(s.sealed.rx());
+        r || r.error() != Errc::wrong_process)
+      return r ? kChildMutated : kOtherError;
+    if (Result<Chunk> r = arena.allocate(64);
+        r || r.error() != Errc::wrong_process)
+      return r ? kChildMutated : kOtherError;
+    if (Result<void> r = arena.seal(s.writable);
+        r || r.error() != Errc::wrong_process)
+      return r ? kChildMutated : kOtherError;
+    if (Result<void> r = arena.trim(); r || r.error() != Errc::wrong_process)
+      return r ? kChildMutated : kOtherError;
+    if (call(s.sealed.rx()) != 42) return kWrongValue;
+    return kChildArenaRefused;
+  });
+  ASSERT_EQ(code, kChildArenaRefused)
+      << describe(code) << " (child exit " << code << ")";
+  EXPECT_NE(code_descriptor(), "") << "the parent's descriptor stays open";
+  check_parent_after(s);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, ForkMemfd,
+                         ::testing::Values(Backend::dual_map,
+                                           Backend::kernel_write),
+                         [](const ::testing::TestParamInfo<Backend>& info) {
+                           return std::string(to_string(info.param));
+                         });
 
 TEST(ForkProtect, ChildWritesItsPrivateCopyOnly) {
   WXA_SKIP_IF_UNAVAILABLE(Backend::protect);

@@ -259,7 +259,7 @@ TEST_P(Rollback, EveryFailurePositionOfACommitRollsBack) {
   ::testing::Test::RecordProperty("rollback_positions", std::to_string(calls));
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, Rollback, ::testing::ValuesIn(kBothBackends),
+INSTANTIATE_TEST_SUITE_P(Backends, Rollback, ::testing::ValuesIn(kAllBackends),
                          backend_name);
 
 // --- The barrier fails: everything already changed is changed back ---------
@@ -321,16 +321,18 @@ TEST_P(RollbackBarrier, BarrierFailureAtAReusedAddressRollsBackEverything) {
     EXPECT_TRUE(r.error().chunk() == reused.rx() ||
                 r.error().chunk() == fresh.rx() ||
                 r.error().chunk() == old->rx());
-    // The protection changes were made, then undone after the barrier.
-    std::size_t undone = 0;
+    // The changes were made, then every one undone after the barrier.
+    std::size_t changed = 0, undone = 0;
     bool after_barrier = false;
     for (const PalEvent& e : pal.log()) {
       if (e.call == PalCall::barrier) after_barrier = true;
-      if (after_barrier && e.call != PalCall::barrier &&
-          e.call != PalCall::flush_icache)
-        ++undone;
+      if (e.call == PalCall::barrier || e.call == PalCall::flush_icache ||
+          e.call == PalCall::populate)
+        continue;
+      ++(after_barrier ? undone : changed);
     }
-    EXPECT_GE(undone, 3u) << "three runs were changed and must be undone";
+    EXPECT_GE(changed, 1u) << "the batch changed the code before the barrier";
+    EXPECT_GE(undone, changed) << "every change made must be undone";
     EXPECT_EQ(state_map(arena), states);
     EXPECT_EQ(kernel_map(arena), kernel);
     EXPECT_EQ(chunk_counts(arena.stats()), chunk_counts(before));
@@ -350,7 +352,7 @@ TEST_P(RollbackBarrier, BarrierFailureAtAReusedAddressRollsBackEverything) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, RollbackBarrier,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 // --- Failures outside commits ----------------------------------------------
 
@@ -400,6 +402,17 @@ TEST_P(RollbackOther, FailureToRecycleChangesNothing) {
   ASSERT_TRUE(Ok(b.commit()));
   const auto states = state_map(arena);
   const auto kernel = kernel_map(arena);
+  if (arena.backend() == Backend::kernel_write) {
+    // Retired pages already hold traps and keep their mapping: recycling
+    // them makes no call, so there is nothing to fail.
+    pal.count_only(kAllSyscalls);
+    Result<Chunk> again = arena.allocate(1);
+    ASSERT_TRUE(Ok(again));
+    EXPECT_EQ(again->rx(), c[2].rx());
+    EXPECT_EQ(pal.failable_calls(), 0u);
+    EXPECT_TRUE(audit_arena(arena));
+    return;
+  }
   pal.arm(1, EACCES, kAllSyscalls);
   EXPECT_TRUE(FailsWith(arena.allocate(1), Errc::permission_denied));
   EXPECT_TRUE(pal.fired());
@@ -498,7 +511,7 @@ TEST_P(RollbackOther, TrimReportsEveryFailure) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, RollbackOther,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 // --- An undo that fails is fatal --------------------------------------------
 
@@ -554,7 +567,7 @@ TEST_P(RollbackDeathTest, FailedRollbackOfAnEarlierRunIsFatal) {
         pal.arm_persistent(per_run + 1, EIO);
         (void)b.commit();
       },
-      "wxarena: fatal: cannot roll back a protection change");
+      "wxarena: fatal: cannot (roll back a protection change|restore code)");
   // In this process nothing happened.
   ASSERT_TRUE(Ok(b.commit()));
   EXPECT_EQ(call(c[0].rx()), 0u);
@@ -577,13 +590,13 @@ TEST_P(RollbackDeathTest, FailedUndoWithinARunIsFatal) {
         pal.arm_persistent(2, EIO);
         (void)arena.seal(*x);
       },
-      "wxarena: fatal: cannot undo a protection change");
+      "wxarena: fatal: cannot (undo|roll back) a protection change");
   ASSERT_TRUE(Ok(arena.seal(*x)));
   EXPECT_EQ(call(x->rx()), 7u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, RollbackDeathTest,
-                         ::testing::ValuesIn(kBothBackends), backend_name);
+                         ::testing::ValuesIn(kAllBackends), backend_name);
 
 }  // namespace
 }  // namespace wxa::test

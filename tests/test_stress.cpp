@@ -335,7 +335,7 @@ std::string stress_name(
 }
 
 INSTANTIATE_TEST_SUITE_P(Matrix, Stress,
-                         ::testing::Combine(::testing::ValuesIn(kBothBackends),
+                         ::testing::Combine(::testing::ValuesIn(kAllBackends),
                                             ::testing::Values(2, 8)),
                          stress_name);
 

@@ -19,6 +19,7 @@
 #include <vector>
 #include <wxarena/arena.hpp>
 
+#include "support/arena_util.hpp"
 #include "support/backends.hpp"
 #include "support/maps.hpp"
 #ifndef _WIN32
@@ -319,6 +320,7 @@ TEST(AuditListener, FailsATestThatLeavesAWritableExecutableMapping) {
 class AuditArena : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
+    WXA_SKIP_IF_UNAVAILABLE(GetParam());
     Options options;
     options.backend = GetParam();
     options.reserve_bytes = 64 * page();
@@ -444,7 +446,7 @@ TEST_P(AuditArena, FailsOnAWritableExecutableMappingAnywhere) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, AuditArena,
-                         ::testing::Values(Backend::protect, Backend::dual_map),
+                         ::testing::ValuesIn(kAllBackends),
                          [](const ::testing::TestParamInfo<Backend>& info) {
                            return std::string(to_string(info.param));
                          });

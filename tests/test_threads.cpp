@@ -167,7 +167,7 @@ TEST_P(Threads, ReadersCallWhatOneWriterKeepsReplacing) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, Threads, ::testing::ValuesIn(kBothBackends),
+INSTANTIATE_TEST_SUITE_P(Backends, Threads, ::testing::ValuesIn(kAllBackends),
                          backend_name);
 
 }  // namespace

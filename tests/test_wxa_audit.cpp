@@ -103,7 +103,7 @@ class WxaAuditArena : public ::testing::TestWithParam<wxa::Backend> {};
 TEST_P(WxaAuditArena, ShowsArenaRegionsAndPassesWithoutWx) {
   WXA_SKIP_IF_NO_EXEC();
   const wxa::Backend backend = GetParam();
-  const bool named = backend == wxa::Backend::dual_map ||
+  const bool named = backend != wxa::Backend::protect ||
                      wxa::detail::system_pal().capabilities().vma_naming;
   const pid_t pid = hold([backend] {
     wxa::Options options;
@@ -124,8 +124,10 @@ TEST_P(WxaAuditArena, ShowsArenaRegionsAndPassesWithoutWx) {
   if (!named)
     GTEST_SKIP() << "this kernel cannot name anonymous mappings (no "
                     "CONFIG_ANON_VMA_NAME)";
-  const char* name =
-      backend == wxa::Backend::dual_map ? "/memfd:wxarena" : "[anon:wxarena]";
+  const char* name = backend == wxa::Backend::kernel_write
+                         ? "/memfd:wxarena-code"
+                     : backend == wxa::Backend::dual_map ? "/memfd:wxarena"
+                                                         : "[anon:wxarena]";
   EXPECT_NE(o.out.find(name), std::string::npos) << o.out;
   EXPECT_NE(o.out.find("executable"), std::string::npos) << o.out;
 }
@@ -137,7 +139,7 @@ TEST_P(WxaAuditArena, PassesOnTheExampleJit) {
   const char* jit = std::getenv("WXA_JIT_EXPR");
   if (!jit) GTEST_SKIP() << "the example JIT is not built (no libxbyak-dev)";
   const wxa::Backend backend = GetParam();
-  const bool named = backend == wxa::Backend::dual_map ||
+  const bool named = backend != wxa::Backend::protect ||
                      wxa::detail::system_pal().capabilities().vma_naming;
   const std::string backend_name(wxa::to_string(backend));
   int in[2], out[2];
@@ -182,14 +184,17 @@ TEST_P(WxaAuditArena, PassesOnTheExampleJit) {
   if (!named)
     GTEST_SKIP() << "this kernel cannot name anonymous mappings (no "
                     "CONFIG_ANON_VMA_NAME)";
-  const char* name =
-      backend == wxa::Backend::dual_map ? "/memfd:wxarena" : "[anon:wxarena]";
+  const char* name = backend == wxa::Backend::kernel_write
+                         ? "/memfd:wxarena-code"
+                     : backend == wxa::Backend::dual_map ? "/memfd:wxarena"
+                                                         : "[anon:wxarena]";
   EXPECT_NE(o.out.find(name), std::string::npos) << o.out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, WxaAuditArena,
                          ::testing::Values(wxa::Backend::protect,
-                                           wxa::Backend::dual_map),
+                                           wxa::Backend::dual_map,
+                                           wxa::Backend::kernel_write),
                          [](const auto& info) {
                            return std::string(wxa::to_string(info.param));
                          });

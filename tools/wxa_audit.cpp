@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
 // wxa-audit: reports every writable+executable mapping of a process and the
 // wxarena regions in it, from /proc/PID/maps or a saved copy of that file.
+// A kernel_write arena's code (/memfd:wxarena-code) must have no writable
+// mapping at all: one is reported like a writable+executable mapping.
 //
-// Exit status: 0 when no mapping is writable and executable, 1 when one is,
-// 2 when the maps cannot be read or the arguments are wrong.
+// Exit status: 0 when no mapping is writable and executable and no
+// kernel_write code is mapped writable, 1 otherwise, 2 when the maps cannot
+// be read or the arguments are wrong.
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -40,6 +43,12 @@ bool parse_line(const std::string& line, Mapping& m) {
 // private, but each state has its own protection (see DESIGN.md).
 const char* state_of(const Mapping& m) {
   const std::string p = m.perms.substr(0, 3);
+  if (m.name.rfind("[anon:wxarena-staging", 0) == 0)
+    return p == "rw-" ? "staging" : "UNEXPECTED";
+  // kernel_write: every page in use is read+execute (code, traps, or the
+  // code of a chunk being rewritten in staging); read-only data is r--.
+  if (m.name.rfind("/memfd:wxarena-code", 0) == 0 && p == "r-x")
+    return "code, traps or open";
   if (p == "r-x") return "executable";
   if (p == "r--") return "read_only";
   if (p == "rw-") return "writable or open";
@@ -89,7 +98,7 @@ int main(int argc, char** argv) {
               << std::strerror(errno) << "\n";
     return 2;
   }
-  std::vector<Mapping> wx;
+  std::vector<Mapping> wx, code_writable;
   std::map<std::string, std::map<std::string, unsigned long long>>
       arena;  // name -> state -> bytes
   std::size_t lines = 0, arena_vmas = 0;
@@ -103,6 +112,8 @@ int main(int argc, char** argv) {
     }
     ++lines;
     if (m.perms[1] == 'w' && m.perms[2] == 'x') wx.push_back(m);
+    if (m.perms[1] == 'w' && m.name.rfind("/memfd:wxarena-code", 0) == 0)
+      code_writable.push_back(m);
     if (is_arena(m)) {
       ++arena_vmas;
       arena[m.name][state_of(m)] += m.end - m.begin;
@@ -126,9 +137,17 @@ int main(int argc, char** argv) {
                       bytes >> 10);
     }
   }
+  if (!code_writable.empty()) {
+    std::printf("%zu writable mapping%s of kernel_write code:\n",
+                code_writable.size(), code_writable.size() == 1 ? "" : "s");
+    for (const Mapping& m : code_writable)
+      std::printf("  %llx-%llx %s %s\n", m.begin, m.end, m.perms.c_str(),
+                  m.name.c_str());
+  }
   if (wx.empty()) {
-    if (!quiet) std::printf("no writable+executable mapping: W^X holds\n");
-    return 0;
+    if (!quiet && code_writable.empty())
+      std::printf("no writable+executable mapping: W^X holds\n");
+    return code_writable.empty() ? 0 : 1;
   }
   std::printf("%zu writable+executable mapping%s:\n", wx.size(),
               wx.size() == 1 ? "" : "s");

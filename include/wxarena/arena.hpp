@@ -148,8 +148,9 @@ struct CommitReport {
   std::size_t chunks = 0;            ///< transitions applied
   std::size_t runs = 0;              ///< coalesced page runs
   std::size_t protection_calls = 0;  ///< mprotect / view mapping calls
-  std::size_t flushes = 0;           ///< instruction-cache flush ranges
-  bool barrier = false;              ///< a cross-thread barrier was issued
+  std::size_t writes = 0;   ///< pwritev calls copying code in (kernel_write)
+  std::size_t flushes = 0;  ///< instruction-cache flush ranges
+  bool barrier = false;     ///< a cross-thread barrier was issued
 };
 
 /// A snapshot of an arena's accounting.
@@ -325,6 +326,7 @@ class Batch {
   friend class detail::HeapImpl;
   struct Op;
   void push(const void* rx, detail::OpKind kind) noexcept;
+  void free_patches() noexcept;
   Arena* arena_ = nullptr;
   Op* ops_ = nullptr;
   std::size_t size_ = 0, capacity_ = 0;

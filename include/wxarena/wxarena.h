@@ -102,6 +102,7 @@ typedef struct wxa_function {
 typedef struct wxa_commit_report {
   size_t chunks, runs, protection_calls, flushes;
   int barrier;
+  size_t writes; /* pwritev calls copying code in (kernel_write) */
 } wxa_commit_report;
 
 typedef struct wxa_stats {
@@ -141,6 +142,10 @@ wxa_errc wxa_seal(wxa_arena* arena, const void* rx, wxa_seal_to to,
 wxa_errc wxa_unseal(wxa_arena* arena, const void* rx, wxa_chunk* out,
                     wxa_error* err);
 wxa_errc wxa_release(wxa_arena* arena, const void* rx, wxa_error* err);
+/* Writes `size` bytes into live code at `at` (inside a sealed chunk); see
+ * wxa::Arena::patch. */
+wxa_errc wxa_patch(wxa_arena* arena, const void* at, const void* bytes,
+                   size_t size, wxa_error* err);
 /* The chunk containing `address`; `state` and `offset` may be NULL. */
 wxa_errc wxa_find(const wxa_arena* arena, const void* address, wxa_chunk* out,
                   wxa_state* state, size_t* offset, wxa_error* err);
@@ -154,6 +159,9 @@ void wxa_batch_destroy(wxa_batch* batch);
 void wxa_batch_seal(wxa_batch* batch, const void* rx, wxa_seal_to to);
 void wxa_batch_unseal(wxa_batch* batch, const void* rx);
 void wxa_batch_release(wxa_batch* batch, const void* rx);
+/* Queues a patch; the bytes are copied now. */
+void wxa_batch_patch(wxa_batch* batch, const void* at, const void* bytes,
+                     size_t size);
 wxa_errc wxa_batch_commit(wxa_batch* batch, unsigned flags,
                           wxa_commit_report* report, wxa_error* err);
 

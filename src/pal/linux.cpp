@@ -17,7 +17,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <initializer_list>
 #include <mutex>
 
 #include "pal/pal.hpp"
@@ -123,6 +126,43 @@ int memfd_create_flags(bool exec_flag) noexcept {
   return static_cast<int>(MFD_CLOEXEC | (exec_flag ? MFD_EXEC : 0U));
 }
 
+// kernel_write's whole mechanism, tried for real on a memfd page `fd`
+// mapped read+execute at `view`: the kernel copies a function in, it runs;
+// another replaces it at the same address, and that one runs. An emulator
+// that keeps translated code until the guest itself stores to the page
+// (qemu-user) fails the second call, and the backend is then not offered.
+bool kernel_copies_code(int fd, void* view) noexcept {
+#if defined(__x86_64__)
+  auto code = [](unsigned char (&out)[8], std::uint32_t v) {
+    out[0] = 0xB8;  // mov eax, imm32; ret
+    std::memcpy(out + 1, &v, 4);
+    out[5] = 0xC3;
+    out[6] = out[7] = 0xCC;
+  };
+#elif defined(__aarch64__)
+  auto code = [](unsigned char (&out)[8], std::uint32_t v) {
+    const std::uint32_t w[2] = {0x52800000u | (v & 0xFFFFu) << 5,  // movz w0
+                                0xD65F03C0u};                      // ret
+    std::memcpy(out, w, 8);
+  };
+#else
+  auto code = [](unsigned char (&)[8], std::uint32_t) {};
+#endif
+  for (std::uint32_t v : {1u, 2u}) {
+    unsigned char bytes[8] = {};
+    code(bytes, v);
+    if (::pwrite(fd, bytes, sizeof bytes, 0) != static_cast<ssize_t>(sizeof bytes))
+      return false;
+    if (std::memcmp(view, bytes, sizeof bytes) != 0) return false;
+#if defined(__x86_64__) || defined(__aarch64__)
+    auto* p = static_cast<char*>(view);
+    __builtin___clear_cache(p, p + sizeof bytes);
+    if (reinterpret_cast<std::uint32_t (*)()>(view)() != v) return false;
+#endif
+  }
+  return true;
+}
+
 Capabilities probe() noexcept {
   Capabilities caps;
   // The kernel's page size (AT_PAGESZ): 4 KiB on x86-64; 4, 16 or 64 KiB
@@ -158,15 +198,10 @@ Capabilities probe() noexcept {
       void* x = ::mmap(nullptr, page, PROT_READ | PROT_EXEC, MAP_SHARED, fd, 0);
       if (x != MAP_FAILED) {
         caps.shared_exec = true;
-        // kernel_write's whole mechanism, tried for real: the kernel copies
-        // into the object while it is mapped executable, and the view shows
-        // the new bytes.
-        const unsigned char probe_byte = 0xC3;
-        caps.shared_write =
-            ::pwrite(fd, &probe_byte, 1, 0) == 1 &&
-            *static_cast<volatile unsigned char*>(x) == probe_byte;
+        caps.shared_write = kernel_copies_code(fd, x);
         caps.populate_read = ::madvise(x, page, MADV_POPULATE_READ) == 0;
-        if (::munmap(x, page) != 0) caps.shared_exec = caps.shared_write = false;
+        if (::munmap(x, page) != 0)
+          caps.shared_exec = caps.shared_write = false;
       }
     }
     if (::close(fd) != 0) caps.shared_memory = false;
@@ -323,16 +358,35 @@ Result<SharedHandle> Pal::create_shared(std::size_t bytes, const char* label,
     (void)::close(fd);  // already failing; the first error is reported
     return error_from_errno(err);
   }
-  return SharedHandle{fd, fork_generation()};
+  // A read-only descriptor of the same object for the views that are never
+  // writable. Best effort: without /proc those views use `fd` (and can then
+  // be made writable by mprotect, by whoever may call it).
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  ++n.other;
+  int ro = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (ro >= 0 && !track_for_fork(ro)) {
+    ++n.other;
+    (void)::close(ro);  // a full table: carry on without it
+    ro = -1;
+  }
+  return SharedHandle{fd, ro, fork_generation()};
 }
 
 Result<void> Pal::close_shared(SharedHandle h, SyscallCounts& n) noexcept {
   // In a fork() child the descriptor was closed at fork; the number may
   // name another file by now.
   if (h.generation != fork_generation()) return {};
+  int err = 0;
+  if (h.ro_fd >= 0) {
+    untrack_for_fork(h.ro_fd);
+    ++n.other;
+    if (::close(h.ro_fd) != 0) err = errno;
+  }
   untrack_for_fork(h.fd);
   ++n.other;
-  if (::close(h.fd) != 0) return error_from_errno(errno);
+  if (::close(h.fd) != 0) err = errno;
+  if (err) return error_from_errno(err);
   return {};
 }
 
@@ -343,14 +397,13 @@ Result<void> Pal::write_shared(SharedHandle h, std::size_t offset,
   // the pages, so no writable mapping of them ever exists in this process.
   // Up to IOV_MAX (1024) pieces per call; a short write (a signal, or
   // memory running out part way) is continued from where it stopped.
-  static constexpr std::size_t kMaxIov = 1024;
-  struct iovec iov[64];
+  static constexpr std::size_t kMaxIov = 1024;  // IOV_MAX on Linux
+  struct iovec iov[kMaxIov];
   std::size_t k = 0, skip = 0;  // next piece, bytes of it already written
   while (k < count) {
     std::size_t m = 0;
     std::size_t total = 0;
-    for (std::size_t j = k; j < count && m < std::min<std::size_t>(64, kMaxIov);
-         ++j, ++m) {
+    for (std::size_t j = k; j < count && m < kMaxIov; ++j, ++m) {
       const std::size_t sk = j == k ? skip : 0;
       iov[m].iov_base =
           const_cast<char*>(static_cast<const char*>(pieces[j].data) + sk);
@@ -358,8 +411,8 @@ Result<void> Pal::write_shared(SharedHandle h, std::size_t offset,
       total += iov[m].iov_len;
     }
     ++n.write;
-    const ssize_t w = ::pwritev(h.fd, iov, static_cast<int>(m),
-                                static_cast<off_t>(offset));
+    const ssize_t w =
+        ::pwritev(h.fd, iov, static_cast<int>(m), static_cast<off_t>(offset));
     if (w < 0) {
       if (errno == EINTR) continue;
       return error_from_errno(errno);
@@ -389,8 +442,9 @@ Result<void> Pal::populate(void* p, std::size_t bytes,
 Result<void> Pal::map_shared(void* p, std::size_t bytes, SharedHandle h,
                              std::size_t offset, Access access,
                              SyscallCounts& n) noexcept {
+  const int fd = access != Access::read_write && h.ro_fd >= 0 ? h.ro_fd : h.fd;
   ++n.mmap;
-  void* r = ::mmap(p, bytes, prot_of(access), MAP_SHARED | MAP_FIXED, h.fd,
+  void* r = ::mmap(p, bytes, prot_of(access), MAP_SHARED | MAP_FIXED, fd,
                    static_cast<off_t>(offset));
   if (r == MAP_FAILED) return error_from_errno(errno);
   if (access == Access::read_write) {

@@ -53,9 +53,14 @@ struct SharedHandle {
   [[nodiscard]] bool valid() const noexcept { return section != nullptr; }
 #else
   int fd = -1;
+  /// The same object opened read-only (through /proc/self/fd), or -1: views
+  /// that are never writable are mapped through it, so that not even
+  /// mprotect() can make them writable later (a shared mapping of a
+  /// read-only descriptor may not gain PROT_WRITE).
+  int ro_fd = -1;
   /// fork_generation() of the process that created it: a fork() child has
-  /// the descriptor closed for it (see create_shared) and must not close
-  /// the number again, which may by then name another file.
+  /// the descriptors closed for it (see create_shared) and must not close
+  /// the numbers again, which may by then name other files.
   std::uint64_t generation = 0;
   [[nodiscard]] bool valid() const noexcept { return fd >= 0; }
 #endif

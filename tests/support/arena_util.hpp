@@ -26,6 +26,10 @@ inline constexpr std::size_t kSmallReserve = std::size_t{64} << 20;
 /// The two concrete backends; tests parameterised over them skip the one
 /// this run cannot create (see backends.hpp).
 inline const Backend kBothBackends[] = {Backend::protect, Backend::dual_map};
+/// Every concrete backend; tests parameterised over them skip those this
+/// host cannot create (see backends.hpp).
+inline const Backend kAllBackends[] = {Backend::protect, Backend::dual_map,
+                                       Backend::kernel_write};
 
 inline std::string backend_name(const ::testing::TestParamInfo<Backend>& info) {
   return std::string(to_string(info.param));
@@ -125,7 +129,7 @@ inline std::size_t kernel_vmas(const Arena& arena) {
     return count_vmas(p, static_cast<const std::byte*>(p) + n);
   };
   std::size_t v = count(arena.range().data(), arena.range().size());
-  if (arena.backend() == Backend::dual_map)
+  if (arena.backend() != Backend::protect)  // the writable views or staging
     v += count(arena.rw_range().data(), arena.rw_range().size());
   return v;
 }

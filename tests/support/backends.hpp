@@ -44,6 +44,14 @@ inline constexpr bool kViewsChangeByProtection = false;
 /// Forcing protect is impossible under the execmem policy (or on a host whose
 /// kernel refuses anonymous PROT_EXEC by itself, as the probe found).
 inline const char* unavailable_reason(Backend backend) noexcept {
+  const detail::Capabilities& caps = detail::system_pal().capabilities();
+  if (backend == Backend::dual_map && !(caps.shared_memory && caps.shared_exec))
+    return "this host refuses a memfd mapped executable, so "
+           "Backend::dual_map cannot be created";
+  if (backend == Backend::kernel_write &&
+      !(caps.shared_memory && caps.shared_exec && caps.shared_write))
+    return "this host refuses a memfd mapped executable, or writing into "
+           "one (pwritev), so Backend::kernel_write cannot be created";
   if (backend != Backend::protect) return nullptr;
   if (execmem_denied())
     return "Backend::protect is refused under the execmem policy "

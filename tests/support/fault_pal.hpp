@@ -56,8 +56,7 @@ inline constexpr unsigned kAllSyscalls =
 /// copy into the code (kernel_write), populating, and the barrier.
 inline constexpr unsigned kCommitCalls =
     bit(PalCall::protect) | bit(PalCall::reset) | bit(PalCall::map_shared) |
-    bit(PalCall::barrier) | bit(PalCall::write_shared) |
-    bit(PalCall::populate);
+    bit(PalCall::barrier) | bit(PalCall::write_shared) | bit(PalCall::populate);
 
 /// One intercepted call.
 struct PalEvent {

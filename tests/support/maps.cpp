@@ -155,7 +155,10 @@ std::string describe(const std::vector<Mapping>& mappings) {
   const auto rx_limit = rx_base + arena.range().size();
   const auto rw_base =
       reinterpret_cast<std::uintptr_t>(arena.rw_range().data());
-  const bool dual = rw_base != rx_base;
+  // kernel_write: writable bytes are staged in ordinary memory, not in a
+  // view of the pages; checked below instead of page by page.
+  const bool staged = arena.backend() == wxa::Backend::kernel_write;
+  const bool dual = rw_base != rx_base && !staged;
 
   // The runs must tile the reservation, lowest address first.
   std::vector<Expected> rx_view, rw_view;
@@ -198,6 +201,31 @@ std::string describe(const std::vector<Mapping>& mappings) {
   if (const auto m = first_mismatch(rx_view, maps)) failures += describe(*m);
   if (const auto m = first_mismatch(rw_view, maps)) {
     failures += (failures.empty() ? "" : "; ") + describe(*m);
+  }
+  if (staged) {
+    // The staging range is ordinary read-write memory, never executable,
+    // and no mapping anywhere in the process may write the code's memfd.
+    const auto rw_limit = rw_base + arena.rw_range().size();
+    std::vector<std::pair<std::string, std::uint64_t>> code_files;
+    for (const Mapping& m : maps) {
+      if (m.end > rw_base && m.begin < rw_limit && (m.execute || !m.write)) {
+        failures += (failures.empty() ? "" : "; ") + std::string("at ") +
+                    hex(std::max(m.begin, rw_base)) +
+                    ": expected rw-, kernel has " + m.protection() +
+                    " (staging memory)";
+      }
+      if (m.end > rx_base && m.begin < rx_limit && m.shared && m.inode)
+        code_files.emplace_back(m.dev, m.inode);
+    }
+    for (const Mapping& m : maps) {
+      if (!m.write || !m.inode) continue;
+      for (const auto& f : code_files)
+        if (m.dev == f.first && m.inode == f.second)
+          failures +=
+              (failures.empty() ? "" : "; ") +
+              std::string("a writable mapping of the code's memfd at ") +
+              hex(m.begin) + " (" + m.perms() + ")";
+    }
   }
   std::vector<Mapping> wx;
   for (const Mapping& m : maps) {

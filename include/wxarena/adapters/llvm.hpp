@@ -21,12 +21,13 @@
 //   anything W|X, X on a data block, or no access at all -> refused
 //
 // Only Backend::protect fits: SectionMemoryManager writes sections at the
-// address they later run at, and a dual_map arena's writable view lies
-// elsewhere (code relocated for one address would run at another). On a
-// dual_map arena every allocation is refused with not_supported; where the
-// OS refuses executable anonymous memory (SELinux deny_execmem), this
-// adapter cannot work and LLVM's JITLink with a dual-mapping memory manager
-// is the way.
+// address they later run at, and a dual_map arena's writable view, like a
+// kernel_write arena's staging memory, lies elsewhere (code relocated for
+// one address would run at another). On those arenas every allocation is
+// refused with not_supported; there, and where the OS refuses executable
+// anonymous memory (SELinux deny_execmem), use LLVM's JITLink with
+// wxa::llvm::JitLinkMemoryManager (llvm_jitlink.hpp), which links code for
+// the address it runs at while writing it anywhere.
 //
 // Limitation: a SectionMemoryManager that is used again after
 // finalizeMemory() (MCJIT with several modules) may carve new sections from

@@ -27,6 +27,12 @@
 // through a register). Never call getCode() under dual_map: it is the
 // writable view; call what seal() returns.
 //
+// Backend::kernel_write is refused for every kind of code: Xbyak names its
+// buffer by the writable pointer for as long as the generator lives (free()
+// at destruction), and kernel_write gives a chunk's staging memory back at
+// the seal and hands it to the next chunk, so that pointer would name
+// another chunk by then. Use the CodeHeap, or wxa::xbyak with protect.
+//
 // Calling the host with call(fn) needs a rel32 displacement: create the arena
 // with Options::anchor = a host function, so the reservation is within reach.
 #pragma once
@@ -59,6 +65,7 @@ enum class Code : std::uint8_t {
 /// run at another), success otherwise.
 [[nodiscard]] inline Result<void> check(const Arena& arena,
                                         Code code) noexcept {
+  if (arena.backend() == Backend::kernel_write) return Errc::not_supported;
   if (code == Code::address_dependent && arena.backend() != Backend::protect)
     return Errc::not_supported;
   return {};
@@ -198,7 +205,9 @@ class Refused : public std::runtime_error {
             "wxa::xbyak: " + error.to_string() +
             ": Xbyak encodes addresses for where it writes, and a dual_map "
             "arena runs code at another address; use Backend::protect, or "
-            "promise Code::position_independent"),
+            "promise Code::position_independent (a kernel_write arena is "
+            "refused for any code: its writable memory is given back at "
+            "the seal, while Xbyak keeps naming its buffer by it)"),
         error_(error) {}
   [[nodiscard]] const Error& error() const noexcept { return error_; }
 

@@ -1,0 +1,503 @@
+// SPDX-License-Identifier: MIT
+// The kernel_write backend: code pages that are never writable in this
+// process. The reservation is one memfd mapped read+execute (read-only for
+// sealed data) wherever pages are in use; no mapping of it is ever writable.
+// A writable chunk is staged in ordinary read-write memory (a reservation of
+// its own, near the code); a commit hands the staged bytes to the kernel,
+// which copies them into the memfd with one pwritev per contiguous run, and
+// the executable view shows them at once. Retiring a chunk overwrites it
+// with trap instructions the same way. No page changes protection on the
+// hot path, so no TLB shootdown is ever paid to publish code, and fresh
+// pages are mapped in with one MADV_POPULATE_READ instead of a fault each.
+//
+// Everything this backend does is in this file; the contract it implements
+// is in backend.hpp.
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <limits>
+#include <new>
+
+#include "backend.hpp"
+
+namespace wxa::detail {
+namespace {
+
+class KernelWriteBackend final : public PageBackend {
+ public:
+  ~KernelWriteBackend() override {
+    meta_free(stage_of_);
+    meta_free(owner_);
+    meta_free(populated_);
+    meta_free(free_bits_);
+    meta_free(trap_page_);
+  }
+
+  Backend kind() const noexcept override { return Backend::kernel_write; }
+
+  Result<void> init(Pal& pal, std::size_t pages, unsigned shift,
+                    std::uintptr_t lo, std::uintptr_t hi, bool name,
+                    SyscallCounts& n) noexcept override {
+    pal_ = &pal;
+    pages_ = pages;
+    shift_ = shift;
+    const Capabilities& caps = pal.capabilities();
+    if (!caps.shared_memory || !caps.shared_exec || !caps.shared_write)
+      return Error(Errc::not_supported);
+
+    words_ = (pages + 63) / 64;
+    stage_of_ =
+        static_cast<std::uint32_t*>(meta_calloc(pages, sizeof(std::uint32_t)));
+    owner_ =
+        static_cast<std::uint32_t*>(meta_calloc(pages, sizeof(std::uint32_t)));
+    populated_ = static_cast<std::uint8_t*>(meta_calloc(pages, 1));
+    free_bits_ = static_cast<std::uint64_t*>(
+        meta_calloc(words_, sizeof(std::uint64_t)));  // 1 = staging page used
+    if (!stage_of_ || !owner_ || !populated_ || !free_bits_)
+      return Error(Errc::out_of_memory, kNoMemory);
+    // Pages past the end count as used, so a search never hands them out.
+    if (pages % 64) free_bits_[words_ - 1] = ~std::uint64_t{0} << (pages % 64);
+
+    // Named apart from dual_map's memfd: no mapping of this one may ever be
+    // writable, and auditors (wxa-audit) check that by name.
+    Result<SharedHandle> shm = pal.create_shared(bytes(), "wxarena-code", n);
+    if (!shm) return shm.error();
+    shm_ = *shm;
+    // The executable view's address range; pages are mapped into it as they
+    // are opened (set_access), from the memfd, read+execute.
+    Result<std::byte*> rx =
+        pal.reserve_view(shm_, bytes(), lo, hi, Access::read_execute, n);
+    if (!rx) {
+      Error e = rx.error();
+      destroy(n);
+      return e;
+    }
+    rx_base_ = *rx;
+
+    // Staging: as large as the reservation (every page could be writable at
+    // once; it costs no memory until written), within rel32 reach of the
+    // code where the address space allows, so that a JIT may keep
+    // read-write data there and reach it from code (see include/wxarena/
+    // adapters/). Mapped read+write once: never executable.
+    const auto code = reinterpret_cast<std::uintptr_t>(rx_base_);
+    const std::uintptr_t reach = (std::uintptr_t{1} << 31) - 1;
+    const std::uintptr_t slo =
+        code + bytes() > reach ? code + bytes() - reach : 0;
+    const std::uintptr_t shi =
+        code > std::numeric_limits<std::uintptr_t>::max() - reach
+            ? std::numeric_limits<std::uintptr_t>::max()
+            : code + reach;
+    Result<std::byte*> st = pal.reserve(bytes(), slo, shi, n);
+    if (!st && st.error().code() == Errc::unreachable_anchor)
+      st = pal.reserve(bytes(), 0, 0, n);
+    if (!st) {
+      Error e = st.error();
+      destroy(n);
+      return e;
+    }
+    stage_base_ = *st;
+    if (Result<void> r =
+            pal.protect(stage_base_, bytes(), Access::read_write, n);
+        !r) {
+      destroy(n);
+      return r;
+    }
+    if (name && caps.vma_naming) {
+      // Best effort: a name only helps people read /proc/<pid>/maps.
+      (void)pal.name(stage_base_, bytes(), "wxarena-staging", n);
+    }
+    return {};
+  }
+
+  void destroy(SyscallCounts& n) noexcept override {
+    if (rx_base_) (void)pal_->unmap_view(rx_base_, bytes(), n);
+    if (stage_base_) (void)pal_->unmap(stage_base_, bytes(), n);
+    if (shm_.valid()) (void)pal_->close_shared(shm_, n);
+    rx_base_ = stage_base_ = nullptr;
+    shm_ = SharedHandle{};
+  }
+
+  // --- what the kernel shows ------------------------------------------------
+
+  int views() const noexcept override { return 1; }
+
+  Access access(PageState s, View v) const noexcept override {
+    if (v == View::rw) return Access::none;  // no writable view exists
+    switch (s) {
+      case PageState::unused:
+        return Access::none;
+      case PageState::read_only:
+        return Access::read;
+      default:
+        // open (traps or zeros), writable (traps, or the last sealed code
+        // until the seal), executable, retired (traps).
+        return Access::read_execute;
+    }
+  }
+
+  Result<void> set_access(View, std::size_t a, std::size_t b, Access want,
+                          SyscallCounts& n) noexcept override {
+    const std::size_t len = (b - a) << shift_;
+    std::memset(populated_ + a, 0, b - a);
+    if (want == Access::none) return pal_->reset(rx_page(a), len, n);
+    // Read-only data: removing execute is an mprotect (never refused by a
+    // deny_execmem policy). Gaining execute is always a mapping of the
+    // memfd, never an mprotect.
+    if (want == Access::read) return pal_->protect(rx_page(a), len, want, n);
+    return pal_->map_shared(rx_page(a), len, shm_, a << shift_, want, n);
+  }
+
+  std::size_t fixed_vmas() const noexcept override { return 1; }  // staging
+
+  Result<void> decommit(std::size_t a, std::size_t b,
+                        SyscallCounts& n) noexcept override {
+    std::memset(populated_ + a, 0, b - a);
+    return pal_->discard_shared(shm_, a << shift_, (b - a) << shift_,
+                                rx_page(a), n);
+  }
+
+  bool revoke_before_decommit() const noexcept override { return true; }
+
+  // --- staging
+  // ----------------------------------------------------------------
+
+  Result<std::byte*> stage(std::uint32_t head, std::uint32_t pages,
+                           bool keep_code) noexcept override {
+    const std::ptrdiff_t s = take_staging(pages);
+    if (s < 0) return Error(Errc::exhausted);
+    const auto si = static_cast<std::uint32_t>(s);
+    for (std::uint32_t k = 0; k < pages; ++k) owner_[si + k] = head + 1;
+    stage_of_[head] = si + 1;
+    std::byte* p = stage_base_ + (std::size_t{si} << shift_);
+    const std::size_t len = std::size_t{pages} << shift_;
+    if (keep_code)
+      std::memcpy(p, rx_page(head), len);  // readable in every sealed state
+    else
+      fill_traps(p, len);
+    return p;
+  }
+
+  void unstage(std::uint32_t head, std::uint32_t pages) noexcept override {
+    if (!stage_of_[head]) return;
+    const std::uint32_t s = stage_of_[head] - 1;
+    for (std::uint32_t k = 0; k < pages; ++k) {
+      owner_[s + k] = 0;
+      free_bits_[(s + k) / 64] &= ~(std::uint64_t{1} << ((s + k) % 64));
+    }
+    stage_of_[head] = 0;
+    low_ = std::min<std::size_t>(low_, s / 64);
+  }
+
+  std::byte* staged(std::uint32_t head) const noexcept override {
+    return stage_of_[head]
+               ? stage_base_ + (std::size_t{stage_of_[head] - 1} << shift_)
+               : nullptr;
+  }
+
+  std::ptrdiff_t page_of_rw(const void* p) const noexcept override {
+    auto u = reinterpret_cast<std::uintptr_t>(p);
+    auto b = reinterpret_cast<std::uintptr_t>(stage_base_);
+    if (u < b || u - b >= bytes()) return -1;
+    const std::size_t s = (u - b) >> shift_;
+    if (!owner_[s]) return -1;
+    const std::uint32_t head = owner_[s] - 1;
+    return static_cast<std::ptrdiff_t>(head + (s - (stage_of_[head] - 1)));
+  }
+
+  std::span<std::byte> rw_range() const noexcept override {
+    return {stage_base_, bytes()};
+  }
+  std::byte* rw_page(std::size_t) const noexcept override { return nullptr; }
+
+  // Retired pages were overwritten with traps when they were retired.
+  void trap_fill(std::size_t, std::size_t) noexcept override {}
+
+  Result<void> trim(SyscallCounts& n) noexcept override {
+    // Staging pages nobody holds give their memory back.
+    std::size_t i = 0;
+    while (i < pages_) {
+      if (used(i)) {
+        ++i;
+        continue;
+      }
+      std::size_t j = i + 1;
+      while (j < pages_ && !used(j)) ++j;
+      if (Result<void> r =
+              pal_->decommit(stage_base_ + (i << shift_), (j - i) << shift_, n);
+          !r)
+        return r;
+      i = j;
+    }
+    return {};
+  }
+
+  // --- the commit
+  // -------------------------------------------------------------
+
+  bool writes_content() const noexcept override { return true; }
+
+  Result<void> write_content(const ContentItem* items, std::size_t count,
+                             SyscallCounts& n) noexcept override {
+    try {
+      plan(items, count);
+    } catch (const std::bad_alloc&) {
+      return Error(Errc::out_of_memory, kNoMemory);
+    }
+    // One pwritev per contiguous group of pieces (in steady state: one).
+    std::size_t g = 0;
+    for (; g < groups_.size(); ++g) {
+      const Group& grp = groups_[g];
+      if (Result<void> r = pal_->write_shared(
+              shm_, grp.offset, pieces_.data() + grp.first, grp.count, n);
+          !r) {
+        restore(g + 1, n);  // the failed group may be written in part
+        return r.error();
+      }
+    }
+    written_groups_ = groups_.size();
+    // Fresh code pages are mapped in now, with one call per run, instead of
+    // faulting on the first call into them.
+    if (pal_->capabilities().populate_read) {
+      for (std::size_t k = 0; k < count; ++k) {
+        const ContentItem& it = items[k];
+        if (it.to != PageState::executable || it.data) continue;
+        std::size_t a = it.head, b = it.head + it.pages;
+        // Coalesce with the following items, then keep the part between
+        // the first and the last page not mapped in yet.
+        std::size_t end = k + 1;
+        while (end < count && items[end].to == PageState::executable &&
+               !items[end].data && items[end].head == b) {
+          b += items[end].pages;
+          ++end;
+        }
+        while (a < b && populated_[a]) ++a;
+        while (b > a && populated_[b - 1]) --b;
+        if (a < b) {
+          if (Result<void> r = pal_->populate(rx_page(a), (b - a) << shift_, n);
+              !r) {
+            restore(written_groups_, n);
+            return r.error();
+          }
+          std::memset(populated_ + a, 1, b - a);
+        }
+        k = end - 1;
+      }
+    }
+    return {};
+  }
+
+  void undo_content(SyscallCounts& n) noexcept override {
+    restore(written_groups_, n);
+  }
+
+  void flush(std::size_t a, std::size_t b) noexcept override {
+    // The kernel wrote through its own mapping of the pages; the executable
+    // view gets no cache maintenance from that (AArch64: clean + invalidate
+    // by virtual address, here).
+    pal_->flush_icache(rx_page(a), (b - a) << shift_);
+  }
+
+ private:
+  // A run of pieces written with one call, from `offset` in the memfd.
+  struct Group {
+    std::size_t offset;
+    std::size_t first, count;  // pieces
+  };
+  // What to write back over a piece if the commit is undone.
+  struct Undo {
+    std::size_t offset, bytes;
+    std::size_t saved;  // in saved_, or kTraps
+  };
+  static constexpr std::size_t kTraps = std::numeric_limits<std::size_t>::max();
+
+  [[nodiscard]] bool used(std::size_t s) const noexcept {
+    return free_bits_[s / 64] >> (s % 64) & 1;
+  }
+
+  // Lowest-address first fit in the staging bitmap: pages used last are
+  // reused first, so staging stays warm (no page fault per publish).
+  std::ptrdiff_t take_staging(std::uint32_t pages) noexcept {
+    std::size_t s = low_ * 64;
+    while (s + pages <= pages_) {
+      if (used(s)) {
+        // Skip whole used words.
+        const std::size_t w = s / 64;
+        const std::uint64_t rest = ~free_bits_[w] >> (s % 64);
+        s = rest ? s + static_cast<std::size_t>(std::countr_zero(rest))
+                 : (w + 1) * 64;
+        continue;
+      }
+      std::size_t e = s + 1;
+      while (e < s + pages && !used(e)) ++e;
+      if (e == s + pages) {
+        for (std::size_t k = s; k < e; ++k)
+          free_bits_[k / 64] |= std::uint64_t{1} << (k % 64);
+        while (low_ < words_ && free_bits_[low_] == ~std::uint64_t{0}) ++low_;
+        return static_cast<std::ptrdiff_t>(s);
+      }
+      s = e;
+    }
+    return -1;
+  }
+
+  // Trap instructions to copy from: 16 pages, so that retiring a large
+  // run takes few pieces.
+  [[nodiscard]] std::size_t trap_bytes() const noexcept {
+    return std::size_t{16} << shift_;
+  }
+  [[nodiscard]] const std::byte* trap_page() {
+    if (!trap_page_) {
+      trap_page_ = static_cast<std::byte*>(meta_alloc(trap_bytes()));
+      if (!trap_page_) throw std::bad_alloc();
+      fill_traps(trap_page_, trap_bytes());
+    }
+    return trap_page_;
+  }
+
+  void add_piece(std::size_t offset, const void* data, std::size_t len) {
+    if (groups_.empty() || groups_.back().offset + group_bytes_ != offset) {
+      groups_.push_back(Group{offset, pieces_.size(), 0});
+      group_bytes_ = 0;
+    }
+    group_bytes_ += len;
+    // Chunks staged one after another are usually staged next to each
+    // other too: one piece for all of them.
+    if (groups_.back().count) {
+      WritePiece& last = pieces_.back();
+      if (static_cast<const std::byte*>(last.data) + last.bytes == data) {
+        last.bytes += len;
+        return;
+      }
+    }
+    pieces_.push_back(WritePiece{data, len});
+    ++groups_.back().count;
+  }
+
+  void add_traps(std::size_t offset, std::size_t len) {
+    const std::byte* traps = trap_page();
+    for (std::size_t at = 0; at < len; at += trap_bytes())
+      add_piece(offset + at, traps, std::min(trap_bytes(), len - at));
+  }
+
+  void save(std::size_t offset, std::size_t len, bool traps) {
+    if (traps) {
+      (void)trap_page();  // restore() must not allocate
+      undo_.push_back(Undo{offset, len, kTraps});
+      return;
+    }
+    const std::size_t at = saved_.size();
+    saved_.resize(at + len);
+    std::memcpy(saved_.data() + at, rx_base_ + offset, len);
+    undo_.push_back(Undo{offset, len, at});
+  }
+
+  // Turns the items into pieces and their undo records; allocates, so it
+  // runs before the first write.
+  void plan(const ContentItem* items, std::size_t count) {
+    pieces_.clear();
+    groups_.clear();
+    undo_.clear();
+    saved_.clear();
+    written_groups_ = 0;
+    for (std::size_t k = 0; k < count; ++k) {
+      const ContentItem& it = items[k];
+      const std::size_t off = std::size_t{it.head} << shift_;
+      const std::size_t len = std::size_t{it.pages} << shift_;
+      if (it.data) {  // a patch of live code
+        save(off + it.offset, it.size, false);
+        add_piece(off + it.offset, it.data, it.size);
+      } else if (it.from == PageState::writable &&
+                 (it.to == PageState::executable ||
+                  it.to == PageState::read_only)) {
+        // A seal: the staged bytes. Undone with traps: the chunk is then
+        // writable again, and a writable chunk's code view holds traps.
+        save(off, len, true);
+        add_piece(off, staged(it.head), len);
+      } else if (it.to == PageState::retired ||
+                 (it.from == PageState::read_only &&
+                  it.to == PageState::writable)) {
+        // Retired code must trap; data that stops being read-only must not
+        // become executable as it is.
+        save(off, len, it.from == PageState::writable);
+        add_traps(off, len);
+      }
+      // executable -> writable (unseal): the code stays until the next
+      // seal; the staged copy is what the owner edits.
+    }
+    // Undo records follow the pieces' order; restore() walks groups.
+    undo_groups_.clear();
+    undo_groups_.reserve(groups_.size());
+    // Each group's undo records: the same offsets, one record per item.
+    std::size_t u = 0;
+    for (const Group& grp : groups_) {
+      std::size_t end = grp.offset;
+      for (std::size_t p = grp.first; p < grp.first + grp.count; ++p)
+        end += pieces_[p].bytes;
+      const std::size_t first = u;
+      while (u < undo_.size() && undo_[u].offset < end) ++u;
+      undo_groups_.push_back(UndoGroup{first, u});
+    }
+    std::size_t most = 1;  // pieces one undo record needs
+    for (const Undo& rec : undo_)
+      if (rec.saved == kTraps)
+        most = std::max(most, (rec.bytes + trap_bytes() - 1) / trap_bytes());
+    restore_pieces_.reserve(most);
+  }
+
+  // Writes back what the first `groups` groups replaced. Fatal on failure:
+  // the code would otherwise differ from what the arena says it is.
+  void restore(std::size_t groups, SyscallCounts& n) noexcept {
+    for (std::size_t g = 0; g < groups && g < undo_groups_.size(); ++g) {
+      for (std::size_t u = undo_groups_[g].first; u < undo_groups_[g].end;
+           ++u) {
+        const Undo& rec = undo_[u];
+        restore_pieces_.clear();
+        if (rec.saved == kTraps) {
+          for (std::size_t at = 0; at < rec.bytes; at += trap_bytes())
+            restore_pieces_.push_back(
+                WritePiece{trap_page_, std::min(trap_bytes(), rec.bytes - at)});
+        } else {
+          restore_pieces_.push_back(
+              WritePiece{saved_.data() + rec.saved, rec.bytes});
+        }
+        if (!pal_->write_shared(shm_, rec.offset, restore_pieces_.data(),
+                                restore_pieces_.size(), n))
+          fatal("cannot restore code after a failed commit",
+                rx_base_ + rec.offset, 0);
+      }
+    }
+    written_groups_ = 0;
+  }
+
+  struct UndoGroup {
+    std::size_t first, end;
+  };
+
+  SharedHandle shm_;
+  std::byte* stage_base_ = nullptr;
+  std::uint32_t* stage_of_ = nullptr;  // chunk head -> staging page + 1
+  std::uint32_t* owner_ = nullptr;     // staging page -> chunk head + 1
+  std::uint8_t* populated_ = nullptr;  // code page mapped in (populated)
+  std::uint64_t* free_bits_ = nullptr;
+  std::size_t words_ = 0, low_ = 0;  // low_: first word that may have room
+  std::byte* trap_page_ = nullptr;
+
+  // Scratch of the commit in progress, reused.
+  MetaVector<WritePiece> pieces_;
+  MetaVector<Group> groups_;
+  std::size_t group_bytes_ = 0;
+  MetaVector<Undo> undo_;
+  MetaVector<UndoGroup> undo_groups_;
+  MetaVector<std::byte> saved_;
+  MetaVector<WritePiece> restore_pieces_;
+  std::size_t written_groups_ = 0;  // groups written by the last commit
+};
+
+}  // namespace
+
+PageBackend* new_kernel_write_backend() noexcept {
+  void* mem = meta_alloc(sizeof(KernelWriteBackend));
+  return mem ? ::new (mem) KernelWriteBackend : nullptr;
+}
+
+}  // namespace wxa::detail

@@ -1,0 +1,226 @@
+// SPDX-License-Identifier: MIT
+// What the kernel_write backend promises beyond the common lifecycle: stale
+// calls trap (chunks and heap functions, before and after their pages are
+// reused), trimmed code is inaccessible rather than zeros, staging memory is
+// recycled instead of faulted in afresh, and fresh code is mapped in before
+// the first call.
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include <csignal>
+#include <cstdint>
+#include <vector>
+
+#include "support/arena_util.hpp"
+#include "support/backends.hpp"
+#include "support/memory_fault.hpp"
+#include "support/native_code.hpp"
+#include "wxarena/arena.hpp"
+#include "wxarena/code_heap.hpp"
+
+namespace wxa::test {
+namespace {
+
+class KernelWrite : public ::testing::Test {
+ protected:
+  void SetUp() override { WXA_SKIP_IF_UNAVAILABLE(Backend::kernel_write); }
+  static Options options(std::size_t quarantine = 16) {
+    Options o;
+    o.backend = Backend::kernel_write;
+    o.reserve_bytes = kSmallReserve;
+    o.quarantine = quarantine;
+    return o;
+  }
+};
+
+// Resident pages of [p, p + bytes), by mincore(2).
+std::size_t resident(const void* p, std::size_t bytes) {
+  const std::size_t ps = os_page_size();
+  std::vector<unsigned char> vec((bytes + ps - 1) / ps);
+  if (::mincore(const_cast<void*>(p), bytes, vec.data()) != 0) return 0;
+  std::size_t n = 0;
+  for (unsigned char v : vec) n += v & 1;
+  return n;
+}
+
+using KernelWriteDeathTest = KernelWrite;
+
+TEST_F(KernelWriteDeathTest, StaleCallsTrapBeforeAndAfterThePagesAreReused) {
+  Options o = options(0);
+  o.open_pages = 1;  // recycle as soon as the quarantine allows
+  Result<Arena> made = Arena::create(o);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  Result<Chunk> c = arena.allocate(64);
+  ASSERT_TRUE(Ok(c));
+  write_fn(*c, 0x51);
+  ASSERT_TRUE(Ok(arena.seal(*c)));
+  ASSERT_EQ(call(c->rx()), 0x51u);
+  ASSERT_TRUE(Ok(arena.release(*c)));
+  EXPECT_EXIT((void)call(c->rx()), ::testing::KilledBySignal(SIGTRAP), "")
+      << "a stale call into released code";
+  // The page comes back (quarantine 0) to a new, still writable chunk: the
+  // new bytes are staged elsewhere, so a stale call still traps.
+  Result<Chunk> again = arena.allocate(64);
+  for (int i = 0; i < 1000 && again && again->rx() != c->rx(); ++i)
+    again = arena.allocate(64);
+  ASSERT_TRUE(Ok(again));
+  ASSERT_EQ(again->rx(), c->rx()) << "the page never came back";
+  write_fn(*again, 0x52);
+  EXPECT_EXIT((void)call(c->rx()), ::testing::KilledBySignal(SIGTRAP), "")
+      << "a stale call into a reused, not yet sealed page";
+  ASSERT_TRUE(Ok(arena.seal(*again)));
+  EXPECT_EQ(call(again->rx()), 0x52u);
+  EXPECT_TRUE(audit_arena(arena));
+}
+
+TEST_F(KernelWriteDeathTest, StaleHeapFunctionsTrap) {
+  Result<Arena> made = Arena::create(options(0));
+  ASSERT_TRUE(Ok(made));
+  Result<CodeHeap> heap = CodeHeap::create(*made);
+  ASSERT_TRUE(Ok(heap));
+  std::vector<const void*> fns;
+  for (std::uint32_t i = 0; i < 8; ++i) {
+    Result<Function> f = heap->allocate(32);
+    ASSERT_TRUE(Ok(f));
+    ASSERT_NE(write_return_imm(f->rw, i), 0u);
+    fns.push_back(f->rx);
+  }
+  ASSERT_TRUE(Ok(heap->publish()));
+  for (std::uint32_t i = 0; i < 8; ++i) ASSERT_EQ(call(fns[i]), i);
+  for (const void* f : fns) ASSERT_TRUE(Ok(heap->release(f)));
+  ASSERT_TRUE(Ok(heap->publish()));  // the emptied page is retired
+  for (const void* f : {fns[0], fns[5]})
+    EXPECT_EXIT((void)call(f), ::testing::KilledBySignal(SIGTRAP), "");
+  // New functions: their page (perhaps the same one, reused) is writable
+  // until the next publish; the old addresses still trap meanwhile.
+  Result<Function> g = heap->allocate(32);
+  ASSERT_TRUE(Ok(g));
+  ASSERT_NE(write_return_imm(g->rw, 77), 0u);
+  EXPECT_EXIT((void)call(fns[3]), ::testing::KilledBySignal(SIGTRAP), "");
+  ASSERT_TRUE(Ok(heap->publish()));
+  EXPECT_EQ(call(g->rx), 77u);
+  EXPECT_TRUE(audit_arena(*made));
+}
+
+TEST_F(KernelWriteDeathTest, TrimmedCodeIsInaccessibleNotZeros) {
+  Result<Arena> made = Arena::create(options(0));
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  Result<Chunk> c = arena.allocate(64);
+  ASSERT_TRUE(Ok(c));
+  write_fn(*c, 0x61);
+  ASSERT_TRUE(Ok(arena.seal(*c)));
+  ASSERT_TRUE(Ok(arena.release(*c)));
+  const Stats before = arena.stats();
+  ASSERT_TRUE(Ok(arena.trim()));
+  const Stats after = arena.stats();
+  EXPECT_EQ(after.chunks_in(State::retired), 0u);
+  EXPECT_EQ(after.committed_bytes, 0u);
+  EXPECT_GT(after.syscalls.other, before.syscalls.other)
+      << "the memfd's pages were given back (fallocate)";
+  // A hole in the memfd would read as zeros, and zeros execute: the page
+  // is inaccessible instead, so a stale call faults.
+  EXPECT_EQ(mapping_at(c->rx()).protection(), "---");
+  EXPECT_EXIT(
+      {
+        expect_fault_in(c->rx(), c->size());
+        (void)call(c->rx());
+      },
+      ::testing::ExitedWithCode(kFaultExitCode), kFaultInChunk);
+  EXPECT_TRUE(audit_arena(arena));
+  EXPECT_TRUE(vmas_agree(arena.stats().vmas, arena));
+  // The arena goes on: the same pages are opened and used again.
+  EXPECT_TRUE(still_works(arena));
+}
+
+// The code view is mapped from a read-only descriptor of the memfd where
+// /proc/self/fd lets the library open one: then not even mprotect() can
+// make it writable.
+TEST_F(KernelWrite, TheCodeViewCannotBeMadeWritable) {
+  if (::access("/proc/self/fd", R_OK) != 0)
+    GTEST_SKIP() << "no /proc/self/fd here: the view is mapped through the "
+                    "read-write descriptor";
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Result<Chunk> c = made->allocate(64);
+  ASSERT_TRUE(Ok(c));
+  write_fn(*c, 0x71);
+  ASSERT_TRUE(Ok(made->seal(*c)));
+  void* page = const_cast<void*>(c->rx());
+  EXPECT_NE(::mprotect(page, made->page_size(), PROT_READ | PROT_WRITE), 0);
+  EXPECT_EQ(errno, EACCES);
+  EXPECT_EQ(call(c->rx()), 0x71u);
+  EXPECT_TRUE(audit_arena(*made));
+}
+
+TEST_F(KernelWrite, StagingIsRecycledNotFaultedInAfresh) {
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  Result<CodeHeap> heap = CodeHeap::create(arena);
+  ASSERT_TRUE(Ok(heap));
+  const std::size_t ps = arena.page_size();
+  // 200 publishes of a page of functions each: 200 code pages, but the
+  // staging memory written is the same page or two, over and over.
+  for (std::uint32_t round = 0; round < 200; ++round) {
+    for (std::size_t i = 0; i < ps / 256; ++i) {
+      Result<Function> f = heap->allocate(256);
+      ASSERT_TRUE(Ok(f));
+      ASSERT_NE(write_return_imm(f->rw, round), 0u);
+    }
+    ASSERT_TRUE(Ok(heap->publish()));
+  }
+  EXPECT_EQ(heap->stats().pages, 200u);
+  const std::span<std::byte> staging = arena.rw_range();
+  const std::size_t touched = resident(staging.data(), staging.size());
+  EXPECT_GE(touched, 1u);
+  EXPECT_LE(touched, 4u) << "staging pages: one per publish would be 200";
+  std::printf(
+      "[ figures  ] kernel_write: 200 publishes of one page each "
+      "touched %zu staging page(s)\n",
+      touched);
+  // trim() gives the staging memory back too.
+  ASSERT_TRUE(Ok(arena.trim()));
+  EXPECT_EQ(resident(staging.data(), staging.size()), 0u);
+}
+
+TEST_F(KernelWrite, FreshCodeIsMappedInBeforeTheFirstCall) {
+  if (!detail::system_pal().capabilities().populate_read)
+    GTEST_SKIP() << "no MADV_POPULATE_READ here (Linux < 5.14): fresh code "
+                    "pages fault in on their first call instead";
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  const std::size_t ps = arena.page_size();
+  std::vector<Chunk> c;
+  Batch b(arena);
+  for (std::uint32_t i = 0; i < 16; ++i) {
+    Result<Chunk> x = arena.allocate(ps);
+    ASSERT_TRUE(Ok(x));
+    write_fn(*x, i);
+    b.seal(*x);
+    c.push_back(*x);
+  }
+  const Stats s0 = arena.stats();
+  ASSERT_TRUE(Ok(b.commit()));
+  const Stats s1 = arena.stats();
+  EXPECT_EQ(s1.syscalls.madvise - s0.syscalls.madvise, 1u)
+      << "one populate for the whole run";
+  // Calling into 16 fresh pages takes no page fault: they were mapped in.
+  rusage r0{}, r1{};
+  ASSERT_EQ(::getrusage(RUSAGE_THREAD, &r0), 0);
+  unsigned sum = 0;
+  for (std::uint32_t i = 0; i < 16; ++i) sum += call(c[i].rx());
+  ASSERT_EQ(::getrusage(RUSAGE_THREAD, &r1), 0);
+  EXPECT_EQ(sum, 120u);
+  EXPECT_LE(r1.ru_minflt - r0.ru_minflt, 2)
+      << "calls into freshly sealed pages faulted them in one by one";
+}
+
+}  // namespace
+}  // namespace wxa::test
