@@ -29,6 +29,7 @@ from collections import defaultdict
 STRATEGIES = [
     "wxarena_protect", "wxarena_dual", "wxarena_kernel_write", "wxarena_heap",
     "wxarena_heap_protect", "naive_mmap", "malloc_mprotect", "llvm_smm",
+    "llvm_jitlink", "llvm_jitlink_wxarena",
     "asmjit_rwx", "asmjit_dual", "raw_rwx_floor",
 ]
 # Strategies whose code is writable and executable at once.
