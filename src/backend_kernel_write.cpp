@@ -29,6 +29,8 @@ class KernelWriteBackend final : public PageBackend {
     meta_free(stage_of_);
     meta_free(owner_);
     meta_free(populated_);
+    meta_free(written_);
+    meta_free(extent_);
     meta_free(free_bits_);
     meta_free(trap_page_);
   }
@@ -51,9 +53,13 @@ class KernelWriteBackend final : public PageBackend {
     owner_ =
         static_cast<std::uint32_t*>(meta_calloc(pages, sizeof(std::uint32_t)));
     populated_ = static_cast<std::uint8_t*>(meta_calloc(pages, 1));
+    written_ = static_cast<std::uint8_t*>(meta_calloc(pages, 1));
+    extent_ =
+        static_cast<std::uint32_t*>(meta_calloc(pages, sizeof(std::uint32_t)));
     free_bits_ = static_cast<std::uint64_t*>(
         meta_calloc(words_, sizeof(std::uint64_t)));  // 1 = staging page used
-    if (!stage_of_ || !owner_ || !populated_ || !free_bits_)
+    if (!stage_of_ || !owner_ || !populated_ || !free_bits_ || !written_ ||
+        !extent_)
       return Error(Errc::out_of_memory, kNoMemory);
     // Pages past the end count as used, so a search never hands them out.
     if (pages % 64) free_bits_[words_ - 1] = ~std::uint64_t{0} << (pages % 64);
@@ -152,6 +158,7 @@ class KernelWriteBackend final : public PageBackend {
   Result<void> decommit(std::size_t a, std::size_t b,
                         SyscallCounts& n) noexcept override {
     std::memset(populated_ + a, 0, b - a);
+    std::memset(written_ + a, 0, b - a);  // holes again: zeros
     return pal_->discard_shared(shm_, a << shift_, (b - a) << shift_,
                                 rx_page(a), n);
   }
@@ -255,6 +262,10 @@ class KernelWriteBackend final : public PageBackend {
       }
     }
     written_groups_ = groups_.size();
+    for (Extent& e : extents_) {
+      std::swap(extent_[e.head], e.value);
+      std::memset(written_ + e.head, 1, e.pages);
+    }
     // Fresh code pages are mapped in now, with one call per run, instead of
     // faulting on the first call into them.
     if (pal_->capabilities().populate_read) {
@@ -275,7 +286,7 @@ class KernelWriteBackend final : public PageBackend {
         if (a < b) {
           if (Result<void> r = pal_->populate(rx_page(a), (b - a) << shift_, n);
               !r) {
-            restore(written_groups_, n);
+            undo_content(n);
             return r.error();
           }
           std::memset(populated_ + a, 1, b - a);
@@ -288,6 +299,8 @@ class KernelWriteBackend final : public PageBackend {
 
   void undo_content(SyscallCounts& n) noexcept override {
     restore(written_groups_, n);
+    // Back to the extents from before (swapped in by write_content()).
+    for (const Extent& e : extents_) extent_[e.head] = e.value;
   }
 
   void flush(std::size_t a, std::size_t b) noexcept override {
@@ -354,6 +367,18 @@ class KernelWriteBackend final : public PageBackend {
     return trap_page_;
   }
 
+  // The length of `p` up to the end of its last 64-byte block that is not
+  // all traps: what a seal must copy of a staged chunk.
+  [[nodiscard]] std::size_t used_prefix(const std::byte* p,
+                                        std::size_t len) const noexcept {
+    constexpr std::size_t kBlock = 64;
+    std::size_t end = len;
+    while (end >= kBlock &&
+           std::memcmp(p + end - kBlock, trap_page_, kBlock) == 0)
+      end -= kBlock;
+    return end;
+  }
+
   void add_piece(std::size_t offset, const void* data, std::size_t len) {
     if (groups_.empty() || groups_.back().offset + group_bytes_ != offset) {
       groups_.push_back(Group{offset, pieces_.size(), 0});
@@ -398,31 +423,69 @@ class KernelWriteBackend final : public PageBackend {
     groups_.clear();
     undo_.clear();
     saved_.clear();
+    extents_.clear();
     written_groups_ = 0;
+    (void)trap_page();  // used_prefix() and the trap pieces read it
+    std::size_t prev_start = 0, prev_end = 0;  // the last item's chunk
     for (std::size_t k = 0; k < count; ++k) {
       const ContentItem& it = items[k];
       const std::size_t off = std::size_t{it.head} << shift_;
       const std::size_t len = std::size_t{it.pages} << shift_;
+      const std::size_t extent = extent_[it.head];
+      // Where this item's bytes start: a gap after the previous chunk's
+      // bytes, inside that chunk, holds traps already; writing them again
+      // keeps adjacent chunks in one call.
+      auto join = [&](std::size_t at) {
+        if (groups_.empty() || at != prev_end) return;
+        const std::size_t end = groups_.back().offset + group_bytes_;
+        if (end >= prev_start && end < at) add_traps(end, at - end);
+      };
+      std::size_t new_extent = extent;
       if (it.data) {  // a patch of live code
+        join(off + it.offset);
         save(off + it.offset, it.size, false);
         add_piece(off + it.offset, it.data, it.size);
+        new_extent = std::max<std::size_t>(extent, it.offset + it.size);
       } else if (it.from == PageState::writable &&
                  (it.to == PageState::executable ||
                   it.to == PageState::read_only)) {
-        // A seal: the staged bytes. Undone with traps: the chunk is then
-        // writable again, and a writable chunk's code view holds traps.
-        save(off, len, true);
-        add_piece(off, staged(it.head), len);
+        // A seal: the staged bytes, up to the last that is not a trap, and
+        // at least over what the code view held (an unsealed chunk's old
+        // code). Pages never written hold zeros, not traps: the whole chunk
+        // goes in. Undone with traps: the chunk is then writable again,
+        // and a writable chunk's code view holds traps.
+        bool all_written = true;
+        for (std::uint32_t p = 0; p < it.pages && all_written; ++p)
+          all_written = written_[it.head + p] != 0;
+        const std::size_t bytes =
+            all_written ? std::max(used_prefix(staged(it.head), len), extent)
+                        : len;
+        if (bytes) {
+          join(off);
+          save(off, bytes, true);
+          add_piece(off, staged(it.head), bytes);
+        }
+        new_extent = bytes;
       } else if (it.to == PageState::retired ||
                  (it.from == PageState::read_only &&
                   it.to == PageState::writable)) {
         // Retired code must trap; data that stops being read-only must not
-        // become executable as it is.
-        save(off, len, it.from == PageState::writable);
-        add_traps(off, len);
+        // become executable as it is. Only what held code or data needs
+        // it: the rest of the chunk holds traps, or zeros never written.
+        if (extent) {
+          join(off);
+          save(off, extent, it.from == PageState::writable);
+          add_traps(off, extent);
+        }
+        new_extent = 0;
       }
       // executable -> writable (unseal): the code stays until the next
       // seal; the staged copy is what the owner edits.
+      if (new_extent != extent)
+        extents_.push_back(
+            Extent{it.head, it.pages, static_cast<std::uint32_t>(new_extent)});
+      prev_start = off;
+      prev_end = off + len;
     }
     // Undo records follow the pieces' order; restore() walks groups.
     undo_groups_.clear();
@@ -472,12 +535,23 @@ class KernelWriteBackend final : public PageBackend {
   struct UndoGroup {
     std::size_t first, end;
   };
+  // A chunk's new extent, swapped with the old one once the copy is done.
+  struct Extent {
+    std::uint32_t head, pages;
+    std::uint32_t value;
+  };
 
   SharedHandle shm_;
   std::byte* stage_base_ = nullptr;
   std::uint32_t* stage_of_ = nullptr;  // chunk head -> staging page + 1
   std::uint32_t* owner_ = nullptr;     // staging page -> chunk head + 1
   std::uint8_t* populated_ = nullptr;  // code page mapped in (populated)
+  // Page of the memfd written since it was last a hole: it holds traps
+  // wherever it holds no code or data.
+  std::uint8_t* written_ = nullptr;
+  // Chunk head -> bytes from its start that may hold code or data (the
+  // rest of the chunk holds traps, or zeros where never written).
+  std::uint32_t* extent_ = nullptr;
   std::uint64_t* free_bits_ = nullptr;
   std::size_t words_ = 0, low_ = 0;  // low_: first word that may have room
   std::byte* trap_page_ = nullptr;
@@ -490,6 +564,7 @@ class KernelWriteBackend final : public PageBackend {
   MetaVector<UndoGroup> undo_groups_;
   MetaVector<std::byte> saved_;
   MetaVector<WritePiece> restore_pieces_;
+  MetaVector<Extent> extents_;
   std::size_t written_groups_ = 0;  // groups written by the last commit
 };
 

@@ -201,8 +201,8 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
     const Item& it = items_[k];
     bool changes = false;
     for (int v = 0; v < views; ++v)
-      changes |= region_.access(it.from, View(v)) !=
-                 region_.access(it.to, View(v));
+      changes |=
+          region_.access(it.from, View(v)) != region_.access(it.to, View(v));
     if (!runs_.empty() && runs_.back().b == it.head &&
         runs_.back().to == it.to) {
       runs_.back().b += it.pages;

@@ -156,8 +156,8 @@ wxa_errc wxa_patch(wxa_arena* arena, const void* at, const void* bytes,
                    size_t size, wxa_error* err) {
   if (!arena) return fail(wxa::Error(wxa::Errc::null_pointer), err);
   if (!bytes && size) return fail(wxa::Error(wxa::Errc::null_pointer), err);
-  if (wxa::Result<void> r = arena->arena.patch(
-          at, {static_cast<const std::byte*>(bytes), size});
+  if (wxa::Result<void> r =
+          arena->arena.patch(at, {static_cast<const std::byte*>(bytes), size});
       !r)
     return fail(r.error(), err);
   return ok(err);

@@ -13,6 +13,7 @@
 
 #include <csignal>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "support/arena_util.hpp"
@@ -156,6 +157,59 @@ TEST_F(KernelWrite, TheCodeViewCannotBeMadeWritable) {
   EXPECT_EQ(errno, EACCES);
   EXPECT_EQ(call(c->rx()), 0x71u);
   EXPECT_TRUE(audit_arena(*made));
+}
+
+// A seal copies a chunk's bytes up to the last that is not a trap (the rest
+// of a page written before holds traps already), and a release traps only
+// what held code. Whatever the mix, no byte of old code is ever left behind.
+TEST_F(KernelWrite, PartialCopiesLeaveOnlyTrapsAroundTheCode) {
+  Options o = options(0);
+  o.open_pages = 1;  // recycle as soon as the quarantine allows
+  Result<Arena> made = Arena::create(o);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  const std::size_t ps = arena.page_size();
+  std::vector<std::byte> traps(2 * ps);
+  fill_traps(traps);
+  auto only_traps_after = [&](const void* rx, std::size_t from,
+                              std::size_t to) {
+    return std::memcmp(static_cast<const std::byte*>(rx) + from, traps.data(),
+                       to - from) == 0;
+  };
+  // Long code on a page, released; the page comes back for short code.
+  Result<Chunk> x = arena.allocate(ps);
+  ASSERT_TRUE(Ok(x));
+  ASSERT_EQ(write_return_imm(x->rw(), 1, 3000), 3000u);  // code, padding
+  std::memset(x->rw().data() + 6, 0x90, 3000 - 6);       // nops, not traps
+  ASSERT_TRUE(Ok(arena.seal(*x)));
+  ASSERT_TRUE(Ok(arena.release(*x)));
+  EXPECT_TRUE(only_traps_after(x->rx(), 0, ps)) << "release left code";
+  Result<Chunk> y = arena.allocate(ps);
+  for (int i = 0; i < 1000 && y && y->rx() != x->rx(); ++i)
+    y = arena.allocate(ps);
+  ASSERT_TRUE(Ok(y));
+  ASSERT_EQ(y->rx(), x->rx()) << "the page never came back";
+  write_fn(*y, 2);
+  const Stats s0 = arena.stats();
+  ASSERT_TRUE(Ok(arena.seal(*y)));
+  EXPECT_EQ(arena.stats().syscalls.write - s0.syscalls.write, 1u);
+  EXPECT_EQ(call(y->rx()), 2u);
+  EXPECT_TRUE(only_traps_after(y->rx(), return_imm_size, ps))
+      << "old code left behind the new";
+  // Unseal, shorten the code: the old, longer code goes too.
+  Result<Chunk> u = arena.unseal(y->rx());
+  ASSERT_TRUE(Ok(u));
+  std::memset(u->rw().data() + return_imm_size, 0x90, 500);
+  ASSERT_TRUE(Ok(arena.seal(*u)));
+  u = arena.unseal(y->rx());
+  ASSERT_TRUE(Ok(u));
+  fill_traps(u->rw());
+  write_fn(*u, 3);
+  ASSERT_TRUE(Ok(arena.seal(*u)));
+  EXPECT_EQ(call(y->rx()), 3u);
+  EXPECT_TRUE(only_traps_after(y->rx(), return_imm_size, ps))
+      << "the longer code of the last seal was left behind";
+  EXPECT_TRUE(audit_arena(arena));
 }
 
 TEST_F(KernelWrite, StagingIsRecycledNotFaultedInAfresh) {

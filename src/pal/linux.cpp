@@ -133,25 +133,26 @@ int memfd_create_flags(bool exec_flag) noexcept {
 // (qemu-user) fails the second call, and the backend is then not offered.
 bool kernel_copies_code(int fd, void* view) noexcept {
 #if defined(__x86_64__)
-  auto code = [](unsigned char (&out)[8], std::uint32_t v) {
+  auto code = [](unsigned char(&out)[8], std::uint32_t v) {
     out[0] = 0xB8;  // mov eax, imm32; ret
     std::memcpy(out + 1, &v, 4);
     out[5] = 0xC3;
     out[6] = out[7] = 0xCC;
   };
 #elif defined(__aarch64__)
-  auto code = [](unsigned char (&out)[8], std::uint32_t v) {
+  auto code = [](unsigned char(&out)[8], std::uint32_t v) {
     const std::uint32_t w[2] = {0x52800000u | (v & 0xFFFFu) << 5,  // movz w0
                                 0xD65F03C0u};                      // ret
     std::memcpy(out, w, 8);
   };
 #else
-  auto code = [](unsigned char (&)[8], std::uint32_t) {};
+  auto code = [](unsigned char(&)[8], std::uint32_t) {};
 #endif
   for (std::uint32_t v : {1u, 2u}) {
     unsigned char bytes[8] = {};
     code(bytes, v);
-    if (::pwrite(fd, bytes, sizeof bytes, 0) != static_cast<ssize_t>(sizeof bytes))
+    if (::pwrite(fd, bytes, sizeof bytes, 0) !=
+        static_cast<ssize_t>(sizeof bytes))
       return false;
     if (std::memcmp(view, bytes, sizeof bytes) != 0) return false;
 #if defined(__x86_64__) || defined(__aarch64__)
