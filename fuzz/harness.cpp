@@ -78,6 +78,7 @@ constexpr bool kPatchLanded = false;
 std::string g_trace;  // the current input's operations, printed on failure
 Platform* g_platform = nullptr;  // the platform of the current input
 bool g_record = false;
+bool g_unmap_failed = false;  // an injected failure hit an unmap
 std::vector<std::string> g_transcript;
 
 // Adds a line to the transcript (when one is recorded).
@@ -92,6 +93,7 @@ __attribute__((format(printf, 1, 2))) void record(const char* fmt, ...) {
 }
 
 __attribute__((format(printf, 1, 2))) void note(const char* fmt, ...) {
+  if (!g_platform->notes()) return;
   char buf[256];
   va_list ap;
   va_start(ap, fmt);
@@ -105,10 +107,14 @@ __attribute__((format(printf, 1, 2))) void note(const char* fmt, ...) {
 
 // A mismatch is a finding: print the operations that led to it and abort, so
 // that libFuzzer keeps the input and the replay test fails.
-void expect(bool ok, const char* fmt, ...) {
-  if (ok) return;
-  std::fprintf(stderr, "wxa-fuzz: operations of this input:\n%s",
-               g_trace.c_str());
+void mismatch(const char* fmt, ...) {
+  if (g_platform && !g_platform->notes())
+    std::fprintf(stderr,
+                 "wxa-fuzz: replay this input with WXA_FUZZ_TRACE=1 for its "
+                 "operations\n");
+  else
+    std::fprintf(stderr, "wxa-fuzz: operations of this input:\n%s",
+                 g_trace.c_str());
   std::fprintf(stderr, "wxa-fuzz: MISMATCH: ");
   va_list ap;
   va_start(ap, fmt);
@@ -195,8 +201,9 @@ class Input {
 
 // --- The kernel's view -----------------------------------------------------
 
-std::vector<Vma> read_maps() {
-  std::vector<Vma> out;
+// One buffer reused: a simulated platform is audited often.
+const std::vector<Vma>& read_maps() {
+  static std::vector<Vma> out;
   g_platform->maps(out);
   return out;
 }
@@ -322,6 +329,10 @@ struct Slot {
   std::size_t pages = 0;
   bool dual = false;  // two views: dual_map, kernel_write (rw() staging)
   bool kw = false;    // kernel_write
+  // The arena's runs() since its last change (the harness reads them
+  // several times an operation; each call walks every page).
+  std::vector<wxa::RunInfo> runs;
+  bool runs_fresh = false;
   // An injected failure for the next operation on this slot.
   std::size_t fault_k = 0;
   int fault_errno = 0;
@@ -373,6 +384,17 @@ class Harness {
     return s.arena->stats().allocations;
   }
   [[nodiscard]] Verdict validate(Slot& s, const void* p, Kind kind);
+  // runs(), read again after any call that may change the arena: every
+  // such call is made between arm() and disarm(), or creates or destroys
+  // the arena or its heap, which call stale().
+  static const std::vector<wxa::RunInfo>& runs_of(Slot& s) {
+    if (!s.runs_fresh) {
+      s.runs = s.arena->runs();
+      s.runs_fresh = true;
+    }
+    return s.runs;
+  }
+  static void stale(Slot& s) { s.runs_fresh = false; }
   [[nodiscard]] Access want_rx(const Slot& s, State st, bool open) const;
   [[nodiscard]] Access want_rw(const Slot& s, State st, bool open) const;
 
@@ -405,7 +427,7 @@ class Harness {
   void op_batch(Slot& s);
   void op_find(Slot& s);
   void op_patch(Slot& s);
-  void record_final(const Slot& s);
+  void record_final(Slot& s);
   void op_trim(Slot& s);
   void op_arm(Slot& s);
   void op_destroy(Slot& s);
@@ -421,6 +443,7 @@ class Harness {
   Slot slots_[2];
   std::size_t ps_ = g_platform->pal().capabilities().page_size;
   std::vector<std::uintptr_t> stale_;
+  std::vector<State> scratch_lib_, scratch_want_;  // verify()'s page maps
   std::size_t stale_next_ = 0;
 };
 
@@ -496,6 +519,7 @@ Access Harness::want_rw(const Slot& s, State st, bool open) const {
 // --- Faults ----------------------------------------------------------------
 
 void Harness::arm(Slot& s) {
+  stale(s);
   s.pal->reset_counts();
   if (s.fault_k)
     s.pal->arm(s.fault_k, s.fault_errno, wxa::test::kAllSyscalls);
@@ -504,6 +528,7 @@ void Harness::arm(Slot& s) {
 }
 
 Fault Harness::disarm(Slot& s) {
+  stale(s);
   Fault f;
   if (s.fault_k && s.pal->fired()) {
     f.fired = true;
@@ -513,6 +538,7 @@ Fault Harness::disarm(Slot& s) {
         f.call = e.call;
         break;
       }
+    g_unmap_failed |= f.call == PalCall::unmap;
     note("  (injected errno %d into %.*s)", s.fault_errno,
          static_cast<int>(wxa::test::to_string(f.call).size()),
          wxa::test::to_string(f.call).data());
@@ -646,10 +672,32 @@ std::size_t Harness::pick_size(const Slot& s) {
 
 // --- Checks ----------------------------------------------------------------
 
+// The first byte of fresh memory (page-aligned) that is neither zero nor the
+// trap fill; out.size() if none. Eight bytes at a time: a byte loop cost a
+// third of the simulated target's time.
+std::size_t first_stale(std::span<const std::byte> out) {
+  std::byte trap_bytes[8];
+  for (std::size_t i = 0; i < 8; ++i)
+    trap_bytes[i] = wxa::test::trap_byte_at(i);
+  std::uint64_t trap = 0;
+  std::memcpy(&trap, trap_bytes, 8);
+  std::size_t i = 0;
+  for (; i + 8 <= out.size(); i += 8) {
+    std::uint64_t w = 0;
+    std::memcpy(&w, out.data() + i, 8);
+    if (w == 0 || w == trap) continue;
+    break;  // mixed or stale: byte by byte from here
+  }
+  for (; i < out.size(); ++i)
+    if (out[i] != std::byte{0} && out[i] != wxa::test::trap_byte_at(i))
+      return i;
+  return out.size();
+}
+
 // Retired chunks past their quarantine may have been recycled by the library
 // (allocate, trim): they are then free, which the model accepts.
 void Harness::sync_recycled(Slot& s) {
-  const std::vector<wxa::RunInfo> runs = s.arena->runs();
+  const std::vector<wxa::RunInfo>& runs = runs_of(s);
   const std::uint64_t allocs = allocations(s);
   for (auto it = s.chunks.begin(); it != s.chunks.end();) {
     if (!eligible(s, it->second, allocs)) {
@@ -705,11 +753,11 @@ void Harness::take_pages(Slot& s, std::uintptr_t rx, std::size_t pages) {
 void Harness::verify(Slot& s) {
   if (!s.arena) return;
   Arena& a = *s.arena;
-  const std::vector<wxa::RunInfo> runs = a.runs();
+  const std::vector<wxa::RunInfo>& runs = runs_of(s);
 
   // runs() tiles the reservation with maximal runs.
-  std::vector<State> lib(s.pages, State::free);
-  std::vector<bool> open(s.pages, false);
+  std::vector<State>& lib = scratch_lib_;
+  lib.assign(s.pages, State::free);
   std::uintptr_t at = s.rx_base;
   std::size_t vmas = s.dual ? 2 : 1, open_pages = 0, unused_pages = 0;
   for (std::size_t k = 0; k < runs.size(); ++k) {
@@ -733,10 +781,9 @@ void Harness::verify(Slot& s) {
       if (s.dual) vmas += q.rw_access != r.rw_access;
     }
     const std::size_t first = (at - s.rx_base) / ps_, n = r.bytes / ps_;
-    for (std::size_t i = first; i < first + n && i < s.pages; ++i) {
-      lib[i] = r.state;
-      open[i] = r.open;
-    }
+    if (first < s.pages)
+      std::fill_n(lib.begin() + static_cast<std::ptrdiff_t>(first),
+                  std::min(n, s.pages - first), r.state);
     if (r.state == State::free) (r.open ? open_pages : unused_pages) += n;
     at += r.bytes;
   }
@@ -744,7 +791,8 @@ void Harness::verify(Slot& s) {
          ul(at), ul(s.rx_base + s.pages * ps_));
 
   // Page by page, the model's states.
-  std::vector<State> want(s.pages, State::free);
+  std::vector<State>& want = scratch_want_;
+  want.assign(s.pages, State::free);
   std::size_t chunks[5] = {}, pages[5] = {};
   for (const auto& [rx, c] : s.chunks) {
     const std::size_t first = (rx - s.rx_base) / ps_;
@@ -752,9 +800,11 @@ void Harness::verify(Slot& s) {
     ++chunks[static_cast<int>(c.state)];
     pages[static_cast<int>(c.state)] += c.pages;
   }
-  for (std::size_t i = 0; i < s.pages; ++i)
-    expect(lib[i] == want[i], "page %zu (%#lx): library says %s, model %s", i,
-           ul(s.rx_base + i * ps_), id(lib[i]), id(want[i]));
+  // One comparison first: the loop is slow under coverage instrumentation.
+  if (std::memcmp(lib.data(), want.data(), s.pages * sizeof(State)) != 0)
+    for (std::size_t i = 0; i < s.pages; ++i)
+      expect(lib[i] == want[i], "page %zu (%#lx): library says %s, model %s", i,
+             ul(s.rx_base + i * ps_), id(lib[i]), id(want[i]));
 
   // Stats agree with the model and with runs().
   const wxa::Stats st = a.stats();
@@ -856,14 +906,14 @@ void Harness::verify(Slot& s) {
 }
 
 void Harness::kernel_check() {
-  const std::vector<Vma> maps = read_maps();
+  const std::vector<Vma>& maps = read_maps();
   for (const Vma& v : maps)
     expect(!(v.perms[1] == 'w' && v.perms[2] == 'x'),
            "kernel: %#lx-%#lx is writable and executable (%s)", ul(v.begin),
            ul(v.end), v.perms);
   for (Slot& s : slots_) {
     if (!s.arena) continue;
-    for (const wxa::RunInfo& r : s.arena->runs()) {
+    for (const wxa::RunInfo& r : runs_of(s)) {
       expect_protection(maps, addr(r.rx), addr(r.rx) + r.bytes, r.rx_access,
                         "rx view");
       if (s.dual)
@@ -880,7 +930,7 @@ void Harness::kernel_check() {
             (s.dual && v.begin < s.rw_base + bytes && s.rw_base < v.end))
           std::fprintf(stderr, "wxa-fuzz: kernel: %#lx-%#lx %s\n", ul(v.begin),
                        ul(v.end), v.perms);
-      for (const wxa::RunInfo& r : s.arena->runs())
+      for (const wxa::RunInfo& r : runs_of(s))
         std::fprintf(stderr, "wxa-fuzz: runs(): %p+%#zx %s%s\n", r.rx, r.bytes,
                      id(r.state), r.open ? " (open)" : "");
     }
@@ -893,6 +943,7 @@ void Harness::kernel_check() {
 
 bool Harness::create(Slot& s, const Options& o, bool use_fault) {
   destroy_arena(s);
+  stale(s);
   const wxa::detail::Capabilities& caps = g_platform->pal().capabilities();
   const std::size_t pages = (o.reserve_bytes + ps_ - 1) / ps_;
   // kernel_write: usable where the kernel may copy into a memfd mapped
@@ -1037,7 +1088,7 @@ void Harness::op_allocate(Slot& s) {
   // If none is long enough, exhausted is honest.
   std::size_t best_free = 0;
   {
-    const std::vector<wxa::RunInfo> runs = s.arena->runs();
+    const std::vector<wxa::RunInfo>& runs = runs_of(s);
     std::vector<int> kind(s.pages, 0);  // 1 open, 2 unused
     for (const wxa::RunInfo& r : runs) {
       const std::size_t first = (addr(r.rx) - s.rx_base) / ps_;
@@ -1070,11 +1121,10 @@ void Harness::op_allocate(Slot& s) {
     expect(addr(c.rw().data()) == view(s, rx) && c.rw().size() == c.size(),
            "allocate(%zu): writable view %p+%zu for %#lx", bytes,
            static_cast<void*>(c.rw().data()), c.rw().size(), ul(rx));
-    for (std::size_t i = 0; i < c.size(); ++i)
-      expect(
-          c.rw()[i] == std::byte{0} || c.rw()[i] == wxa::test::trap_byte_at(i),
-          "allocate(%zu): byte %zu of the new chunk is %#x (stale?)", bytes, i,
-          static_cast<unsigned>(c.rw()[i]));
+    const std::size_t bad = first_stale(c.rw());
+    expect(bad == c.size(),
+           "allocate(%zu): byte %zu of the new chunk is %#x (stale?)", bytes,
+           bad, bad < c.size() ? static_cast<unsigned>(c.rw()[bad]) : 0u);
     take_pages(s, rx, need);
     ChunkM m;
     m.pages = need;
@@ -1314,7 +1364,7 @@ void Harness::op_trim(Slot& s) {
       judge("trim", err, Verdict{}, false, s.options.vma_budget != 0, f, false);
   sync_recycled(s);
   if (!ok || f.fired) return;
-  for (const wxa::RunInfo& run : s.arena->runs())
+  for (const wxa::RunInfo& run : runs_of(s))
     expect(!run.open, "trim: open pages remain at %p", run.rx);
   const std::uint64_t allocs = allocations(s);
   for (const auto& [rx, c] : s.chunks)
@@ -1380,12 +1430,12 @@ void Harness::op_patch(Slot& s) {
 
 // The transcript's last lines: the slot's runs() relative to its start, and
 // the stats that do not depend on addresses.
-void Harness::record_final(const Slot& s) {
+void Harness::record_final(Slot& s) {
   if (!s.arena) {
     record("slot: no arena");
     return;
   }
-  for (const wxa::RunInfo& r : s.arena->runs())
+  for (const wxa::RunInfo& r : runs_of(s))
     record("run +%zu %zu pages %s%s rx %s rw %s",
            (addr(r.rx) - s.rx_base) / ps_, r.bytes / ps_, id(r.state),
            r.open ? " (open)" : "", id(r.rx_access), id(r.rw_access));
@@ -1426,6 +1476,7 @@ void Harness::op_arm(Slot& s) {
 
 void Harness::destroy_arena(Slot& s) {
   destroy_heap(s);
+  stale(s);
   if (!s.arena) return;
   const std::uintptr_t rx = s.rx_base, rw = s.rw_base, bytes = s.pages * ps_;
   s.arena.reset();
@@ -1455,6 +1506,7 @@ void Harness::op_destroy(Slot& s) {
 // --- CodeHeap operations -----------------------------------------------------
 
 void Harness::destroy_heap(Slot& s) {
+  stale(s);
   if (!s.heap) return;
   s.heap.reset();  // releases every page it holds in one commit
   // All or nothing: if that commit failed (the VMA budget), the pages stay
@@ -1479,6 +1531,7 @@ void Harness::destroy_heap(Slot& s) {
 CodeHeap& Harness::need_heap(Slot& s) {
   need_arena(s);
   if (!s.heap) {
+    stale(s);
     Result<CodeHeap> h = CodeHeap::create(*s.arena);
     expect(bool(h), "default CodeHeap::create failed");
     s.heap.emplace(std::move(*h));
@@ -1498,6 +1551,7 @@ void Harness::op_heap_create(Slot& s) {
                     o.alignment <= ps_;
   note("heap create alignment %zu -> expect %s", o.alignment,
        good ? "ok" : "bad_alignment");
+  stale(s);
   Result<CodeHeap> h = CodeHeap::create(*s.arena, o);
   record("heap create -> %s", h ? "ok" : id(h.error().code()));
   if (!good) {
@@ -1703,6 +1757,7 @@ void Harness::op_heap_release(Slot& s) {
     }
   }
   note("heap release %p -> expect %s", p, id(want.code));
+  stale(s);
   Result<void> r = heap.release(p);
   const Error err = r ? Error() : r.error();
   if (!judge("heap release", err, want, false, false, Fault{}, false)) return;
@@ -1830,8 +1885,9 @@ void Harness::run() {
 void run_input(Platform& platform, const std::uint8_t* data, std::size_t size) {
   g_platform = &platform;
   g_transcript.clear();
+  g_unmap_failed = false;
   Harness(data, size).run();
-  platform.end_input();
+  platform.end_input(g_unmap_failed);
 }
 
 const std::string& trace() { return g_trace; }

@@ -41,10 +41,15 @@ class Platform {
   /// if it returns `value`; `got` is what it returned.
   virtual bool returns(std::uintptr_t rx, std::uint32_t value,
                        unsigned& got) = 0;
+  /// Whether the trace of operations is kept as they run (else a mismatch
+  /// says to replay the input with WXA_FUZZ_TRACE=1 for it).
+  virtual bool notes() const noexcept { return true; }
   /// Operations between two audits of maps() (cheap ones: every operation).
   virtual std::size_t audit_every() const noexcept { return 4; }
-  /// Called after each input, once every arena is gone.
-  virtual void end_input() {}
+  /// Called after each input, once every arena is gone. `unmap_failed`:
+  /// an injected failure hit an unmap, whose range then stays mapped (an
+  /// arena's destructor cannot report it).
+  virtual void end_input(bool unmap_failed) { (void)unmap_failed; }
 };
 
 /// Decodes one input and runs it against `platform`; aborts with the
@@ -60,9 +65,22 @@ const std::string& trace();
 void record_transcript(bool on);
 const std::vector<std::string>& transcript();
 
-/// Reports a mismatch (with the trace) and aborts, unless `ok`.
-__attribute__((format(printf, 2, 3))) void expect(bool ok, const char* fmt,
-                                                  ...);
+/// Reports a mismatch (with the trace) and aborts.
+[[noreturn]] __attribute__((format(printf, 1, 2))) void mismatch(
+    const char* fmt, ...);
+
+/// mismatch(), unless `ok` (inline: the harness checks thousands of times
+/// an input).
+template <typename... Args>
+inline void expect(bool ok, const char* fmt, Args... args) {
+  if (ok) [[likely]]
+    return;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-security"
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+  mismatch(fmt, args...);  // the callers' literals, checked below
+#pragma GCC diagnostic pop
+}
 
 /// The replay programs' main(): files and directories of inputs (each run
 /// through `run`), or one input from standard input.

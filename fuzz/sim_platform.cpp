@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The simulated platform of the transition fuzzers: one SimPal for the
-// process, its maps() audited instead of /proc/self/maps, code compared
-// instead of called.
+// process, its maps() audited instead of /proc/self/maps (every other
+// operation), code compared instead of called.
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -52,7 +52,12 @@ void apply_caps(wxa::detail::Capabilities& caps) {
 
 class SimPlatform final : public wxa::fuzz::Platform {
  public:
-  SimPlatform() { apply_caps(sim_.capabilities_mut()); }
+  SimPlatform() : notes_(std::getenv("WXA_FUZZ_TRACE") != nullptr) {
+    apply_caps(sim_.capabilities_mut());
+  }
+  // Deterministic: a failing input replays to the same mismatch, so the
+  // trace (a formatted line per operation) is kept only when asked for.
+  bool notes() const noexcept override { return notes_; }
   wxa::detail::Pal& pal() noexcept override { return sim_; }
   void maps(std::vector<Vma>& out) override {
     sim_.maps(tmp_);
@@ -82,15 +87,16 @@ class SimPlatform final : public wxa::fuzz::Platform {
     std::memcpy(&got, p, sizeof got);  // for the message
     return false;
   }
-  std::size_t audit_every() const noexcept override { return 1; }
-  void end_input() override {
-    expect(sim_.reserved_pages() == 0,
+  std::size_t audit_every() const noexcept override { return 2; }
+  void end_input(bool unmap_failed) override {
+    expect(unmap_failed || sim_.reserved_pages() == 0,
            "sim: %zu pages still mapped after every arena was destroyed",
            sim_.reserved_pages());
     sim_.clear();
   }
 
  private:
+  bool notes_;
   wxa::test::SimPal sim_;
   std::vector<wxa::test::SimVma> tmp_;
 };

@@ -302,27 +302,31 @@ std::size_t SimPal::place(std::size_t pages, std::uintptr_t lo,
 void SimPal::maps(std::vector<SimVma>& out) const {
   out.clear();
   const auto base = reinterpret_cast<std::uintptr_t>(buffer_);
+  static const char* const kPerms[] = {"---", "r--", "rw-", "r-x"};
   for (const auto& [first, last] : ranges_) {
-    for (std::size_t i = first; i < last; ++i) {
+    std::size_t i = first;
+    while (i < last) {
+      // The kernel merges neighbours with the same protection that map the
+      // same thing: anonymous memory with the same name, or consecutive
+      // pages of one object.
       const Page& pg = pages_[i];
-      SimVma v;
-      v.begin = base + i * ps_;
-      v.end = v.begin + ps_;
-      static const char* const k[] = {"---", "r--", "rw-", "r-x"};
-      std::memcpy(v.perms, k[static_cast<int>(pg.access)], 3);
-      v.perms[3] = pg.obj == kNone ? 'p' : 's';
-      v.perms[4] = '\0';
-      if (!out.empty() && out.back().end == v.begin && i > first) {
-        const Page& q = pages_[i - 1];
-        const bool same = q.access == pg.access && q.obj == pg.obj &&
-                          (pg.obj == kNone ? q.named == pg.named
-                                           : q.obj_page + 1 == pg.obj_page);
-        if (same) {
-          out.back().end = v.end;
-          continue;
-        }
+      std::size_t j = i + 1;
+      if (pg.obj == kNone) {
+        while (j < last && pages_[j].obj == kNone &&
+               pages_[j].access == pg.access && pages_[j].named == pg.named)
+          ++j;
+      } else {
+        while (j < last && pages_[j].obj == pg.obj &&
+               pages_[j].access == pg.access &&
+               pages_[j].obj_page == pg.obj_page + (j - i))
+          ++j;
       }
-      out.push_back(v);
+      SimVma& v = out.emplace_back();
+      v.begin = base + i * ps_;
+      v.end = base + j * ps_;
+      std::memcpy(v.perms, kPerms[static_cast<int>(pg.access)], 3);
+      v.perms[3] = pg.obj == kNone ? 'p' : 's';
+      i = j;
     }
   }
 }
