@@ -182,7 +182,7 @@ def trim(slot=0):
 
 
 def arm(k, err="ENOMEM", slot=0):
-    """The k-th platform call (1..6) of the next operation fails."""
+    """The k-th platform call (1..16) of the next operation fails."""
     return op(OP_ARM, slot) + bytes([k - 1, ERRNOS[err]])
 
 
