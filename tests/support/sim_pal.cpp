@@ -32,10 +32,10 @@ Error fail(int err) { return detail::error_from_errno(err); }
 
 }  // namespace
 
-SimPal::SimPal(std::size_t buffer_bytes) noexcept {
+SimPal::SimPal(std::size_t pages) noexcept {
   restore_capabilities();
   ps_ = caps_.page_size;
-  buffer_bytes_ = (buffer_bytes + ps_ - 1) / ps_ * ps_;
+  buffer_bytes_ = pages * ps_;  // 64 MiB of 4 KiB pages, 1 GiB of 64 KiB
   // Right below the program's image, so that a reservation within reach
   // of an anchor in it can be placed as the kernel would place it (the gap
   // below a PIE binary is free); else the first free slot at 256 MiB steps

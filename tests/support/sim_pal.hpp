@@ -44,9 +44,9 @@ struct SimVma {
 
 class SimPal final : public detail::Pal {
  public:
-  /// Maps the buffer (`buffer_bytes` of address space, placed near this
+  /// Maps the buffer (`pages` pages of address space, placed near this
   /// program's code so that anchored arenas fit); aborts if it cannot.
-  explicit SimPal(std::size_t buffer_bytes = std::size_t{64} << 20) noexcept;
+  explicit SimPal(std::size_t pages = 16384) noexcept;
   ~SimPal() override;
   SimPal(const SimPal&) = delete;
   SimPal& operator=(const SimPal&) = delete;
