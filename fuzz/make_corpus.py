@@ -3,9 +3,9 @@
 # Writes the hand-made seed corpus of fuzz_transitions into fuzz/corpus/.
 #
 # Each seed is a short program in the byte language that the harness decodes
-# (fuzz/fuzz_transitions.cpp, Harness::run and the op_* functions): one byte
-# picks the operation (low four bits) and the arena slot (0xC0 set: slot 1),
-# the bytes after it are that operation's parameters. Run from anywhere:
+# (fuzz/harness.cpp, Harness::run and the op_* functions): one byte picks the
+# operation (low four bits, with bits 4 and 5 for patch) and the arena slot
+# (0xC0 set: slot 1), the bytes after it are that operation's parameters. Run from anywhere:
 #   python3 fuzz/make_corpus.py
 import base64
 import os
@@ -16,9 +16,10 @@ OP_CREATE, OP_ALLOC, OP_WRITE, OP_SEAL, OP_UNSEAL, OP_RELEASE, OP_BATCH = (
 OP_HEAP_ALLOC, OP_HEAP_PUBLISH, OP_HEAP_RELEASE, OP_FIND, OP_TRIM = (
     8, 9, 10, 11, 12)
 OP_ARM, OP_HEAP_CREATE, OP_DESTROY = 13, 14, 15
+OP_PATCH = OP_FIND | 0x30
 SLOT1 = 0xC0
 
-AUTOMATIC, PROTECT, DUAL = 0, 1, 2
+AUTOMATIC, PROTECT, DUAL, KERNEL_WRITE = 0, 1, 2, 3
 ERRNOS = {"ENOMEM": 0, "EACCES": 1, "EPERM": 2, "EINVAL": 3, "EAGAIN": 4}
 
 
@@ -166,12 +167,22 @@ def find(target, slot=0):
     return op(OP_FIND, slot) + target
 
 
+def patch_fn(target, value, slot=0):
+    """Arena::patch with `mov eax, value; ret` at target."""
+    return op(OP_PATCH, slot) + target + bytes([1]) + u32(value)
+
+
+def patch_traps(target, n, slot=0):
+    """Arena::patch with n (0..16) trap bytes at target."""
+    return op(OP_PATCH, slot) + target + bytes([2 * n]) + u32(0)
+
+
 def trim(slot=0):
     return op(OP_TRIM, slot)
 
 
 def arm(k, err="ENOMEM", slot=0):
-    """The k-th platform call (1..6) of the next operation fails."""
+    """The k-th platform call (1..16) of the next operation fails."""
     return op(OP_ARM, slot) + bytes([k - 1, ERRNOS[err]])
 
 
@@ -270,6 +281,19 @@ SEEDS = {
         seal(page(2)) + alloc_pages(2) + release(interior(0, 4096)) +
         unseal(chunk(0)) + seal(rw_view(0)) + heap_create(8) + heap_create(9) +
         heap_create(11) + heap_create(1)),
+    # Arena::patch and Backend::kernel_write, declared before they are
+    # implemented: the model expects what the library does (harness.cpp's
+    # kPatchLanded, kKernelWriteLanded).
+    "patch": (
+        create(KERNEL_WRITE, pages=16) + create(PROTECT, pages=16) +
+        alloc_pages(1) + alloc_pages(2) + write(0, 0x10) + write(1, 0x20) +
+        seal(chunk(0)) + patch_fn(chunk(0), 0x11) + patch_traps(interior(0, 64), 4) +
+        patch_fn(chunk(1), 0x21) + patch_traps(chunk(0), 0) +
+        patch_fn(foreign(0), 1) + patch_traps(interior(0, 4094), 4) +
+        create(DUAL, pages=16, slot=1) + alloc_pages(1, slot=1) +
+        write(0, 0x30, slot=1) + seal(chunk(0), slot=1) +
+        patch_fn(chunk(0), 0x31, slot=1) + release(chunk(0), slot=1) +
+        patch_fn(stale(0), 0x32, slot=1) + create(KERNEL_WRITE, pages=32)),
     # Found by libFuzzer: an arena reserved right below another one, whose
     # placeholder merged with the other's (the kernel then kept two adjacent
     # writable mappings apart: the harness counts merged runs since).

@@ -89,7 +89,7 @@ void FaultPal::note_failure(const Result<void>& r) noexcept {
 }
 
 const detail::Capabilities& FaultPal::capabilities() noexcept {
-  return Pal::capabilities();
+  return inner_->capabilities();
 }
 
 Result<std::byte*> FaultPal::reserve(std::size_t bytes, std::uintptr_t lo,
@@ -97,7 +97,7 @@ Result<std::byte*> FaultPal::reserve(std::size_t bytes, std::uintptr_t lo,
                                      SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::reserve, nullptr, bytes); !f)
     return f.error();
-  Result<std::byte*> r = Pal::reserve(bytes, lo, hi, n);
+  Result<std::byte*> r = inner_->reserve(bytes, lo, hi, n);
   if (!r) log_.back().failed = true;
   return r;
 }
@@ -110,7 +110,7 @@ Result<std::byte*> FaultPal::reserve_view(detail::SharedHandle h,
                                           SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::reserve, nullptr, bytes); !f)
     return f.error();
-  Result<std::byte*> r = Pal::reserve_view(h, bytes, lo, hi, max, n);
+  Result<std::byte*> r = inner_->reserve_view(h, bytes, lo, hi, max, n);
   if (!r) log_.back().failed = true;
   return r;
 }
@@ -118,7 +118,7 @@ Result<std::byte*> FaultPal::reserve_view(detail::SharedHandle h,
 Result<void> FaultPal::unmap_view(void* p, std::size_t bytes,
                                   SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::unmap, p, bytes); !f) return f;
-  Result<void> r = Pal::unmap_view(p, bytes, n);
+  Result<void> r = inner_->unmap_view(p, bytes, n);
   note_failure(r);
   return r;
 }
@@ -126,7 +126,7 @@ Result<void> FaultPal::unmap_view(void* p, std::size_t bytes,
 Result<void> FaultPal::unmap(void* p, std::size_t bytes,
                              SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::unmap, p, bytes); !f) return f;
-  Result<void> r = Pal::unmap(p, bytes, n);
+  Result<void> r = inner_->unmap(p, bytes, n);
   note_failure(r);
   return r;
 }
@@ -135,7 +135,7 @@ Result<void> FaultPal::protect(void* p, std::size_t bytes, Access access,
                                SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::protect, p, bytes, access); !f)
     return f;
-  Result<void> r = Pal::protect(p, bytes, access, n);
+  Result<void> r = inner_->protect(p, bytes, access, n);
   note_failure(r);
   return r;
 }
@@ -143,7 +143,7 @@ Result<void> FaultPal::protect(void* p, std::size_t bytes, Access access,
 Result<void> FaultPal::reset(void* p, std::size_t bytes,
                              SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::reset, p, bytes); !f) return f;
-  Result<void> r = Pal::reset(p, bytes, n);
+  Result<void> r = inner_->reset(p, bytes, n);
   note_failure(r);
   return r;
 }
@@ -151,7 +151,7 @@ Result<void> FaultPal::reset(void* p, std::size_t bytes,
 Result<void> FaultPal::decommit(void* p, std::size_t bytes,
                                 SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::decommit, p, bytes); !f) return f;
-  Result<void> r = Pal::decommit(p, bytes, n);
+  Result<void> r = inner_->decommit(p, bytes, n);
   note_failure(r);
   return r;
 }
@@ -160,7 +160,7 @@ Result<detail::SharedHandle> FaultPal::create_shared(
     std::size_t bytes, const char* label, SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::create_shared, nullptr, bytes); !f)
     return f.error();
-  Result<detail::SharedHandle> r = Pal::create_shared(bytes, label, n);
+  Result<detail::SharedHandle> r = inner_->create_shared(bytes, label, n);
   if (!r) log_.back().failed = true;
   return r;
 }
@@ -171,10 +171,10 @@ Result<void> FaultPal::close_shared(detail::SharedHandle h,
     // Do not leak the descriptor of an arena being destroyed: the injected
     // failure is reported, the real close still happens.
     SyscallCounts ignored;
-    (void)Pal::close_shared(h, ignored);
+    (void)inner_->close_shared(h, ignored);
     return f;
   }
-  Result<void> r = Pal::close_shared(h, n);
+  Result<void> r = inner_->close_shared(h, n);
   note_failure(r);
   return r;
 }
@@ -184,7 +184,7 @@ Result<void> FaultPal::map_shared(void* p, std::size_t bytes,
                                   Access access, SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::map_shared, p, bytes, access); !f)
     return f;
-  Result<void> r = Pal::map_shared(p, bytes, h, offset, access, n);
+  Result<void> r = inner_->map_shared(p, bytes, h, offset, access, n);
   note_failure(r);
   return r;
 }
@@ -194,7 +194,7 @@ Result<void> FaultPal::discard_shared(detail::SharedHandle h,
                                       void* view, SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::discard_shared, nullptr, bytes); !f)
     return f;
-  Result<void> r = Pal::discard_shared(h, offset, bytes, view, n);
+  Result<void> r = inner_->discard_shared(h, offset, bytes, view, n);
   note_failure(r);
   return r;
 }
@@ -202,7 +202,7 @@ Result<void> FaultPal::discard_shared(detail::SharedHandle h,
 Result<void> FaultPal::name(void* p, std::size_t bytes, const char* label,
                             SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::name, p, bytes); !f) return f;
-  Result<void> r = Pal::name(p, bytes, label, n);
+  Result<void> r = inner_->name(p, bytes, label, n);
   note_failure(r);
   return r;
 }
@@ -218,11 +218,11 @@ Result<void> FaultPal::write_shared(detail::SharedHandle h, std::size_t offset,
     // caller must restore it like any other partial write.
     if (count > 1) {
       SyscallCounts ignored;
-      (void)Pal::write_shared(h, offset, pieces, 1, ignored);
+      (void)inner_->write_shared(h, offset, pieces, 1, ignored);
     }
     return f;
   }
-  Result<void> r = Pal::write_shared(h, offset, pieces, count, n);
+  Result<void> r = inner_->write_shared(h, offset, pieces, count, n);
   note_failure(r);
   return r;
 }
@@ -230,7 +230,7 @@ Result<void> FaultPal::write_shared(detail::SharedHandle h, std::size_t offset,
 Result<void> FaultPal::populate(void* p, std::size_t bytes,
                                 SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::populate, p, bytes); !f) return f;
-  Result<void> r = Pal::populate(p, bytes, n);
+  Result<void> r = inner_->populate(p, bytes, n);
   note_failure(r);
   return r;
 }
@@ -238,14 +238,14 @@ Result<void> FaultPal::populate(void* p, std::size_t bytes,
 Result<void> FaultPal::register_barrier(SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::register_barrier, nullptr, 0); !f)
     return f;
-  Result<void> r = Pal::register_barrier(n);
+  Result<void> r = inner_->register_barrier(n);
   note_failure(r);
   return r;
 }
 
 Result<void> FaultPal::barrier(SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::barrier, nullptr, 0); !f) return f;
-  Result<void> r = Pal::barrier(n);
+  Result<void> r = inner_->barrier(n);
   note_failure(r);
   return r;
 }
@@ -254,7 +254,7 @@ void FaultPal::flush_icache(void* p, std::size_t bytes) noexcept {
   ++per_call_[static_cast<int>(PalCall::flush_icache)];
   log_.push_back(
       PalEvent{PalCall::flush_icache, p, bytes, Access::none, false});
-  Pal::flush_icache(p, bytes);
+  inner_->flush_icache(p, bytes);
 }
 
 }  // namespace wxa::test

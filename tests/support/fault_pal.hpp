@@ -3,8 +3,9 @@
 // failure at the k-th call, for proving that every failure rolls back.
 //
 // Every virtual of wxa::detail::Pal is overridden: the call is counted (and
-// logged), and unless it is the armed one it is forwarded to the real
-// implementation. The armed call does not reach the kernel; it returns the
+// logged), and unless it is the armed one it is forwarded to the inner
+// platform layer: the real one, or another (a SimPal) handed to the
+// constructor. The armed call does not reach the kernel; it returns the
 // Error that error_from_errno() makes of the configured errno, so the arena
 // sees exactly what a kernel refusal would give it. flush_icache() is logged
 // too (it is not a system call and cannot fail) so tests can check its order.
@@ -69,6 +70,11 @@ struct PalEvent {
 
 class FaultPal final : public detail::Pal {
  public:
+  /// Forwards to `inner` (the process's real platform layer by default),
+  /// which must outlive this FaultPal.
+  explicit FaultPal(detail::Pal& inner = detail::system_pal()) noexcept
+      : inner_(&inner) {}
+
   /// The `k`-th (1-based) failable call from now fails with `err`, once.
   /// A call is failable when its bit is in `mask`.
   void arm(std::size_t k, int err = ENOMEM,
@@ -142,6 +148,7 @@ class FaultPal final : public detail::Pal {
                          Access access = Access::none) noexcept;
   void note_failure(const Result<void>& r) noexcept;
 
+  detail::Pal* inner_;
   unsigned mask_ = kCommitCalls;
   std::size_t fail_at_ = 0;  // 0: not armed
   bool persistent_ = false;

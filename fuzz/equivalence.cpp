@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: MIT
+// Replays inputs on the real platform and on SimPal and compares their
+// transcripts: every operation's result and error code, the injected
+// failures' calls, each arena's final runs() and its address-free stats.
+// A difference is a bug in SimPal, or a finding about the library.
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "platforms.hpp"
+
+namespace {
+
+bool read_file(const std::string& path, std::vector<std::uint8_t>& out) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  std::uint8_t buf[4096];
+  std::size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0)
+    out.insert(out.end(), buf, buf + n);
+  std::fclose(f);
+  return true;
+}
+
+// True if both platforms told the same story.
+bool compare(const std::string& path) {
+  std::vector<std::uint8_t> data;
+  if (!read_file(path, data)) {
+    std::fprintf(stderr, "cannot read %s\n", path.c_str());
+    return false;
+  }
+  wxa::fuzz::record_transcript(true);
+  wxa::fuzz::run_input(wxa::fuzz::real_platform(), data.data(), data.size());
+  const std::vector<std::string> real = wxa::fuzz::transcript();
+  wxa::fuzz::run_input(wxa::fuzz::sim_platform(), data.data(), data.size());
+  const std::vector<std::string> sim = wxa::fuzz::transcript();
+  wxa::fuzz::record_transcript(false);
+  const std::size_t n = std::max(real.size(), sim.size());
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::string a = i < real.size() ? real[i] : "(nothing)";
+    const std::string b = i < sim.size() ? sim[i] : "(nothing)";
+    if (a == b) continue;
+    std::printf("%s: line %zu differs\n  real: %s\n  sim:  %s\n", path.c_str(),
+                i + 1, a.c_str(), b.c_str());
+    return false;
+  }
+  std::printf("%s: %zu lines agree\n", path.c_str(), real.size());
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> files;
+  for (int i = 1; i < argc; ++i) {
+    struct stat st {};
+    if (::stat(argv[i], &st) != 0) {
+      std::fprintf(stderr, "no such input: %s\n", argv[i]);
+      return 2;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+      files.emplace_back(argv[i]);
+      continue;
+    }
+    DIR* d = ::opendir(argv[i]);
+    if (!d) return 2;
+    std::vector<std::string> in_dir;
+    while (const dirent* e = ::readdir(d))
+      if (e->d_name[0] != '.')
+        in_dir.push_back(std::string(argv[i]) + "/" + e->d_name);
+    ::closedir(d);
+    std::sort(in_dir.begin(), in_dir.end());
+    files.insert(files.end(), in_dir.begin(), in_dir.end());
+  }
+  if (files.empty()) {
+    std::fprintf(stderr, "no inputs\n");
+    return 2;
+  }
+  std::size_t differ = 0;
+  for (const std::string& f : files) differ += !compare(f);
+  std::printf("%zu of %zu inputs differ between the kernel and SimPal\n",
+              differ, files.size());
+  return differ == 0 ? 0 : 1;
+}
