@@ -69,9 +69,9 @@ constexpr std::size_t kMaxStale = 64;  // remembered old addresses
 // check the model's guesses marked "kernel_write:").
 // false: Arena::create refuses Backend::kernel_write with invalid_argument,
 // and Backend::automatic never picks it.
-constexpr bool kKernelWriteLanded = false;
+constexpr bool kKernelWriteLanded = true;
 // false: Arena::patch returns not_supported (no chunk) for every input.
-constexpr bool kPatchLanded = false;
+constexpr bool kPatchLanded = true;
 
 // --- Failure reporting -----------------------------------------------------
 
@@ -369,8 +369,22 @@ class Harness {
   [[nodiscard]] Where locate(const Slot& s, const void* p, bool either) const;
   [[nodiscard]] std::map<std::uintptr_t, ChunkM>::iterator chunk_at_page(
       Slot& s, std::size_t page);
+  // Where the bytes at `rx` are written: the same address (protect), the
+  // writable view at the same offset (dual_map), or the staging memory the
+  // arena gave the chunk (kernel_write: as the model recorded it; 0 if the
+  // chunk has none).
   [[nodiscard]] std::uintptr_t view(const Slot& s, std::uintptr_t rx) const {
+    if (s.kw) {
+      auto it = s.chunks.upper_bound(rx);
+      if (it == s.chunks.begin()) return 0;
+      --it;
+      return it->second.rw ? addr(it->second.rw) + (rx - it->first) : 0;
+    }
     return s.dual ? s.rw_base + (rx - s.rx_base) : rx;
+  }
+  // kernel_write: `p` lies in the staging reservation.
+  [[nodiscard]] bool in_staging(const Slot& s, const void* p) const {
+    return s.kw && addr(p) >= s.rw_base && addr(p) - s.rw_base < s.pages * ps_;
   }
   // Past the quarantine: `quarantine` later releases, or allocations (the
   // arena's own count; `allocations` is taken when the question arises).
@@ -451,6 +465,14 @@ Where Harness::locate(const Slot& s, const void* p, bool either) const {
   const std::uintptr_t u = addr(p), bytes = s.pages * ps_;
   if (u >= s.rx_base && u - s.rx_base < bytes)
     return {true, true, (u - s.rx_base) / ps_};
+  if (either && s.kw && u >= s.rw_base && u - s.rw_base < bytes) {
+    // Staging memory: the page of the writable chunk staged there, or no
+    // chunk (inside the arena all the same: not_allocated).
+    for (const auto& [rx, c] : s.chunks)
+      if (c.rw && u >= addr(c.rw) && u - addr(c.rw) < c.pages * ps_)
+        return {true, false, (rx - s.rx_base) / ps_ + (u - addr(c.rw)) / ps_};
+    return {true, false, s.pages};  // no page: no chunk
+  }
   if (either && s.dual && u >= s.rw_base && u - s.rw_base < bytes)
     return {true, false, (u - s.rw_base) / ps_};
   return {};
@@ -493,7 +515,10 @@ Verdict Harness::validate(Slot& s, const void* p, Kind kind) {
 Access Harness::want_rx(const Slot& s, State st, bool open) const {
   // kernel_write: the code's memfd is mapped read+execute once and never
   // changes; retired code is overwritten with traps, not unmapped.
-  if (s.kw) return Access::read_execute;
+  if (s.kw)
+    return st == State::read_only           ? Access::read
+           : st == State::free && !open     ? Access::none
+                                            : Access::read_execute;
   switch (st) {
     case State::executable:
       return Access::read_execute;
@@ -510,6 +535,7 @@ Access Harness::want_rx(const Slot& s, State st, bool open) const {
 }
 
 Access Harness::want_rw(const Slot& s, State st, bool open) const {
+  if (s.kw) return Access::none;  // no writable view of the code at all
   if (!s.dual) return want_rx(s, st, open);
   return st == State::writable || (st == State::free && open)
              ? Access::read_write
@@ -760,13 +786,15 @@ void Harness::verify(Slot& s) {
   lib.assign(s.pages, State::free);
   std::uintptr_t at = s.rx_base;
   std::size_t vmas = s.dual ? 2 : 1, open_pages = 0, unused_pages = 0;
+  // kernel_write: one view whose boundaries the runs make, and the staging
+  // reservation, one VMA.
   for (std::size_t k = 0; k < runs.size(); ++k) {
     const wxa::RunInfo& r = runs[k];
     expect(addr(r.rx) == at && r.bytes > 0 && r.bytes % ps_ == 0,
            "runs(): run %zu at %p+%zu does not continue at %#lx", k, r.rx,
            r.bytes, ul(at));
-    expect(addr(r.rw) == view(s, at), "runs(): run %zu rw %p, expected %#lx", k,
-           r.rw, ul(view(s, at)));
+    expect(s.kw ? r.rw == nullptr : addr(r.rw) == view(s, at),
+           "runs(): run %zu rw %p, expected %#lx", k, r.rw, ul(view(s, at)));
     expect(!r.open || r.state == State::free, "runs(): an open %s run",
            id(r.state));
     expect(r.rx_access == want_rx(s, r.state, r.open) &&
@@ -778,7 +806,7 @@ void Harness::verify(Slot& s) {
       expect(q.state != r.state || q.open != r.open,
              "runs(): two adjacent %s runs at %p", id(r.state), r.rx);
       vmas += q.rx_access != r.rx_access;
-      if (s.dual) vmas += q.rw_access != r.rw_access;
+      if (s.dual && !s.kw) vmas += q.rw_access != r.rw_access;
     }
     const std::size_t first = (at - s.rx_base) / ps_, n = r.bytes / ps_;
     if (first < s.pages)
@@ -916,7 +944,7 @@ void Harness::kernel_check() {
     for (const wxa::RunInfo& r : runs_of(s)) {
       expect_protection(maps, addr(r.rx), addr(r.rx) + r.bytes, r.rx_access,
                         "rx view");
-      if (s.dual)
+      if (s.dual && !s.kw)
         expect_protection(maps, addr(r.rw), addr(r.rw) + r.bytes, r.rw_access,
                           "rw view");
     }
@@ -1118,7 +1146,9 @@ void Harness::op_allocate(Slot& s) {
     expect(rx >= s.rx_base && rx + c.size() <= s.rx_base + s.pages * ps_ &&
                rx % ps_ == 0 && c.size() == need * ps_,
            "allocate(%zu): chunk %#lx+%zu", bytes, ul(rx), c.size());
-    expect(addr(c.rw().data()) == view(s, rx) && c.rw().size() == c.size(),
+    expect((s.kw ? in_staging(s, c.rw().data())
+                 : addr(c.rw().data()) == view(s, rx)) &&
+               c.rw().size() == c.size(),
            "allocate(%zu): writable view %p+%zu for %#lx", bytes,
            static_cast<void*>(c.rw().data()), c.rw().size(), ul(rx));
     const std::size_t bad = first_stale(c.rw());
@@ -1200,7 +1230,8 @@ void Harness::op_single(Slot& s, Kind kind) {
   if (kind == Kind::unseal) {
     expect(addr(unsealed.rx()) == want.head &&
                unsealed.size() == c.pages * ps_ &&
-               addr(unsealed.rw().data()) == view(s, want.head) &&
+               (s.kw ? in_staging(s, unsealed.rw().data())
+                     : addr(unsealed.rw().data()) == view(s, want.head)) &&
                unsealed.rw().size() == unsealed.size(),
            "unseal(%p): chunk %p+%zu rw %p", p, unsealed.rx(), unsealed.size(),
            static_cast<void*>(unsealed.rw().data()));
@@ -1302,8 +1333,17 @@ void Harness::op_batch(Slot& s) {
       continue;
     }
     c.state = to;
-    c.rw = to == State::writable ? reinterpret_cast<std::byte*>(view(s, head))
-                                 : nullptr;
+    c.rw = nullptr;
+    if (to == State::writable) {
+      if (s.kw) {  // staged wherever the arena found room
+        Result<wxa::ChunkInfo> f = s.arena->find(ptr(head));
+        c.rw = f ? f->chunk.rw().data() : nullptr;
+        expect(c.rw && in_staging(s, c.rw), "unsealed %#lx: staging %p",
+               ul(head), static_cast<void*>(c.rw));
+      } else {
+        c.rw = reinterpret_cast<std::byte*>(view(s, head));
+      }
+    }
   }
   retire(s, released);
 }
@@ -1399,15 +1439,16 @@ void Harness::op_patch(Slot& s) {
     want = {Errc::null_pointer, nullptr, 0};
   } else if (const Where w = locate(s, p, false); !w.inside) {
     want = {Errc::foreign_pointer, p, 0};
-  } else if (it = chunk_at_page(s, w.page);
-             it == s.chunks.end() || it->second.state == State::retired) {
+  } else if (it = chunk_at_page(s, w.page); it == s.chunks.end()) {
     want = {Errc::not_allocated, p, 0};
-  } else if (it->second.state != State::executable) {
-    want = {Errc::illegal_transition, p, 0};
+  } else if (it->second.state != State::executable &&
+             it->second.state != State::read_only) {
+    // Retired chunks too: like sealing one, not a missing chunk.
+    want = {Errc::illegal_transition, ptr(it->first), 0};
   } else if (len == 0) {
-    want = {Errc::zero_size, p, 0};
+    want = {Errc::zero_size, ptr(it->first), 0};
   } else if (addr(p) + len > it->first + it->second.pages * ps_) {
-    want = {Errc::out_of_bounds, p, 0};
+    want = {Errc::out_of_bounds, ptr(it->first), 0};
   }
   // A CodeHeap's page holds functions the model tracks one by one.
   if (want.code == Errc::ok && it->second.heap) return;
@@ -1620,7 +1661,8 @@ void Harness::op_heap_allocate(Slot& s) {
   if (ok) {
     const std::uintptr_t rx = addr(r->rx);
     expect(rx % a == 0 && r->rw.size() == bytes &&
-               addr(r->rw.data()) == view(s, rx),
+               (s.kw ? in_staging(s, r->rw.data())
+                     : addr(r->rw.data()) == view(s, rx)),
            "heap allocate(%zu, %zu): %#lx rw %p+%zu", bytes, a, ul(rx),
            static_cast<void*>(r->rw.data()), r->rw.size());
     // An unsealed page of the heap, after its last function; or a new one.

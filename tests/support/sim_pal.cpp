@@ -432,7 +432,7 @@ Result<detail::SharedHandle> SimPal::create_shared(std::size_t bytes,
   o.mapped = 0;
   o.pages.assign((bytes + ps_ - 1) / ps_, ObjPage{});
   ++open_;
-  return detail::SharedHandle{kFdBase + static_cast<int>(id),
+  return detail::SharedHandle{kFdBase + static_cast<int>(id), -1,
                               detail::fork_generation()};
 }
 
