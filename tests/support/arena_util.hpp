@@ -27,6 +27,11 @@ inline constexpr std::size_t kSmallReserve = std::size_t{64} << 20;
 /// this run cannot create (see backends.hpp).
 inline const Backend kBothBackends[] = {Backend::protect, Backend::dual_map};
 
+/// Every concrete backend, for tests parameterised over all three; each
+/// skips what this host cannot create (see backends.hpp).
+inline const Backend kAllBackends[] = {Backend::protect, Backend::dual_map,
+                                       Backend::kernel_write};
+
 inline std::string backend_name(const ::testing::TestParamInfo<Backend>& info) {
   return std::string(to_string(info.param));
 }
