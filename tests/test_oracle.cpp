@@ -54,11 +54,6 @@ const char* helpers_missing() {
 // How strict a policy is; filters stack, so the stricter one wins.
 enum Level { none = 0, wx = 1, execmem = 2 };
 
-Level level_of(std::string_view policy) {
-  if (policy == "wx") return wx;
-  if (policy == "execmem") return execmem;
-  return none;
-}
 const char* name_of(Level level) {
   return level == execmem ? "execmem" : level == wx ? "wx" : "none";
 }
