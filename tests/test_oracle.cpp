@@ -230,6 +230,7 @@ TEST(SeccompOracle, DefaultPolicyIsWx) {
 
 TEST(SeccompOracle, ANestedRunCannotLoosenTheFilter) {
   WXA_REQUIRE_HELPERS();
+  WXA_REQUIRE_KNOWN_HOST();
   // The inner launcher installs wx on top of execmem: filters stack and the
   // kernel applies the strictest verdict, so execmem still holds.
   {
