@@ -169,7 +169,7 @@ bool add_rules(scmp_filter_ctx ctx, Policy policy) noexcept {
       constexpr scmp_datum_t populate_read = 22;
       return seccomp_ok(
           seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EINVAL), SCMP_SYS(madvise), 1,
-                           SCMP_A2(SCMP_CMP_EQ, populate_read)),
+                           SCMP_A2(SCMP_CMP_EQ, populate_read, 0)),
           "seccomp_rule_add");
     }
     case Policy::onlydual:
