@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "support/backends.hpp"
 #include "support/maps.hpp"
 #include "support/memfd_maps.hpp"
 #include "support/native_code.hpp"
@@ -127,6 +128,7 @@ int call(const void* rx) {
 }
 
 TEST(DualMapStrict, EverySealedChunkHasNoWritableViewOfItsMemfdPages) {
+  WXA_SKIP_IF_UNAVAILABLE(Backend::dual_map);
   Result<Arena> arena = Arena::create(dual_options());
   ASSERT_TRUE(arena) << arena.error().to_string();
   ASSERT_EQ(arena->backend(), Backend::dual_map);
@@ -196,6 +198,7 @@ TEST(DualMapStrict, EverySealedChunkHasNoWritableViewOfItsMemfdPages) {
 }
 
 TEST(DualMapStrict, RecycledAndReopenedPagesKeepTheViewsConsistent) {
+  WXA_SKIP_IF_UNAVAILABLE(Backend::dual_map);
   Options o = dual_options();
   o.open_pages = 4;
   Result<Arena> arena = Arena::create(o);
@@ -235,6 +238,7 @@ TEST(DualMapStrict, RecycledAndReopenedPagesKeepTheViewsConsistent) {
 }
 
 TEST(DualMapStrict, CodeHeapPagesAreNeverWritableOnceSealed) {
+  WXA_SKIP_IF_UNAVAILABLE(Backend::dual_map);
   Result<Arena> arena = Arena::create(dual_options());
   ASSERT_TRUE(arena) << arena.error().to_string();
   Result<CodeHeap> heap = CodeHeap::create(*arena);
@@ -262,6 +266,7 @@ TEST(DualMapStrict, CodeHeapPagesAreNeverWritableOnceSealed) {
 // The oracle itself: a writable view of a sealed chunk's pages, mapped
 // behind the arena's back through its memfd, must be seen by the checks.
 TEST(DualMapStrict, TheCheckSeesAStrayWritableView) {
+  WXA_SKIP_IF_UNAVAILABLE(Backend::dual_map);
   Result<Arena> arena = Arena::create(dual_options());
   ASSERT_TRUE(arena) << arena.error().to_string();
   Result<Chunk> c = arena->allocate(arena->page_size());

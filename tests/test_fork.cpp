@@ -226,6 +226,7 @@ TEST(ForkDualMap, ChildCannotReachTheWritableViewButRunsSealedCode) {
                     "inherits the writable view: invariant 6 holds only on "
                     "a real kernel";
   ForkScene s;
+  WXA_SKIP_IF_UNAVAILABLE(Backend::dual_map);
   ASSERT_NO_FATAL_FAILURE(make_scene(Backend::dual_map, s));
   const std::uint64_t inode = test::arena_memfd_inode(*s.arena);
   ASSERT_NE(inode, 0u);
@@ -262,6 +263,7 @@ TEST(ForkDualMap, ChildCannotReachTheWritableViewButRunsSealedCode) {
 // no writable view of it may exist anywhere.
 TEST(ForkDualMap, ChildPatchingThroughTheArenaLeavesParentCodeAlone) {
   ForkScene s;
+  WXA_SKIP_IF_UNAVAILABLE(Backend::dual_map);
   ASSERT_NO_FATAL_FAILURE(make_scene(Backend::dual_map, s));
   const int code = in_child([&]() -> int {
     Arena& arena = *s.arena;
@@ -295,6 +297,7 @@ TEST(ForkDualMap, ChildPatchingThroughTheArenaLeavesParentCodeAlone) {
 // new code must survive.
 TEST(ForkDualMap, ChildTrimmingTheArenaLeavesParentCodeAlone) {
   ForkScene s;
+  WXA_SKIP_IF_UNAVAILABLE(Backend::dual_map);
   ASSERT_NO_FATAL_FAILURE(make_scene(Backend::dual_map, s));
   int go[2];
   ASSERT_EQ(::pipe(go), 0);

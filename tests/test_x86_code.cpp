@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "support/backends.hpp"
 #include "support/x86_code.hpp"
 
 namespace wxa::test {
@@ -129,6 +130,9 @@ class MemfdCode {
 };
 
 TEST(X86Code, GeneratedFunctionsRun) {
+  if (!host().shared_exec)
+    GTEST_SKIP() << "this host refuses to map a memfd PROT_EXEC (probe: "
+                    "shared_exec), so generated code cannot be run here";
   MemfdCode code;
   ASSERT_TRUE(code.ok()) << "memfd views: " << std::strerror(errno);
   fill_traps(code.rw());

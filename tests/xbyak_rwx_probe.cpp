@@ -68,8 +68,6 @@ int main(int argc, char** argv) {
     return 2;
   }
   const bool expect_ok = std::string_view(argv[2]) == "ok";
-  const char* policy = std::getenv("WXA_SECCOMP_POLICY");
-  std::printf("policy %s\n", policy ? policy : "none");
 
   try {
     AddSeven gen;

@@ -1,23 +1,39 @@
 // SPDX-License-Identifier: MIT
 // wxa-seccomp-run: runs a program under a seccomp filter that makes the kernel
-// refuse writable+executable mappings (the W^X oracle for the test suite).
+// refuse writable+executable mappings (the W^X oracle for the test suite),
+// optionally plus what a hardened host refuses.
 //
-// Usage: wxa-seccomp-run [--policy wx|execmem] -- PROGRAM [ARGS...]
+// Usage: wxa-seccomp-run [--policy POLICY] -- PROGRAM [ARGS...]
 //
-//   wx       (default) mmap, mprotect and pkey_mprotect fail with EACCES when
-//            their prot argument holds both PROT_WRITE and PROT_EXEC.
-//   execmem  a stand-in for SELinux deny_execmem: everything of wx, plus
-//            mmap with PROT_EXEC of anonymous memory (MAP_ANONYMOUS) and every
-//            mprotect / pkey_mprotect asking for PROT_EXEC fail with EACCES.
-//            seccomp sees only the arguments, not whether the target of an
-//            mprotect is anonymous, so all of them are refused: code can then
-//            only come from files (or memfds) mapped executable with mmap.
+//   wx           (default) mmap, mprotect and pkey_mprotect fail with EACCES
+//                when their prot argument holds both PROT_WRITE and PROT_EXEC.
+//   execmem      a stand-in for SELinux deny_execmem: everything of wx, plus
+//                mmap with PROT_EXEC of anonymous memory (MAP_ANONYMOUS) and
+//                every mprotect / pkey_mprotect asking for PROT_EXEC fail with
+//                EACCES. seccomp sees only the arguments, not whether the
+//                target of an mprotect is anonymous, so all of them are
+//                refused: code can then only come from files (or memfds)
+//                mapped executable with mmap.
+//   nomemfdexec  a stand-in for vm.memfd_noexec=2: everything of wx, plus
+//                mmap with PROT_EXEC and MAP_SHARED, and memfd_create with
+//                MFD_EXEC, fail with EACCES. Anonymous memory may still gain
+//                PROT_EXEC with mprotect.
+//   nomembarrier everything of wx, plus membarrier fails with EPERM (a
+//                kernel or sandbox without it).
+//   nopopulate   everything of wx, plus madvise(MADV_POPULATE_READ) fails
+//                with EINVAL, as on kernels older than 5.14.
+//   onlydual     everything of execmem, plus pwrite64 / pwritev / pwritev2
+//                fail with EPERM: neither an anonymous mapping nor a memfd
+//                written by the kernel can become code, so of wxarena's
+//                backends only dual_map works.
 //
 // The filter survives execve and is inherited by every child, so the whole
-// program is judged by the kernel. The child sees WXA_SECCOMP_POLICY set to
-// the policy name. Nothing is printed on success; PROGRAM's exit status is
-// the tool's (execvp replaces this process). Exit status 2 means bad usage,
-// 1 a failure to install the filter, 126/127 a failure to run PROGRAM.
+// program is judged by the kernel. The program is told nothing about the
+// filter (its environment is passed on unchanged): it has to find out what
+// is refused by trying. Nothing is printed on success; PROGRAM's exit status
+// is the tool's (execvp replaces this process). Exit status 2 means bad
+// usage, 1 a failure to install the filter, 126/127 a failure to run
+// PROGRAM.
 //
 // Only the native architecture (x86-64 here) is added to the filter; system
 // calls made through any other ABI hit libseccomp's default bad-arch action,
@@ -39,15 +55,42 @@ namespace {
 constexpr int exit_usage = 2;
 constexpr int exit_setup = 1;
 
-enum class Policy { wx, execmem };
+enum class Policy {
+  wx,
+  execmem,
+  nomemfdexec,
+  nomembarrier,
+  nopopulate,
+  onlydual
+};
+
+struct PolicyName {
+  std::string_view name;
+  Policy policy;
+};
+constexpr PolicyName policies[] = {
+    {"wx", Policy::wx},
+    {"execmem", Policy::execmem},
+    {"nomemfdexec", Policy::nomemfdexec},
+    {"nomembarrier", Policy::nomembarrier},
+    {"nopopulate", Policy::nopopulate},
+    {"onlydual", Policy::onlydual},
+};
 
 void print_usage(std::FILE* out) noexcept {
   std::fputs(
-      "usage: wxa-seccomp-run [--policy wx|execmem] -- PROGRAM [ARGS...]\n"
-      "  wx       refuse mmap/mprotect/pkey_mprotect with PROT_WRITE|PROT_EXEC"
-      " (default)\n"
-      "  execmem  wx, plus refuse anonymous executable mmap and any mprotect"
-      " adding PROT_EXEC\n",
+      "usage: wxa-seccomp-run [--policy POLICY] -- PROGRAM [ARGS...]\n"
+      "  wx            refuse mmap/mprotect/pkey_mprotect with"
+      " PROT_WRITE|PROT_EXEC (default)\n"
+      "  execmem       wx, plus refuse anonymous executable mmap and any"
+      " mprotect adding PROT_EXEC (SELinux deny_execmem)\n"
+      "  nomemfdexec   wx, plus refuse executable MAP_SHARED mmap and"
+      " memfd_create(MFD_EXEC) with EACCES (vm.memfd_noexec=2)\n"
+      "  nomembarrier  wx, plus refuse membarrier with EPERM\n"
+      "  nopopulate    wx, plus refuse madvise(MADV_POPULATE_READ) with EINVAL"
+      " (kernels before 5.14)\n"
+      "  onlydual      execmem, plus refuse pwrite64/pwritev/pwritev2 with"
+      " EPERM (only dual_map works)\n",
       out);
 }
 
@@ -82,6 +125,12 @@ bool refuse(scmp_filter_ctx ctx, int syscall, scmp_datum_t prot_mask,
   return seccomp_ok(rc, "seccomp_rule_add");
 }
 
+// Refuses every call of `syscall` with `error`.
+bool refuse_all(scmp_filter_ctx ctx, int syscall, int error) noexcept {
+  return seccomp_ok(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(error), syscall, 0),
+                    "seccomp_rule_add");
+}
+
 bool add_rules(scmp_filter_ctx ctx, Policy policy) noexcept {
   constexpr scmp_datum_t wx = PROT_WRITE | PROT_EXEC;
   // The prot argument is the third one (index 2) of all three calls:
@@ -92,14 +141,43 @@ bool add_rules(scmp_filter_ctx ctx, Policy policy) noexcept {
       !refuse(ctx, SCMP_SYS(pkey_mprotect), wx)) {
     return false;
   }
-  if (policy == Policy::execmem) {
+  if (policy == Policy::execmem || policy == Policy::onlydual) {
     if (!refuse(ctx, SCMP_SYS(mmap), PROT_EXEC, MAP_ANONYMOUS) ||
         !refuse(ctx, SCMP_SYS(mprotect), PROT_EXEC) ||
         !refuse(ctx, SCMP_SYS(pkey_mprotect), PROT_EXEC)) {
       return false;
     }
   }
-  return true;
+  switch (policy) {
+    case Policy::wx:
+    case Policy::execmem:
+      return true;
+    case Policy::nomemfdexec: {
+      // MAP_SHARED is bit 0 of the flags, also set in MAP_SHARED_VALIDATE.
+      // memfd_create(name, flags): MFD_EXEC (Linux 6.3; 0x10) in argument 1.
+      constexpr scmp_datum_t mfd_exec = 0x10;
+      return refuse(ctx, SCMP_SYS(mmap), PROT_EXEC, MAP_SHARED) &&
+             seccomp_ok(seccomp_rule_add(
+                            ctx, SCMP_ACT_ERRNO(EACCES), SCMP_SYS(memfd_create),
+                            1, SCMP_A1(SCMP_CMP_MASKED_EQ, mfd_exec, mfd_exec)),
+                        "seccomp_rule_add");
+    }
+    case Policy::nomembarrier:
+      return refuse_all(ctx, SCMP_SYS(membarrier), EPERM);
+    case Policy::nopopulate: {
+      // madvise(addr, len, advice); MADV_POPULATE_READ is 22 (Linux 5.14).
+      constexpr scmp_datum_t populate_read = 22;
+      return seccomp_ok(
+          seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EINVAL), SCMP_SYS(madvise), 1,
+                           SCMP_A2(SCMP_CMP_EQ, populate_read, 0)),
+          "seccomp_rule_add");
+    }
+    case Policy::onlydual:
+      return refuse_all(ctx, SCMP_SYS(pwrite64), EPERM) &&
+             refuse_all(ctx, SCMP_SYS(pwritev), EPERM) &&
+             refuse_all(ctx, SCMP_SYS(pwritev2), EPERM);
+  }
+  return false;
 }
 
 bool install_filter(Policy policy) noexcept {
@@ -125,7 +203,6 @@ bool install_filter(Policy policy) noexcept {
 
 int main(int argc, char** argv) {
   Policy policy = Policy::wx;
-  const char* policy_name = "wx";
   int i = 1;
   bool separator = false;
   for (; i < argc; ++i) {
@@ -148,23 +225,18 @@ int main(int argc, char** argv) {
     } else {
       return usage_error("unknown argument", argv[i]);
     }
-    if (value == "wx") {
-      policy = Policy::wx;
-      policy_name = "wx";
-    } else if (value == "execmem") {
-      policy = Policy::execmem;
-      policy_name = "execmem";
-    } else {
-      return usage_error("unknown policy (want wx or execmem)", value.data());
+    bool known = false;
+    for (const PolicyName& p : policies) {
+      if (p.name == value) {
+        policy = p.policy;
+        known = true;
+      }
     }
+    if (!known) return usage_error("unknown policy", value.data());
   }
   if (!separator) return usage_error("missing -- before the program");
   if (i >= argc) return usage_error("missing program after --");
 
-  if (setenv("WXA_SECCOMP_POLICY", policy_name, 1) != 0) {
-    std::fprintf(stderr, "wxa-seccomp-run: setenv: %s\n", std::strerror(errno));
-    return exit_setup;
-  }
   if (!install_filter(policy)) return exit_setup;
 
   execvp(argv[i], argv + i);

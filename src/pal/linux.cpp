@@ -189,7 +189,9 @@ Capabilities probe() noexcept {
       ::syscall(SYS_memfd_create, "wxarena-probe", memfd_create_flags(true)));
   if (fd >= 0) {
     caps.memfd_exec_flag = true;
-  } else if (errno == EINVAL) {
+  } else if (errno == EINVAL || errno == EACCES) {
+    // EACCES: vm.memfd_noexec=2 refuses executable memfds; a plain one may
+    // still be had (shared_exec then says whether it maps executable).
     fd = static_cast<int>(::syscall(SYS_memfd_create, "wxarena-probe",
                                     memfd_create_flags(false)));
   }
