@@ -1299,7 +1299,9 @@ void Harness::op_batch(Slot& s) {
       const auto [head, to] = items[k];
       if (k == 0 || end != head || items[k - 1].second != to) {
         ++runs;
-        flushes += to == State::executable;
+        // kernel_write also flushes retired runs: traps were copied over
+        // code that other cores may hold in their caches.
+        flushes += to == State::executable || (s.kw && to == State::retired);
       }
       end = head + s.chunks.at(head).pages * ps_;
     }
