@@ -71,7 +71,7 @@ class ArenaAccounting : public Strategy {
   bool own_syscalls(SyscallCounts& out) override {
     const wxa::SyscallCounts s = arena_.stats().syscalls;
     out = {s.mmap,  s.munmap,     s.mprotect, s.madvise,
-           s.memfd, s.membarrier, s.other};
+           s.memfd, s.membarrier, s.other,    s.write};
     return true;
   }
 

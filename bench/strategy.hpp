@@ -19,13 +19,15 @@ struct SyscallCounts {
   std::uint64_t mmap = 0, munmap = 0, mprotect = 0, madvise = 0, memfd = 0,
                 membarrier = 0, other = 0;  // other: mremap, pkey_mprotect,
                                             // ftruncate, fallocate
+  std::uint64_t write = 0;  // pwrite64 / pwritev / pwritev2 (kernel_write)
   [[nodiscard]] std::uint64_t total() const noexcept {
-    return mmap + munmap + mprotect + madvise + memfd + membarrier + other;
+    return mmap + munmap + mprotect + madvise + memfd + membarrier + other +
+           write;
   }
   SyscallCounts& operator-=(const SyscallCounts& o) noexcept {
     mmap -= o.mmap, munmap -= o.munmap, mprotect -= o.mprotect;
     madvise -= o.madvise, memfd -= o.memfd, membarrier -= o.membarrier;
-    other -= o.other;
+    other -= o.other, write -= o.write;
     return *this;
   }
 };

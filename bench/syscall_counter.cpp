@@ -89,6 +89,11 @@ void count(long nr) noexcept {
     case SYS_fallocate:
       ++t_counts.other;
       break;
+    case SYS_pwrite64:
+    case SYS_pwritev:
+    case SYS_pwritev2:
+      ++t_counts.write;
+      break;
     default:
       break;
   }
