@@ -979,8 +979,11 @@ bool Harness::create(Slot& s, const Options& o, bool use_fault) {
   const bool kw_ok = kKernelWriteLanded && caps.shared_memory &&
                      caps.shared_exec && caps.shared_write;
   Backend resolved = o.backend;
+  // automatic: the first backend the host allows whose own mappings fit the
+  // VMA budget (protect takes one, the memfd backends two).
+  const bool two_fit = o.vma_budget == 0 || o.vma_budget >= 2;
   if (resolved == Backend::automatic)
-    resolved = kw_ok            ? Backend::kernel_write
+    resolved = kw_ok && two_fit ? Backend::kernel_write
                : caps.anon_exec ? Backend::protect
                                 : Backend::dual_map;
 

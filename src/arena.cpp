@@ -70,8 +70,15 @@ Result<void> ArenaImpl::init() noexcept {
   if (options_.open_pages == 0) options_.open_pages = 1;
 
   if (ncandidates == 0) candidates[ncandidates++] = backend;
+  // A VMA budget too small for a backend's own mappings rules it out; for
+  // automatic, the next one may fit.
+  std::size_t fits = 0;
+  for (std::size_t k = 0; k < ncandidates; ++k)
+    if (initial_vmas(candidates[k]) <= vma_budget_)
+      candidates[fits++] = candidates[k];
+  if (fits == 0) return Error(Errc::invalid_argument);
   Result<void> made;
-  for (std::size_t k = 0; k < ncandidates; ++k) {
+  for (std::size_t k = 0; k < fits; ++k) {
     made = region_.init(pal_, candidates[k], pages, lo, hi,
                         options_.name_mappings, sys_);
     if (made || made.error().code() == Errc::out_of_memory ||

@@ -27,6 +27,12 @@ PageBackend* make_backend(Backend kind) noexcept {
   return nullptr;
 }
 
+std::size_t initial_vmas(Backend kind) noexcept {
+  // protect: the reservation; dual_map: its two views; kernel_write: the
+  // code view and the staging memory.
+  return kind == Backend::protect ? 1 : 2;
+}
+
 void destroy_backend(PageBackend* backend) noexcept {
   if (!backend) return;
   backend->~PageBackend();

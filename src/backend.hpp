@@ -200,6 +200,9 @@ class PageBackend {
   }
 };
 
+/// The VMAs a backend's reservation occupies before any page is used.
+[[nodiscard]] std::size_t initial_vmas(Backend kind) noexcept;
+
 /// Makes the backend of a kind (not automatic) in metadata memory, or
 /// returns nullptr when that fails. Free with destroy_backend().
 [[nodiscard]] PageBackend* make_backend(Backend kind) noexcept;
