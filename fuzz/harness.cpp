@@ -384,7 +384,8 @@ class Harness {
   }
   // kernel_write: `p` lies in the staging reservation.
   [[nodiscard]] bool in_staging(const Slot& s, const void* p) const {
-    return s.kw && addr(p) >= s.rw_base && addr(p) - s.rw_base < s.pages * ps_;
+    return s.kw && addr(p) >= s.rw_base &&
+           addr(p) - s.rw_base < 2 * s.pages * ps_;  // pool and mirror
   }
   // Past the quarantine: `quarantine` later releases, or allocations (the
   // arena's own count; `allocations` is taken when the question arises).
@@ -465,7 +466,7 @@ Where Harness::locate(const Slot& s, const void* p, bool either) const {
   const std::uintptr_t u = addr(p), bytes = s.pages * ps_;
   if (u >= s.rx_base && u - s.rx_base < bytes)
     return {true, true, (u - s.rx_base) / ps_};
-  if (either && s.kw && u >= s.rw_base && u - s.rw_base < bytes) {
+  if (either && s.kw && u >= s.rw_base && u - s.rw_base < 2 * bytes) {
     // Staging memory: the page of the writable chunk staged there, or no
     // chunk (inside the arena all the same: not_allocated).
     for (const auto& [rx, c] : s.chunks)
@@ -1057,7 +1058,7 @@ bool Harness::create(Slot& s, const Options& o, bool use_fault) {
   expect(s.arena->backend() == resolved, "create: backend %d, expected %d",
          static_cast<int>(s.arena->backend()), static_cast<int>(resolved));
   expect(s.arena->range().size() == pages * ps_ &&
-             s.arena->rw_range().size() == pages * ps_ &&
+             s.arena->rw_range().size() == (s.kw ? 2 : 1) * pages * ps_ &&
              s.rx_base % ps_ == 0 && s.rw_base % ps_ == 0,
          "create: ranges %#lx %#lx of %zu bytes", ul(s.rx_base), ul(s.rw_base),
          s.arena->range().size());

@@ -50,8 +50,8 @@ class KernelWriteBackend final : public PageBackend {
     words_ = (pages + 63) / 64;
     stage_of_ =
         static_cast<std::uint32_t*>(meta_calloc(pages, sizeof(std::uint32_t)));
-    owner_ =
-        static_cast<std::uint32_t*>(meta_calloc(pages, sizeof(std::uint32_t)));
+    owner_ = static_cast<std::uint32_t*>(
+        meta_calloc(2 * pages, sizeof(std::uint32_t)));
     populated_ = static_cast<std::uint8_t*>(meta_calloc(pages, 1));
     written_ = static_cast<std::uint8_t*>(meta_calloc(pages, 1));
     extent_ =
@@ -80,22 +80,26 @@ class KernelWriteBackend final : public PageBackend {
     }
     rx_base_ = *rx;
 
-    // Staging: as large as the reservation (every page could be writable at
-    // once; it costs no memory until written), within rel32 reach of the
-    // code where the address space allows, so that a JIT may keep
-    // read-write data there and reach it from code (see include/wxarena/
-    // adapters/). Mapped read+write once: never executable.
+    // Staging: twice the reservation (address space only: it costs no
+    // memory until written), within rel32 reach of the code where the
+    // address space allows, so that a JIT may keep read-write data there
+    // and reach it from code (see include/wxarena/adapters/). Mapped
+    // read+write once: never executable. Its first half is a pool reused
+    // lowest address first, so staging stays warm; its second half mirrors
+    // the code page by page, so a chunk always has staging even when the
+    // pool is too fragmented to hold it in one piece.
     const auto code = reinterpret_cast<std::uintptr_t>(rx_base_);
     const std::uintptr_t reach = (std::uintptr_t{1} << 31) - 1;
     const std::uintptr_t slo =
         code + bytes() > reach ? code + bytes() - reach : 0;
+    const std::size_t staging = 2 * bytes();
     const std::uintptr_t shi =
         code > std::numeric_limits<std::uintptr_t>::max() - reach
             ? std::numeric_limits<std::uintptr_t>::max()
             : code + reach;
-    Result<std::byte*> st = pal.reserve(bytes(), slo, shi, n);
+    Result<std::byte*> st = pal.reserve(staging, slo, shi, n);
     if (!st && st.error().code() == Errc::unreachable_anchor)
-      st = pal.reserve(bytes(), 0, 0, n);
+      st = pal.reserve(staging, 0, 0, n);
     if (!st) {
       Error e = st.error();
       destroy(n);
@@ -103,21 +107,21 @@ class KernelWriteBackend final : public PageBackend {
     }
     stage_base_ = *st;
     if (Result<void> r =
-            pal.protect(stage_base_, bytes(), Access::read_write, n);
+            pal.protect(stage_base_, staging, Access::read_write, n);
         !r) {
       destroy(n);
       return r;
     }
     if (name && caps.vma_naming) {
       // Best effort: a name only helps people read /proc/<pid>/maps.
-      (void)pal.name(stage_base_, bytes(), "wxarena-staging", n);
+      (void)pal.name(stage_base_, staging, "wxarena-staging", n);
     }
     return {};
   }
 
   void destroy(SyscallCounts& n) noexcept override {
     if (rx_base_) (void)pal_->unmap_view(rx_base_, bytes(), n);
-    if (stage_base_) (void)pal_->unmap(stage_base_, bytes(), n);
+    if (stage_base_) (void)pal_->unmap(stage_base_, 2 * bytes(), n);
     if (shm_.valid()) (void)pal_->close_shared(shm_, n);
     rx_base_ = stage_base_ = nullptr;
     shm_ = SharedHandle{};
@@ -170,8 +174,9 @@ class KernelWriteBackend final : public PageBackend {
 
   Result<std::byte*> stage(std::uint32_t head, std::uint32_t pages,
                            bool keep_code) noexcept override {
-    const std::ptrdiff_t s = take_staging(pages);
-    if (s < 0) return Error(Errc::exhausted);
+    std::ptrdiff_t s = take_staging(pages);
+    // No run of the pool holds it: the chunk's own page in the mirror half.
+    if (s < 0) s = static_cast<std::ptrdiff_t>(pages_ + head);
     const auto si = static_cast<std::uint32_t>(s);
     for (std::uint32_t k = 0; k < pages; ++k) owner_[si + k] = head + 1;
     stage_of_[head] = si + 1;
@@ -187,11 +192,11 @@ class KernelWriteBackend final : public PageBackend {
   void unstage(std::uint32_t head, std::uint32_t pages) noexcept override {
     if (!stage_of_[head]) return;
     const std::uint32_t s = stage_of_[head] - 1;
-    for (std::uint32_t k = 0; k < pages; ++k) {
-      owner_[s + k] = 0;
-      free_bits_[(s + k) / 64] &= ~(std::uint64_t{1} << ((s + k) % 64));
-    }
+    for (std::uint32_t k = 0; k < pages; ++k) owner_[s + k] = 0;
     stage_of_[head] = 0;
+    if (s >= pages_) return;  // the mirror half: nothing to give back
+    for (std::uint32_t k = 0; k < pages; ++k)
+      free_bits_[(s + k) / 64] &= ~(std::uint64_t{1} << ((s + k) % 64));
     low_ = std::min<std::size_t>(low_, s / 64);
   }
 
@@ -204,7 +209,7 @@ class KernelWriteBackend final : public PageBackend {
   std::ptrdiff_t page_of_rw(const void* p) const noexcept override {
     auto u = reinterpret_cast<std::uintptr_t>(p);
     auto b = reinterpret_cast<std::uintptr_t>(stage_base_);
-    if (u < b || u - b >= bytes()) return -1;
+    if (u < b || u - b >= 2 * bytes()) return -1;
     const std::size_t s = (u - b) >> shift_;
     if (!owner_[s]) return -1;
     const std::uint32_t head = owner_[s] - 1;
@@ -212,7 +217,7 @@ class KernelWriteBackend final : public PageBackend {
   }
 
   std::span<std::byte> rw_range() const noexcept override {
-    return {stage_base_, bytes()};
+    return {stage_base_, 2 * bytes()};
   }
   std::byte* rw_page(std::size_t) const noexcept override { return nullptr; }
 
@@ -220,15 +225,19 @@ class KernelWriteBackend final : public PageBackend {
   void trap_fill(std::size_t, std::size_t) noexcept override {}
 
   Result<void> trim(SyscallCounts& n) noexcept override {
-    // Staging pages nobody holds give their memory back.
+    // Staging pages nobody holds give their memory back: the pool's free
+    // runs, and the mirror half's pages of chunks not staged there.
+    auto held = [this](std::size_t i) {
+      return i < pages_ ? used(i) : owner_[i] != 0;
+    };
     std::size_t i = 0;
-    while (i < pages_) {
-      if (used(i)) {
+    while (i < 2 * pages_) {
+      if (held(i)) {
         ++i;
         continue;
       }
       std::size_t j = i + 1;
-      while (j < pages_ && !used(j)) ++j;
+      while (j < 2 * pages_ && !held(j) && (j != pages_)) ++j;
       if (Result<void> r =
               pal_->decommit(stage_base_ + (i << shift_), (j - i) << shift_, n);
           !r)

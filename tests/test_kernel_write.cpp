@@ -212,6 +212,37 @@ TEST_F(KernelWrite, PartialCopiesLeaveOnlyTrapsAroundTheCode) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
+// Staging memory never runs out while code pages are free: a chunk that no
+// free stretch of the staging pool holds in one piece is staged in the
+// pool's mirror half, at its own page.
+TEST_F(KernelWrite, FragmentedStagingStillHoldsEveryChunk) {
+  const std::size_t ps = os_page_size();
+  Options o = options(0);
+  o.reserve_bytes = 16 * ps;
+  Result<Arena> made = Arena::create(o);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  Result<Chunk> a = arena.allocate(4 * ps);
+  Result<Chunk> b = arena.allocate(4 * ps);
+  Result<Chunk> c = arena.allocate(4 * ps);
+  ASSERT_TRUE(Ok(a) && Ok(b) && Ok(c));
+  ASSERT_TRUE(Ok(arena.release(*b)));
+  ASSERT_TRUE(Ok(arena.release(*a)));
+  Result<Chunk> one = arena.allocate(ps);  // the pool's first page
+  ASSERT_TRUE(Ok(one));
+  // 8 code pages are free (a's and b's, quarantine 0); the pool has no run
+  // of 8 left.
+  Result<Chunk> big = arena.allocate(8 * ps);
+  ASSERT_TRUE(Ok(big)) << "staging ran out though code pages were free";
+  write_fn(*big, 0x88);
+  write_fn(*one, 0x11);
+  ASSERT_TRUE(Ok(arena.seal(*big)));
+  ASSERT_TRUE(Ok(arena.seal(*one)));
+  EXPECT_EQ(call(big->rx()), 0x88u);
+  EXPECT_EQ(call(one->rx()), 0x11u);
+  EXPECT_TRUE(audit_arena(arena));
+}
+
 TEST_F(KernelWrite, StagingIsRecycledNotFaultedInAfresh) {
   Result<Arena> made = Arena::create(options());
   ASSERT_TRUE(Ok(made));
