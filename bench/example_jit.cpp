@@ -59,7 +59,7 @@ class WxarenaMeasured final : public MeasuredSink {
     // The arena's own complete count, from its creation on.
     const wxa::SyscallCounts c = s_->arena().stats().syscalls;
     return {c.mmap,  c.munmap,     c.mprotect, c.madvise,
-            c.memfd, c.membarrier, c.other, c.write};
+            c.memfd, c.membarrier, c.other,    c.write};
   }
   long vmas() override {
     const auto rx = s_->arena().range();

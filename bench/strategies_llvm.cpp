@@ -236,7 +236,7 @@ class LlvmJitLink final : public Strategy {
     if (shared_.arena) {
       const wxa::SyscallCounts s = shared_.arena->stats().syscalls;
       out = {s.mmap,  s.munmap,     s.mprotect, s.madvise,
-             s.memfd, s.membarrier, s.other, s.write};
+             s.memfd, s.membarrier, s.other,    s.write};
       return true;
     }
 #endif

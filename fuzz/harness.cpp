@@ -517,9 +517,9 @@ Access Harness::want_rx(const Slot& s, State st, bool open) const {
   // kernel_write: the code's memfd is mapped read+execute once and never
   // changes; retired code is overwritten with traps, not unmapped.
   if (s.kw)
-    return st == State::read_only           ? Access::read
-           : st == State::free && !open     ? Access::none
-                                            : Access::read_execute;
+    return st == State::read_only       ? Access::read
+           : st == State::free && !open ? Access::none
+                                        : Access::read_execute;
   switch (st) {
     case State::executable:
       return Access::read_execute;
@@ -1039,8 +1039,8 @@ bool Harness::create(Slot& s, const Options& o, bool use_fault) {
   // automatic tries the next backend the host allows when its first choice
   // fails to be created (not for lack of memory or of an anchored range).
   const bool fell_back =
-      o.backend == Backend::automatic && f.fired &&
-      r->backend() != resolved && f.code != Errc::out_of_memory &&
+      o.backend == Backend::automatic && f.fired && r->backend() != resolved &&
+      f.code != Errc::out_of_memory &&
       (resolved == Backend::kernel_write ? r->backend() != Backend::automatic
                                          : r->backend() == Backend::dual_map);
   expect(!f.fired || f.call == PalCall::name ||

@@ -8,14 +8,14 @@
 
 static int passed, failed;
 
-#define CHECK(cond)                                              \
-  do {                                                           \
-    if (cond) {                                                  \
-      ++passed;                                                  \
-    } else {                                                     \
-      ++failed;                                                  \
+#define CHECK(cond)                                                     \
+  do {                                                                  \
+    if (cond) {                                                         \
+      ++passed;                                                         \
+    } else {                                                            \
+      ++failed;                                                         \
       fprintf(stderr, "%s:%d: CHECK(%s)\n", __FILE__, __LINE__, #cond); \
-    }                                                            \
+    }                                                                   \
   } while (0)
 
 typedef int (*int_fn)(void);
@@ -84,16 +84,21 @@ static void test_arena(wxa_backend backend) {
   wxa_chunk found;
   wxa_state state;
   size_t offset = 0;
-  CHECK(wxa_find(arena, (const char*)chunks[7].rx + 5, &found, &state, &offset, &err) == WXA_OK);
-  CHECK(found.rx == chunks[7].rx && state == WXA_STATE_EXECUTABLE && offset == 5);
+  CHECK(wxa_find(arena, (const char*)chunks[7].rx + 5, &found, &state, &offset,
+                 &err) == WXA_OK);
+  CHECK(found.rx == chunks[7].rx && state == WXA_STATE_EXECUTABLE &&
+        offset == 5);
 
   /* Errors are codes with messages, and change nothing. */
-  CHECK(wxa_release(arena, (const char*)chunks[0].rx + 1, &err) == WXA_INTERIOR_POINTER);
+  CHECK(wxa_release(arena, (const char*)chunks[0].rx + 1, &err) ==
+        WXA_INTERIOR_POINTER);
   CHECK(err.code == WXA_INTERIOR_POINTER && err.chunk != NULL);
-  CHECK(wxa_seal(arena, chunks[0].rx, WXA_SEAL_EXECUTE, &err) == WXA_ILLEGAL_TRANSITION);
+  CHECK(wxa_seal(arena, chunks[0].rx, WXA_SEAL_EXECUTE, &err) ==
+        WXA_ILLEGAL_TRANSITION);
   CHECK(wxa_release(arena, chunks[0].rx, &err) == WXA_OK);
   CHECK(wxa_release(arena, chunks[0].rx, &err) == WXA_DOUBLE_RELEASE);
-  CHECK(strcmp(wxa_strerror(WXA_DOUBLE_RELEASE), "chunk already released") == 0);
+  CHECK(strcmp(wxa_strerror(WXA_DOUBLE_RELEASE), "chunk already released") ==
+        0);
   wxa_chunk c;
   CHECK(wxa_allocate(arena, 0, &c, &err) == WXA_ZERO_SIZE);
   CHECK(wxa_allocate(arena, (size_t)1 << 40, &c, &err) == WXA_SIZE_TOO_LARGE);
