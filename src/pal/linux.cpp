@@ -247,18 +247,48 @@ const Capabilities& Pal::capabilities() noexcept {
   return caps;
 }
 
+namespace {
+
+// Marks the guard page at each end of a reservation of `total` bytes at p
+// (guards included). On failure the whole reservation is unmapped.
+Result<std::byte*> fence(void* p, std::size_t total, std::size_t page,
+                         SyscallCounts& n) noexcept {
+  auto* base = static_cast<std::byte*>(p);
+  for (std::byte* guard : {base, base + total - page}) {
+    ++n.madvise;
+    if (::madvise(guard, page, MADV_DONTDUMP) != 0) {
+      const int e = errno;
+      ++n.munmap;
+      if (::munmap(base, total) != 0) return error_from_errno(errno);
+      return error_from_errno(e);
+    }
+  }
+  return base + page;
+}
+
+}  // namespace
+
+// Every reservation is fenced by a guard page at each end, inaccessible and
+// marked MADV_DONTDUMP. The kernel merges a mapping only with a neighbour of
+// the same flags, so no page of the reservation ever merges with what lies
+// next to it (another arena's reservation, the other view of a dual_map
+// arena, anything else of the process): each arena's count of its VMAs stays
+// the kernel's. The guards are two VMAs of the process outside the arena's
+// range (Stats::vmas counts the range).
 Result<std::byte*> Pal::reserve(std::size_t bytes, std::uintptr_t lo,
                                 std::uintptr_t hi, SyscallCounts& n) noexcept {
+  const std::uintptr_t page = capabilities().page_size;
+  if (bytes > SIZE_MAX - 2 * page) return Error(Errc::out_of_memory, ENOMEM);
+  const std::size_t total = bytes + 2 * page;
   if (hi <= lo) {
     ++n.mmap;
-    void* p = ::mmap(nullptr, bytes, PROT_NONE, kPlaceholderFlags, -1, 0);
+    void* p = ::mmap(nullptr, total, PROT_NONE, kPlaceholderFlags, -1, 0);
     if (p == MAP_FAILED) return error_from_errno(errno);
-    return static_cast<std::byte*>(p);
+    return fence(p, total, page, n);
   }
   // Within a window: pick the free gap closest to the window's middle and
   // map there without replacing anything (MAP_FIXED_NOREPLACE, Linux 4.17).
   // Another thread may map into the gap meanwhile: then look again.
-  const std::uintptr_t page = capabilities().page_size;
   const std::uintptr_t mid = lo + (hi - lo) / 2;
   static constexpr int kMaxGaps = 4096;
   for (int attempt = 0; attempt < 4; ++attempt) {
@@ -275,25 +305,25 @@ Result<std::byte*> Pal::reserve(std::size_t bytes, std::uintptr_t lo,
       std::uintptr_t e = std::min(gaps[i].end, hi);
       b = (b + page - 1) & ~(page - 1);
       e &= ~(page - 1);
-      if (e <= b || e - b < bytes) continue;
-      // The placement in [b, e - bytes] nearest to the middle.
+      if (e <= b || e - b < total) continue;
+      // The placement in [b, e - total] nearest to the middle.
       std::uintptr_t want =
-          mid > bytes / 2 ? (mid - bytes / 2) & ~(page - 1) : 0;
-      std::uintptr_t at = std::clamp(want, b, e - bytes);
+          mid > total / 2 ? (mid - total / 2) & ~(page - 1) : 0;
+      std::uintptr_t at = std::clamp(want, b, e - total);
       std::uintptr_t dist =
-          at + bytes / 2 > mid ? at + bytes / 2 - mid : mid - (at + bytes / 2);
+          at + total / 2 > mid ? at + total / 2 - mid : mid - (at + total / 2);
       if (dist < best_dist) best = at, best_dist = dist;
     }
     meta_free(gaps);
     if (best == 0) return Error(Errc::unreachable_anchor);
     ++n.mmap;
-    void* p = ::mmap(reinterpret_cast<void*>(best), bytes, PROT_NONE,
+    void* p = ::mmap(reinterpret_cast<void*>(best), total, PROT_NONE,
                      kPlaceholderFlags | MAP_FIXED_NOREPLACE, -1, 0);
-    if (p == reinterpret_cast<void*>(best)) return static_cast<std::byte*>(p);
+    if (p == reinterpret_cast<void*>(best)) return fence(p, total, page, n);
     if (p != MAP_FAILED) {
       // A kernel without MAP_FIXED_NOREPLACE treats it as a hint.
       ++n.munmap;
-      if (::munmap(p, bytes) != 0) return error_from_errno(errno);
+      if (::munmap(p, total) != 0) return error_from_errno(errno);
       return Error(Errc::not_supported);
     }
     if (errno != EEXIST) return error_from_errno(errno);
@@ -314,8 +344,11 @@ Result<void> Pal::unmap_view(void* p, std::size_t bytes,
 }
 
 Result<void> Pal::unmap(void* p, std::size_t bytes, SyscallCounts& n) noexcept {
+  // The reservation with its guards (see reserve()).
+  const std::size_t page = capabilities().page_size;
   ++n.munmap;
-  if (::munmap(p, bytes) != 0) return error_from_errno(errno);
+  if (::munmap(static_cast<std::byte*>(p) - page, bytes + 2 * page) != 0)
+    return error_from_errno(errno);
   return {};
 }
 

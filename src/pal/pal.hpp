@@ -80,12 +80,14 @@ class Pal {
   [[nodiscard]] virtual const Capabilities& capabilities() noexcept;
 
   /// Reserves `bytes` of inaccessible address space, nothing committed. If
-  /// hi > lo, the whole range lies within [lo, hi).
+  /// hi > lo, the whole range lies within [lo, hi). Linux: fenced by a guard
+  /// page at each end that no mapping merges with, so that the kernel never
+  /// joins a page of the range to a mapping outside it.
   [[nodiscard]] virtual Result<std::byte*> reserve(std::size_t bytes,
                                                    std::uintptr_t lo,
                                                    std::uintptr_t hi,
                                                    SyscallCounts& n) noexcept;
-  /// Unmaps a range for good.
+  /// Unmaps for good a range reserve() returned (with its guards).
   [[nodiscard]] virtual Result<void> unmap(void* p, std::size_t bytes,
                                            SyscallCounts& n) noexcept;
   /// Changes the protection of an existing private mapping.

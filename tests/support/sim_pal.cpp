@@ -349,13 +349,15 @@ Result<std::byte*> SimPal::reserve(std::size_t bytes, std::uintptr_t lo,
   if (hi > lo) ++n.other;  // the real layer reads /proc/self/maps first
   ++n.mmap;
   if (bytes == 0) return fail(EINVAL);
-  const std::size_t pages = (bytes + ps_ - 1) / ps_;
+  // With a guard page at each end, as the Linux layer (two madvise calls).
+  const std::size_t pages = (bytes + ps_ - 1) / ps_ + 2;
   const std::size_t at = place(pages, lo, hi);
   if (at == kNone)
     return hi > lo ? Result<std::byte*>(Error(Errc::unreachable_anchor))
                    : Result<std::byte*>(fail(ENOMEM));
+  n.madvise += 2;
   claim(at, at + pages);
-  return page_ptr(at);
+  return page_ptr(at + 1);
 }
 
 Result<void> SimPal::unmap(void* p, std::size_t bytes,
@@ -363,7 +365,8 @@ Result<void> SimPal::unmap(void* p, std::size_t bytes,
   ++n.munmap;
   std::size_t first = 0, last = 0;
   if (const int e = span(p, bytes, first, last)) return fail(e);
-  drop(first, last);
+  if (first == 0 || last >= pages_.size()) return fail(EINVAL);
+  drop(first - 1, last + 1);  // and the guards
   return {};
 }
 
