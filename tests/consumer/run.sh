@@ -14,7 +14,7 @@ mkdir -p "$work"
 
 echo "== installed package"
 meson setup "$work/build" "$src" --prefix=/usr/local --libdir=lib \
-  -Dtests=disabled -Dbench=disabled >"$work/setup.log"
+  -Dtests=disabled -Dbench=disabled -Dxbyak=disabled >"$work/setup.log"
 meson install -C "$work/build" --destdir "$work/root" >"$work/install.log"
 prefix=$work/root/usr/local
 export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
