@@ -7,6 +7,8 @@
 #   tools/run_cross_tests.sh windows   x86-64 Windows (mingw-w64), under Wine
 #   tools/run_cross_tests.sh aarch64   Linux AArch64, under qemu-user, with
 #                                      4 KiB and with 64 KiB pages
+# Built without debug information (a third of the build's time); for a
+# debugger, configure build-TARGET/ yourself first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:?"usage: $0 windows|aarch64 [meson test arguments]"}
@@ -16,7 +18,7 @@ case "$target" in
   windows)
     build=build-windows
     [ -f "$build/build.ninja" ] || meson setup "$build" \
-      --cross-file cross/x86_64-w64-mingw32.ini -Dbench=disabled \
+      --cross-file cross/x86_64-w64-mingw32.ini -Ddebug=false -Dbench=disabled \
       -Dseccomp=disabled -Dmimalloc=disabled -Dllvm=disabled \
       -Dasmjit=disabled -Dxbyak=disabled -Dlibffi=disabled
     # A Wine prefix of the build's own. The server is started and the prefix
@@ -34,7 +36,7 @@ case "$target" in
     build=build-aarch64
     # The cross file leaves out what needs x86-64 or seccomp.
     [ -f "$build/build.ninja" ] ||
-      meson setup "$build" --cross-file cross/aarch64-linux-gnu.ini
+      meson setup "$build" --cross-file cross/aarch64-linux-gnu.ini -Ddebug=false
     # The packaging test configures a native build of its own: the native
     # run covers it.
     set -- --no-suite packaging "$@"
