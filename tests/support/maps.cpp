@@ -376,6 +376,31 @@ bool maps_list_every_mapping() {
   return complete;
 }
 
+bool madvise_keeps_guard_pages_apart() {
+#ifdef _WIN32
+  return true;  // no merging of reservations to guard against
+#else
+  static const bool apart = [] {
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    void* p = ::mmap(nullptr, 3 * page, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+      throw std::system_error(errno, std::generic_category(), "mmap");
+    auto* middle = static_cast<std::byte*>(p) + page;
+    bool result = false;
+    if (::madvise(middle, page, MADV_DONTDUMP) == 0) {
+      const Mapping m = mapping_at(middle);
+      result = m.begin == reinterpret_cast<std::uintptr_t>(middle) &&
+               m.end == m.begin + page;
+    }
+    if (::munmap(p, 3 * page) != 0)
+      throw std::system_error(errno, std::generic_category(), "munmap");
+    return result;
+  }();
+  return apart;
+#endif
+}
+
 std::vector<Mapping> writable_and_executable() {
   std::vector<Mapping> found;
   for (Mapping& m : read_maps()) {

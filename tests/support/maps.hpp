@@ -84,6 +84,13 @@ inline constexpr const char* kMapsMergeReason =
 /// out the stack and the heap.
 [[nodiscard]] bool maps_list_every_mapping();
 
+/// Whether madvise(MADV_DONTDUMP) keeps a page apart from neighbours of the
+/// same protection, as Linux does (the flag differs, so the VMAs do not
+/// merge): the arena's guard pages rely on it to keep its mappings from
+/// merging with other arenas'. Probed once, on a real three-page mapping.
+/// qemu-user 7.2 accepts the advice and ignores it.
+[[nodiscard]] bool madvise_keeps_guard_pages_apart();
+
 /// One expected protection over a byte range, for check_protection().
 struct Expected {
   std::uintptr_t begin = 0, end = 0;
