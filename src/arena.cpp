@@ -11,7 +11,58 @@ namespace detail {
 ArenaImpl::ArenaImpl(Pal& pal, const Options& options) noexcept
     : pal_(pal), options_(options) {}
 
-ArenaImpl::~ArenaImpl() { region_.destroy(sys_); }
+ArenaImpl::~ArenaImpl() {
+  for (Scratch* s : idle_scratch_) {
+    if (s->plan) region_.ops().destroy_plan(s->plan);  // made by it
+    s->~Scratch();
+    meta_free(s);
+  }
+  region_.destroy(sys_);
+}
+
+namespace {
+// A hint to the core that this is a spin-wait loop.
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+}  // namespace
+
+std::unique_lock<std::mutex> ArenaImpl::acquire() const noexcept {
+  std::unique_lock lock(mutex_, std::try_to_lock);
+  // About a microsecond or two, then block.
+  for (int k = 0; k < 64 && !lock.owns_lock(); ++k) {
+    for (int p = 0; p < 8; ++p) cpu_relax();
+    (void)lock.try_lock();
+  }
+  if (!lock.owns_lock()) lock.lock();
+  return lock;
+}
+
+ArenaImpl::Scratch* ArenaImpl::take_scratch() noexcept {
+  if (!idle_scratch_.empty()) {
+    Scratch* s = idle_scratch_.back();
+    idle_scratch_.pop_back();
+    return s;
+  }
+  // One more commit in progress than ever before: room to give it back.
+  try {
+    idle_scratch_.reserve(scratch_made_ + 1);
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+  void* mem = meta_alloc(sizeof(Scratch));
+  if (!mem) return nullptr;
+  ++scratch_made_;
+  return ::new (mem) Scratch;
+}
+
+void ArenaImpl::give_scratch(Scratch* s) noexcept {
+  idle_scratch_.push_back(s);  // capacity reserved in take_scratch()
+}
 
 Result<void> ArenaImpl::init() noexcept {
   const Capabilities& caps = pal_.capabilities();
@@ -89,11 +140,26 @@ Result<void> ArenaImpl::init() noexcept {
   if (vma_budget_ < region_.vmas()) return Error(Errc::invalid_argument);
   try {
     unused_.emplace(0, static_cast<std::uint32_t>(pages));
-    items_.reserve(64);
-    runs_.reserve(64);
+    idle_scratch_.reserve(4);
   } catch (const std::bad_alloc&) {
     return Error(Errc::out_of_memory, kNoMemory);
   }
+  // Where recycling changes protection (protect, dual_map), quarantined
+  // pages come back open_pages at a time, one call per coalesced run.
+  // Where retired and open pages look the same to the kernel (kernel_write:
+  // trapped code, mapped read+execute), recycling makes no call, and pages
+  // come back in small groups instead: recently written pages are reused
+  // while they are still in the caches, rather than the arena cycling
+  // through open_pages of fresh ones, and a barrier (needed once per
+  // group, when its first address is reused) stays rare.
+  bool recycling_is_free = true;
+  for (int v = 0; v < region_.views(); ++v)
+    recycling_is_free &= region_.access(PageState::retired, View(v)) ==
+                         region_.access(PageState::open, View(v));
+  recycle_pages_ =
+      recycling_is_free
+          ? std::min<std::size_t>(options_.open_pages, kFreeRecyclePages)
+          : options_.open_pages;
   if (caps.barrier) barrier_registered_ = bool(pal_.register_barrier(sys_));
   fork_generation_ = fork_generation();
   return {};
@@ -260,17 +326,17 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
   if (bytes > region_.pages() * ps) return Error(Errc::size_too_large);
   const std::size_t pages = (bytes + ps - 1) >> region_.page_shift();
 
-  std::lock_guard lock(mutex_);
+  const std::unique_lock lock = acquire();
   if (foreign_process()) return Error(Errc::wrong_process);
   try {
     std::ptrdiff_t a = take_open(pages);
     if (a < 0) {
-      // Quarantined pages come back in bulk, once open_pages of them have
-      // passed the quarantine: one call per coalesced run for many chunks.
-      // Until then fresh address space is opened (it costs no memory until
-      // written). When the reservation runs out, whatever may be reused is.
+      // Quarantined pages come back in groups, once recycle_pages_ of them
+      // have passed the quarantine (see init()). Until then fresh address
+      // space is opened (it costs no memory until written). When the
+      // reservation runs out, whatever may be reused is.
       Result<void> recycled;
-      if (eligible_pages() >= options_.open_pages) {
+      if (eligible_pages() >= recycle_pages_) {
         recycled = recycle();
         a = take_open(pages);
       }
@@ -311,7 +377,7 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
 
 Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
   if (!p) return Error(Errc::null_pointer);
-  std::lock_guard lock(mutex_);
+  const std::unique_lock lock = acquire();
   const std::ptrdiff_t i = region_.index_of(p, true);
   if (i < 0) {
     // Writable memory no chunk holds now (kernel_write's staging).
@@ -337,7 +403,7 @@ Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
 }
 
 Result<void> ArenaImpl::trim() noexcept {
-  std::lock_guard lock(mutex_);
+  const std::unique_lock lock = acquire();
   if (foreign_process()) return Error(Errc::wrong_process);
   try {
     // Quarantine that may be reused anyway: retired (inaccessible) already,
@@ -422,7 +488,7 @@ Result<void> ArenaImpl::trim() noexcept {
 }
 
 Stats ArenaImpl::stats() const noexcept {
-  std::lock_guard lock(mutex_);
+  const std::unique_lock lock = acquire();
   Stats s;
   s.backend = region_.backend();
   const std::size_t ps = region_.page_size();
@@ -450,7 +516,7 @@ Stats ArenaImpl::stats() const noexcept {
 }
 
 std::vector<RunInfo> ArenaImpl::runs() const {
-  std::lock_guard lock(mutex_);
+  const std::unique_lock lock = acquire();
   std::vector<RunInfo> out;
   const std::size_t n = region_.pages();
   std::size_t i = 0;

@@ -6,6 +6,7 @@
 // fault-injection tests reach in here through detail::create_arena().
 #pragma once
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -36,6 +37,10 @@ struct Batch::Op {
 };
 
 namespace detail {
+
+/// Where recycling makes no system call, how many quarantined pages come
+/// back together at most (see ArenaImpl::init()).
+inline constexpr std::size_t kFreeRecyclePages = 64;
 
 class ArenaImpl {
  public:
@@ -76,6 +81,15 @@ class ArenaImpl {
     std::uint32_t first_item, end_item;
     bool changes;  // some page's protection changes in some view
   };
+  // What one commit works in, reused: a commit that writes content lets
+  // go of the lock while the kernel copies, so every commit in progress
+  // needs its own.
+  struct Scratch {
+    MetaVector<Item> items;
+    MetaVector<Run> runs;
+    MetaVector<ContentItem> content;
+    ContentPlan* plan = nullptr;  // the backend's
+  };
 
   [[nodiscard]] Result<std::uint32_t> validate(const Batch::Op& op,
                                                PageState& from,
@@ -97,19 +111,34 @@ class ArenaImpl {
   [[nodiscard]] bool over_budget() const noexcept {
     return region_.vmas() > vma_budget_;
   }
-  [[nodiscard]] Result<CommitReport> commit_locked(const Batch::Op* ops,
-                                                   std::size_t n,
-                                                   CommitFlags flags);
+  // Applies a batch, with the lock held. Where the backend writes content
+  // and `lock` is given, the lock is let go while the kernel copies (the
+  // batch's chunks are marked kInFlight meanwhile). Sets `busy`, changing
+  // nothing, when a chunk is in another commit's flight.
+  [[nodiscard]] Result<CommitReport> commit_locked(
+      const Batch::Op* ops, std::size_t n, CommitFlags flags, Scratch& s,
+      std::unique_lock<std::mutex>* lock, bool& busy);
   // Patches where the backend cannot write live code: unseal, write, seal.
   [[nodiscard]] Result<CommitReport> commit_by_unsealing(const Batch::Op* ops,
                                                          std::size_t n,
-                                                         CommitFlags flags);
+                                                         CommitFlags flags,
+                                                         Scratch& s);
+  [[nodiscard]] Scratch* take_scratch() noexcept;
+  void give_scratch(Scratch* s) noexcept;
+
+  // Takes the arena's lock. Critical sections are short (the kernel's copy
+  // of a commit runs outside them), so a thread that finds the lock taken
+  // spins for a moment first: sleeping on the futex and being woken costs
+  // two system calls and an inter-processor interrupt, more than the wait.
+  [[nodiscard]] std::unique_lock<std::mutex> acquire() const noexcept;
 
   Pal& pal_;
   Options options_;
   mutable std::mutex mutex_;
   Region region_;
   std::size_t vma_budget_ = 0;
+  // Quarantined pages recycled together (see init()).
+  std::size_t recycle_pages_ = 1;
   bool barrier_registered_ = false;
   std::uint64_t fork_generation_ = 0;  // of the process that made the arena
 
@@ -126,10 +155,11 @@ class ArenaImpl {
   std::uint64_t released_ = 0;
 
   // Scratch reused by every commit, so a commit does not allocate.
-  MetaVector<Item> items_;
-  MetaVector<Run> runs_;
-  MetaVector<ContentItem> content_;
-  MetaVector<Batch::Op> split_;  // commit_by_unsealing()'s own batches
+  MetaVector<Scratch*> idle_scratch_;  // capacity: every one made
+  std::size_t scratch_made_ = 0;
+  std::condition_variable flight_done_;  // a commit let go of its chunks
+  std::size_t waiting_ = 0;              // commits waiting for that
+  MetaVector<Batch::Op> split_;          // commit_by_unsealing()'s own batches
   MetaVector<std::byte> patch_saved_;
 
   mutable SyscallCounts sys_;

@@ -71,6 +71,13 @@ struct ContentItem {
   std::uint32_t offset = 0, size = 0;
 };
 
+/// A commit's writes into the code, as a backend that writes content plans
+/// them (opaque to the arena).
+class ContentPlan {
+ public:
+  virtual ~ContentPlan() = default;
+};
+
 /// The contract. Page indices count from the start of the reservation;
 /// [a, b) is a run of pages. Every call that may fail leaves the kernel's
 /// view as it was, or says what it changed.
@@ -155,25 +162,54 @@ class PageBackend {
   // --- the commit
   // -------------------------------------------------------------
 
-  /// True when a commit's bytes reach the code through write_content()
-  /// rather than by the pages changing protection under the writer.
+  /// True when a commit's bytes reach the code through a content plan
+  /// (below) rather than by the pages changing protection under the writer.
   [[nodiscard]] virtual bool writes_content() const noexcept { return false; }
-  /// Copies every item's new bytes into the code: staged chunks that are
+  /// Turns a commit's items into a plan of writes: staged chunks that are
   /// sealed, traps over chunks that are retired or stop being read-only
-  /// data, patches. On failure what was written is restored before it
-  /// returns. After success, undo_content() restores it all.
-  [[nodiscard]] virtual Result<void> write_content(const ContentItem* items,
-                                                   std::size_t count,
+  /// data, patches. `plan` is reused from commit to commit (made here when
+  /// null; freed with destroy_plan()). Allocates, under the arena's lock,
+  /// before any system call.
+  [[nodiscard]] virtual Result<void> plan_content(ContentPlan*& plan,
+                                                  const ContentItem* items,
+                                                  std::size_t count) noexcept {
+    (void)plan;
+    (void)items;
+    (void)count;
+    return {};
+  }
+  /// Copies a plan's bytes into the code. The only step of a commit that
+  /// may run without the arena's lock: it touches only the plan and the
+  /// pages of the plan's chunks, which no other commit may name meanwhile.
+  /// On failure what was written is restored before it returns.
+  [[nodiscard]] virtual Result<void> write_planned(ContentPlan& plan,
                                                    SyscallCounts& n) noexcept {
+    (void)plan;
+    (void)n;
+    return {};
+  }
+  /// After write_planned(), under the lock: the backend's own records of
+  /// what the pages hold, and fresh pages mapped in. On failure the writes
+  /// are undone before it returns. After success, undo_content() restores
+  /// it all.
+  [[nodiscard]] virtual Result<void> finish_content(ContentPlan& plan,
+                                                    const ContentItem* items,
+                                                    std::size_t count,
+                                                    SyscallCounts& n) noexcept {
+    (void)plan;
     (void)items;
     (void)count;
     (void)n;
     return {};
   }
-  /// Restores what the last write_content() changed; a failure is fatal.
-  virtual void undo_content(SyscallCounts& n) noexcept { (void)n; }
+  /// Restores what a finished plan changed; a failure is fatal.
+  virtual void undo_content(ContentPlan& plan, SyscallCounts& n) noexcept {
+    (void)plan;
+    (void)n;
+  }
+  virtual void destroy_plan(ContentPlan* plan) noexcept { (void)plan; }
   /// Makes new code in [a, b) visible to instruction fetch (before it is
-  /// executable for protect and dual_map, after write_content for
+  /// executable for protect and dual_map, after the content is written for
   /// kernel_write).
   virtual void flush(std::size_t a, std::size_t b) noexcept = 0;
   /// Makes the bytes [at, at + bytes) of live code visible to instruction

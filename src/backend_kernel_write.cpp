@@ -252,26 +252,43 @@ class KernelWriteBackend final : public PageBackend {
 
   bool writes_content() const noexcept override { return true; }
 
-  Result<void> write_content(const ContentItem* items, std::size_t count,
-                             SyscallCounts& n) noexcept override {
+  Result<void> plan_content(ContentPlan*& plan, const ContentItem* items,
+                            std::size_t count) noexcept override {
+    if (!plan) {
+      void* mem = meta_alloc(sizeof(Plan));
+      if (!mem) return Error(Errc::out_of_memory, kNoMemory);
+      plan = ::new (mem) Plan;
+    }
     try {
-      plan(items, count);
+      make_plan(static_cast<Plan&>(*plan), items, count);
     } catch (const std::bad_alloc&) {
       return Error(Errc::out_of_memory, kNoMemory);
     }
+    return {};
+  }
+
+  Result<void> write_planned(ContentPlan& plan,
+                             SyscallCounts& n) noexcept override {
+    Plan& P = static_cast<Plan&>(plan);
     // One pwritev per contiguous group of pieces (in steady state: one).
-    std::size_t g = 0;
-    for (; g < groups_.size(); ++g) {
-      const Group& grp = groups_[g];
+    for (std::size_t g = 0; g < P.groups_.size(); ++g) {
+      const Group& grp = P.groups_[g];
       if (Result<void> r = pal_->write_shared(
-              shm_, grp.offset, pieces_.data() + grp.first, grp.count, n);
+              shm_, grp.offset, P.pieces_.data() + grp.first, grp.count, n);
           !r) {
-        restore(g + 1, n);  // the failed group may be written in part
+        restore(P, g + 1, n);  // the failed group may be written in part
         return r.error();
       }
     }
-    written_groups_ = groups_.size();
-    for (Extent& e : extents_) {
+    P.written_groups_ = P.groups_.size();
+    return {};
+  }
+
+  Result<void> finish_content(ContentPlan& plan, const ContentItem* items,
+                              std::size_t count,
+                              SyscallCounts& n) noexcept override {
+    Plan& P = static_cast<Plan&>(plan);
+    for (Extent& e : P.extents_) {
       std::swap(extent_[e.head], e.value);
       std::memset(written_ + e.head, 1, e.pages);
     }
@@ -295,7 +312,7 @@ class KernelWriteBackend final : public PageBackend {
         if (a < b) {
           if (Result<void> r = pal_->populate(rx_page(a), (b - a) << shift_, n);
               !r) {
-            undo_content(n);
+            undo_content(P, n);
             return r.error();
           }
           std::memset(populated_ + a, 1, b - a);
@@ -306,10 +323,17 @@ class KernelWriteBackend final : public PageBackend {
     return {};
   }
 
-  void undo_content(SyscallCounts& n) noexcept override {
-    restore(written_groups_, n);
-    // Back to the extents from before (swapped in by write_content()).
-    for (const Extent& e : extents_) extent_[e.head] = e.value;
+  void undo_content(ContentPlan& plan, SyscallCounts& n) noexcept override {
+    Plan& P = static_cast<Plan&>(plan);
+    restore(P, P.written_groups_, n);
+    // Back to the extents from before (swapped in by finish_content()).
+    for (const Extent& e : P.extents_) extent_[e.head] = e.value;
+  }
+
+  void destroy_plan(ContentPlan* plan) noexcept override {
+    if (!plan) return;
+    plan->~ContentPlan();
+    meta_free(plan);
   }
 
   void flush(std::size_t a, std::size_t b) noexcept override {
@@ -331,6 +355,33 @@ class KernelWriteBackend final : public PageBackend {
     std::size_t saved;  // in saved_, or kTraps
   };
   static constexpr std::size_t kTraps = std::numeric_limits<std::size_t>::max();
+
+  struct UndoGroup {
+    std::size_t first, end;
+  };
+  // A byte that a vector does not clear when it grows.
+  struct RawByte {
+    std::byte value;
+    RawByte() noexcept {}  // NOLINT: deliberately leaves `value` unset
+  };
+  // A chunk's new extent, swapped with the old one once the copy is done.
+  struct Extent {
+    std::uint32_t head, pages;
+    std::uint32_t value;
+  };
+  // One commit's writes: made under the arena's lock, written without it,
+  // kept for undo until the next commit that uses it.
+  struct Plan final : ContentPlan {
+    MetaVector<WritePiece> pieces_;
+    MetaVector<Group> groups_;
+    std::size_t group_bytes_ = 0;
+    MetaVector<Undo> undo_;
+    MetaVector<UndoGroup> undo_groups_;
+    MetaVector<RawByte> saved_;
+    MetaVector<WritePiece> restore_pieces_;
+    MetaVector<Extent> extents_;
+    std::size_t written_groups_ = 0;  // groups written so far
+  };
 
   [[nodiscard]] bool used(std::size_t s) const noexcept {
     return free_bits_[s / 64] >> (s % 64) & 1;
@@ -380,60 +431,78 @@ class KernelWriteBackend final : public PageBackend {
   // all traps: what a seal must copy of a staged chunk.
   [[nodiscard]] std::size_t used_prefix(const std::byte* p,
                                         std::size_t len) const noexcept {
-    constexpr std::size_t kBlock = 64;
-    std::size_t end = len;
-    while (end >= kBlock &&
-           std::memcmp(p + end - kBlock, trap_page_, kBlock) == 0)
+    // Traps repeat every 1 (x86-64) or 4 (AArch64) bytes, so every 8-byte
+    // aligned word of them is the same: a block is all traps when each of
+    // its words equals the first word of the trap page. Word compares, not
+    // a memcmp() call per block: a seal scans most of a fresh page.
+    constexpr std::size_t kBlock = 64, kWord = sizeof(std::uint64_t);
+    std::uint64_t traps;
+    std::memcpy(&traps, trap_page_, kWord);
+    std::size_t end = len - len % kBlock;
+    if (end != len) {
+      if (std::memcmp(p + end, trap_page_, len - end) != 0) return len;
+    }
+    while (end >= kBlock) {
+      std::uint64_t diff = 0;
+      for (std::size_t w = 0; w < kBlock; w += kWord) {
+        std::uint64_t v;
+        std::memcpy(&v, p + end - kBlock + w, kWord);
+        diff |= v ^ traps;
+      }
+      if (diff) break;
       end -= kBlock;
+    }
     return end;
   }
 
-  void add_piece(std::size_t offset, const void* data, std::size_t len) {
-    if (groups_.empty() || groups_.back().offset + group_bytes_ != offset) {
-      groups_.push_back(Group{offset, pieces_.size(), 0});
-      group_bytes_ = 0;
+  void add_piece(Plan& P, std::size_t offset, const void* data,
+                 std::size_t len) {
+    if (P.groups_.empty() ||
+        P.groups_.back().offset + P.group_bytes_ != offset) {
+      P.groups_.push_back(Group{offset, P.pieces_.size(), 0});
+      P.group_bytes_ = 0;
     }
-    group_bytes_ += len;
+    P.group_bytes_ += len;
     // Chunks staged one after another are usually staged next to each
     // other too: one piece for all of them.
-    if (groups_.back().count) {
-      WritePiece& last = pieces_.back();
+    if (P.groups_.back().count) {
+      WritePiece& last = P.pieces_.back();
       if (static_cast<const std::byte*>(last.data) + last.bytes == data) {
         last.bytes += len;
         return;
       }
     }
-    pieces_.push_back(WritePiece{data, len});
-    ++groups_.back().count;
+    P.pieces_.push_back(WritePiece{data, len});
+    ++P.groups_.back().count;
   }
 
-  void add_traps(std::size_t offset, std::size_t len) {
+  void add_traps(Plan& P, std::size_t offset, std::size_t len) {
     const std::byte* traps = trap_page();
     for (std::size_t at = 0; at < len; at += trap_bytes())
-      add_piece(offset + at, traps, std::min(trap_bytes(), len - at));
+      add_piece(P, offset + at, traps, std::min(trap_bytes(), len - at));
   }
 
-  void save(std::size_t offset, std::size_t len, bool traps) {
+  void save(Plan& P, std::size_t offset, std::size_t len, bool traps) {
     if (traps) {
       (void)trap_page();  // restore() must not allocate
-      undo_.push_back(Undo{offset, len, kTraps});
+      P.undo_.push_back(Undo{offset, len, kTraps});
       return;
     }
-    const std::size_t at = saved_.size();
-    saved_.resize(at + len);
-    std::memcpy(saved_.data() + at, rx_base_ + offset, len);
-    undo_.push_back(Undo{offset, len, at});
+    const std::size_t at = P.saved_.size();
+    P.saved_.resize(at + len);  // not cleared: overwritten at once
+    std::memcpy(P.saved_.data() + at, rx_base_ + offset, len);
+    P.undo_.push_back(Undo{offset, len, at});
   }
 
   // Turns the items into pieces and their undo records; allocates, so it
   // runs before the first write.
-  void plan(const ContentItem* items, std::size_t count) {
-    pieces_.clear();
-    groups_.clear();
-    undo_.clear();
-    saved_.clear();
-    extents_.clear();
-    written_groups_ = 0;
+  void make_plan(Plan& P, const ContentItem* items, std::size_t count) {
+    P.pieces_.clear();
+    P.groups_.clear();
+    P.undo_.clear();
+    P.saved_.clear();
+    P.extents_.clear();
+    P.written_groups_ = 0;
     (void)trap_page();  // used_prefix() and the trap pieces read it
     std::size_t prev_start = 0, prev_end = 0;  // the last item's chunk
     for (std::size_t k = 0; k < count; ++k) {
@@ -445,15 +514,15 @@ class KernelWriteBackend final : public PageBackend {
       // bytes, inside that chunk, holds traps already; writing them again
       // keeps adjacent chunks in one call.
       auto join = [&](std::size_t at) {
-        if (groups_.empty() || at != prev_end) return;
-        const std::size_t end = groups_.back().offset + group_bytes_;
-        if (end >= prev_start && end < at) add_traps(end, at - end);
+        if (P.groups_.empty() || at != prev_end) return;
+        const std::size_t end = P.groups_.back().offset + P.group_bytes_;
+        if (end >= prev_start && end < at) add_traps(P, end, at - end);
       };
       std::size_t new_extent = extent;
       if (it.data) {  // a patch of live code
         join(off + it.offset);
-        save(off + it.offset, it.size, false);
-        add_piece(off + it.offset, it.data, it.size);
+        save(P, off + it.offset, it.size, false);
+        add_piece(P, off + it.offset, it.data, it.size);
         new_extent = std::max<std::size_t>(extent, it.offset + it.size);
       } else if (it.from == PageState::writable &&
                  (it.to == PageState::executable ||
@@ -471,8 +540,8 @@ class KernelWriteBackend final : public PageBackend {
                         : len;
         if (bytes) {
           join(off);
-          save(off, bytes, true);
-          add_piece(off, staged(it.head), bytes);
+          save(P, off, bytes, true);
+          add_piece(P, off, staged(it.head), bytes);
         }
         new_extent = bytes;
       } else if (it.to == PageState::retired ||
@@ -483,72 +552,63 @@ class KernelWriteBackend final : public PageBackend {
         // it: the rest of the chunk holds traps, or zeros never written.
         if (extent) {
           join(off);
-          save(off, extent, it.from == PageState::writable);
-          add_traps(off, extent);
+          save(P, off, extent, it.from == PageState::writable);
+          add_traps(P, off, extent);
         }
         new_extent = 0;
       }
       // executable -> writable (unseal): the code stays until the next
       // seal; the staged copy is what the owner edits.
       if (new_extent != extent)
-        extents_.push_back(
+        P.extents_.push_back(
             Extent{it.head, it.pages, static_cast<std::uint32_t>(new_extent)});
       prev_start = off;
       prev_end = off + len;
     }
     // Undo records follow the pieces' order; restore() walks groups.
-    undo_groups_.clear();
-    undo_groups_.reserve(groups_.size());
+    P.undo_groups_.clear();
+    P.undo_groups_.reserve(P.groups_.size());
     // Each group's undo records: the same offsets, one record per item.
     std::size_t u = 0;
-    for (const Group& grp : groups_) {
+    for (const Group& grp : P.groups_) {
       std::size_t end = grp.offset;
       for (std::size_t p = grp.first; p < grp.first + grp.count; ++p)
-        end += pieces_[p].bytes;
+        end += P.pieces_[p].bytes;
       const std::size_t first = u;
-      while (u < undo_.size() && undo_[u].offset < end) ++u;
-      undo_groups_.push_back(UndoGroup{first, u});
+      while (u < P.undo_.size() && P.undo_[u].offset < end) ++u;
+      P.undo_groups_.push_back(UndoGroup{first, u});
     }
     std::size_t most = 1;  // pieces one undo record needs
-    for (const Undo& rec : undo_)
+    for (const Undo& rec : P.undo_)
       if (rec.saved == kTraps)
         most = std::max(most, (rec.bytes + trap_bytes() - 1) / trap_bytes());
-    restore_pieces_.reserve(most);
+    P.restore_pieces_.reserve(most);
   }
 
   // Writes back what the first `groups` groups replaced. Fatal on failure:
   // the code would otherwise differ from what the arena says it is.
-  void restore(std::size_t groups, SyscallCounts& n) noexcept {
-    for (std::size_t g = 0; g < groups && g < undo_groups_.size(); ++g) {
-      for (std::size_t u = undo_groups_[g].first; u < undo_groups_[g].end;
+  void restore(Plan& P, std::size_t groups, SyscallCounts& n) noexcept {
+    for (std::size_t g = 0; g < groups && g < P.undo_groups_.size(); ++g) {
+      for (std::size_t u = P.undo_groups_[g].first; u < P.undo_groups_[g].end;
            ++u) {
-        const Undo& rec = undo_[u];
-        restore_pieces_.clear();
+        const Undo& rec = P.undo_[u];
+        P.restore_pieces_.clear();
         if (rec.saved == kTraps) {
           for (std::size_t at = 0; at < rec.bytes; at += trap_bytes())
-            restore_pieces_.push_back(
+            P.restore_pieces_.push_back(
                 WritePiece{trap_page_, std::min(trap_bytes(), rec.bytes - at)});
         } else {
-          restore_pieces_.push_back(
-              WritePiece{saved_.data() + rec.saved, rec.bytes});
+          P.restore_pieces_.push_back(
+              WritePiece{&P.saved_[rec.saved].value, rec.bytes});
         }
-        if (!pal_->write_shared(shm_, rec.offset, restore_pieces_.data(),
-                                restore_pieces_.size(), n))
+        if (!pal_->write_shared(shm_, rec.offset, P.restore_pieces_.data(),
+                                P.restore_pieces_.size(), n))
           fatal("cannot restore code after a failed commit",
                 rx_base_ + rec.offset, 0);
       }
     }
-    written_groups_ = 0;
+    P.written_groups_ = 0;
   }
-
-  struct UndoGroup {
-    std::size_t first, end;
-  };
-  // A chunk's new extent, swapped with the old one once the copy is done.
-  struct Extent {
-    std::uint32_t head, pages;
-    std::uint32_t value;
-  };
 
   SharedHandle shm_;
   std::byte* stage_base_ = nullptr;
@@ -564,17 +624,6 @@ class KernelWriteBackend final : public PageBackend {
   std::uint64_t* free_bits_ = nullptr;
   std::size_t words_ = 0, low_ = 0;  // low_: first word that may have room
   std::byte* trap_page_ = nullptr;
-
-  // Scratch of the commit in progress, reused.
-  MetaVector<WritePiece> pieces_;
-  MetaVector<Group> groups_;
-  std::size_t group_bytes_ = 0;
-  MetaVector<Undo> undo_;
-  MetaVector<UndoGroup> undo_groups_;
-  MetaVector<std::byte> saved_;
-  MetaVector<WritePiece> restore_pieces_;
-  MetaVector<Extent> extents_;
-  std::size_t written_groups_ = 0;  // groups written by the last commit
 };
 
 }  // namespace

@@ -62,14 +62,32 @@ Result<std::uint32_t> ArenaImpl::validate(const Batch::Op& op, PageState& from,
 
 Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
                                        CommitFlags flags) noexcept {
-  std::lock_guard lock(mutex_);
+  std::unique_lock lock = acquire();
   if (foreign_process()) return Error(Errc::wrong_process);
+  Scratch* s = take_scratch();
+  if (!s) return Error(Errc::out_of_memory, kNoMemory);
+  // Given back under the lock (destroyed before `lock`).
+  struct GiveBack {
+    ArenaImpl* arena;
+    Scratch* s;
+    ~GiveBack() { arena->give_scratch(s); }
+  } give_back{this, s};
   try {
     if (!region_.ops().writes_content())
       for (std::size_t k = 0; k < n; ++k)
         if (ops[k].kind == OpKind::patch)
-          return commit_by_unsealing(ops, n, flags);
-    return commit_locked(ops, n, flags);
+          return commit_by_unsealing(ops, n, flags, *s);
+    for (;;) {
+      bool busy = false;
+      Result<CommitReport> r = commit_locked(ops, n, flags, *s, &lock, busy);
+      if (!busy) return r;
+      // A chunk of this batch is being written by another commit: once
+      // that one is done, this one starts again from the states it left.
+      ++waiting_;
+      flight_done_.wait(lock);
+      --waiting_;
+      if (foreign_process()) return Error(Errc::wrong_process);
+    }
   } catch (const std::bad_alloc&) {
     // Only the scratch vectors allocate, before anything changes.
     return Error(Errc::out_of_memory, kNoMemory);
@@ -78,25 +96,28 @@ Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
 
 Result<CommitReport> ArenaImpl::commit_by_unsealing(const Batch::Op* ops,
                                                     std::size_t n,
-                                                    CommitFlags flags) {
+                                                    CommitFlags flags,
+                                                    Scratch& s) {
   // Every transition is checked against today's states first, so that a
   // caller's error changes nothing (the commit below checks them again).
-  items_.clear();
+  s.items.clear();
   for (std::size_t k = 0; k < n; ++k) {
     PageState from{}, to{};
     Result<std::uint32_t> head = validate(ops[k], from, to);
     if (!head) return head.error();
-    items_.push_back(
+    s.items.push_back(
         Item{*head, 0, from, to, static_cast<std::uint32_t>(k), false});
   }
-  std::sort(items_.begin(), items_.end(),
+  std::sort(s.items.begin(), s.items.end(),
             [](const Item& x, const Item& y) { return x.head < y.head; });
-  for (std::size_t k = 1; k < items_.size(); ++k)
-    if (items_[k].head == items_[k - 1].head)
+  for (std::size_t k = 1; k < s.items.size(); ++k)
+    if (s.items[k].head == s.items[k - 1].head)
       return Error(Errc::duplicate_in_batch, 0,
-                   region_.rx_page(items_[k].head));
+                   region_.rx_page(s.items[k].head));
 
   // 1. Unseal the patched chunks (their pages stop being executable).
+  // (Nothing is in flight: this backend's commits keep the lock.)
+  bool busy = false;
   split_.clear();
   patch_saved_.clear();
   std::size_t saved = 0;
@@ -121,7 +142,8 @@ Result<CommitReport> ArenaImpl::commit_by_unsealing(const Batch::Op* ops,
     split_.push_back(Batch::Op{split_[k].rx, was[k] == PageState::executable
                                                  ? OpKind::seal_execute
                                                  : OpKind::seal_read_only});
-  Result<CommitReport> first = commit_locked(split_.data(), unseals, flags);
+  Result<CommitReport> first =
+      commit_locked(split_.data(), unseals, flags, s, nullptr, busy);
   if (!first) return first.error();
 
   // 2. Write, keeping what was there.
@@ -147,14 +169,15 @@ Result<CommitReport> ArenaImpl::commit_by_unsealing(const Batch::Op* ops,
 
   // 3. Seal them again, with the rest of the batch. Patched code needs the
   //    barrier: other threads may have run what was there.
-  Result<CommitReport> second = commit_locked(
-      split_.data() + unseals, split_.size() - unseals, CommitFlags::barrier);
+  Result<CommitReport> second =
+      commit_locked(split_.data() + unseals, split_.size() - unseals,
+                    CommitFlags::barrier, s, nullptr, busy);
   if (!second) {
     // The old bytes go back and the chunks are sealed again on their own;
     // if even that fails, code the caller published is gone: fatal.
     write_all(true);
     if (!commit_locked(split_.data() + split_.size() - unseals, unseals,
-                       CommitFlags::barrier))
+                       CommitFlags::barrier, s, nullptr, busy))
       fatal("cannot re-seal code after a failed patch",
             split_.empty() ? nullptr : split_.front().rx, 0);
     return second.error();
@@ -167,49 +190,53 @@ Result<CommitReport> ArenaImpl::commit_by_unsealing(const Batch::Op* ops,
   return report;
 }
 
-Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
-                                              std::size_t n,
-                                              CommitFlags flags) {
+Result<CommitReport> ArenaImpl::commit_locked(
+    const Batch::Op* ops, std::size_t n, CommitFlags flags, Scratch& s,
+    std::unique_lock<std::mutex>* lock, bool& busy) {
   CommitReport report;
   PageBackend& backend = region_.ops();
   // 1. Validate every transition against the current states, in order, so
   //    the error names the first chunk at fault.
-  items_.clear();
-  items_.reserve(n);
+  s.items.clear();
+  s.items.reserve(n);
   for (std::size_t k = 0; k < n; ++k) {
     PageState from{}, to{};
     Result<std::uint32_t> head = validate(ops[k], from, to);
     if (!head) return head.error();
-    items_.push_back(Item{*head, region_.length(*head), from, to,
-                          static_cast<std::uint32_t>(k), false});
+    if (region_.flags(*head) & kInFlight) {
+      busy = true;
+      return Error(Errc::illegal_transition, 0, region_.rx_page(*head));
+    }
+    s.items.push_back(Item{*head, region_.length(*head), from, to,
+                           static_cast<std::uint32_t>(k), false});
   }
-  if (items_.empty()) return report;
+  if (s.items.empty()) return report;
 
   // 2. Sort by address; a chunk named twice is a caller error.
-  std::sort(items_.begin(), items_.end(),
+  std::sort(s.items.begin(), s.items.end(),
             [](const Item& x, const Item& y) { return x.head < y.head; });
-  for (std::size_t k = 1; k < items_.size(); ++k)
-    if (items_[k].head == items_[k - 1].head)
+  for (std::size_t k = 1; k < s.items.size(); ++k)
+    if (s.items[k].head == s.items[k - 1].head)
       return Error(Errc::duplicate_in_batch, 0,
-                   region_.rx_page(items_[k].head));
+                   region_.rx_page(s.items[k].head));
 
   // 3. Coalesce address-adjacent chunks with the same target into runs,
   //    noting which runs change any protection at all.
-  runs_.clear();
-  const int views = backend.views();
-  for (std::uint32_t k = 0; k < items_.size(); ++k) {
-    const Item& it = items_[k];
+  s.runs.clear();
+  const int views = region_.views();
+  for (std::uint32_t k = 0; k < s.items.size(); ++k) {
+    const Item& it = s.items[k];
     bool changes = false;
     for (int v = 0; v < views; ++v)
       changes |=
           region_.access(it.from, View(v)) != region_.access(it.to, View(v));
-    if (!runs_.empty() && runs_.back().b == it.head &&
-        runs_.back().to == it.to) {
-      runs_.back().b += it.pages;
-      runs_.back().end_item = k + 1;
-      runs_.back().changes |= changes;
+    if (!s.runs.empty() && s.runs.back().b == it.head &&
+        s.runs.back().to == it.to) {
+      s.runs.back().b += it.pages;
+      s.runs.back().end_item = k + 1;
+      s.runs.back().changes |= changes;
     } else {
-      runs_.push_back(
+      s.runs.push_back(
           Run{it.head, it.head + it.pages, it.to, k, k + 1, changes});
     }
   }
@@ -217,7 +244,7 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   // Room in the quarantine now: nothing may fail after the system calls.
   std::size_t releases = 0;
   bool patches = false;
-  for (const Item& it : items_) {
+  for (const Item& it : s.items) {
     releases += it.to == PageState::retired;
     patches |= ops[it.op].kind == OpKind::patch;
   }
@@ -226,9 +253,9 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   // What the commit writes into the code, where the backend copies it in.
   const bool content = backend.writes_content();
   if (content) {
-    content_.clear();
-    content_.reserve(items_.size());
-    for (const Item& it : items_) {
+    s.content.clear();
+    s.content.reserve(s.items.size());
+    for (const Item& it : s.items) {
       ContentItem c{it.head, it.pages, it.from, it.to};
       const Batch::Op& op = ops[it.op];
       if (op.kind == OpKind::patch) {
@@ -237,20 +264,20 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
         c.offset = static_cast<std::uint32_t>(
             static_cast<const std::byte*>(op.rx) - region_.rx_page(it.head));
       }
-      content_.push_back(c);
+      s.content.push_back(c);
     }
   }
 
   // Writable bytes for unsealed chunks, holding their current bytes, before
   // any system call (staging may run out: then nothing has changed).
   auto unstage_unseals = [&]() noexcept {
-    for (Item& it : items_)
+    for (Item& it : s.items)
       if (it.staged) {
         backend.unstage(it.head, it.pages);
         it.staged = false;
       }
   };
-  for (Item& it : items_) {
+  for (Item& it : s.items) {
     if (it.to != PageState::writable) continue;
     Result<std::byte*> st = backend.stage(it.head, it.pages, true);
     if (!st) {
@@ -263,7 +290,7 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
 
   // 4. The VMA budget, from the state map, before any system call.
   auto set_all = [&](bool target) noexcept {
-    for (const Item& it : items_)
+    for (const Item& it : s.items)
       region_.set_state(it.head, it.head + it.pages, target ? it.to : it.from,
                         it.head);
   };
@@ -271,7 +298,7 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   if (over_budget()) {
     set_all(false);
     unstage_unseals();
-    return Error(Errc::vma_budget, 0, region_.rx_page(items_.front().head));
+    return Error(Errc::vma_budget, 0, region_.rx_page(s.items.front().head));
   }
 
   // 5. Whether other threads need a barrier: code at an address that held
@@ -282,7 +309,7 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   //    the address since. Patched code always needs one.
   bool barrier = flags == CommitFlags::barrier || patches;
   const auto epoch = static_cast<BarrierEpoch>(barriers_);
-  for (const Run& run : runs_) {
+  for (const Run& run : s.runs) {
     if (run.to != PageState::executable) continue;
     for (std::size_t i = run.a; i < run.b && !barrier; ++i)
       barrier = (region_.flags(i) & kHeldCode) && region_.revoked(i) == epoch;
@@ -290,7 +317,7 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   // Where the owner writes the pages themselves, code is made visible to
   // instruction fetch before it becomes executable.
   auto flush_code = [&]() noexcept {
-    for (const Run& run : runs_) {
+    for (const Run& run : s.runs) {
       if (run.to != PageState::executable &&
           !(content && run.to == PageState::retired))
         continue;
@@ -306,17 +333,17 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   //    takes rights away, its old one elsewhere.
   // Phases of a run's protection, page by page: 0 before, 1 between the
   // passes, 2 after. The items of a run are sorted and contiguous.
-  auto acc = [this](const Run& run, int phase) {
-    return [this, &run, phase](std::size_t page, View v) noexcept {
+  auto acc = [this, &s](const Run& run, int phase) {
+    return [this, &s, &run, phase](std::size_t page, View v) noexcept {
       std::uint32_t lo = run.first_item, hi = run.end_item;
       while (hi - lo > 1) {
         const std::uint32_t mid = lo + (hi - lo) / 2;
-        if (items_[mid].head <= page)
+        if (s.items[mid].head <= page)
           lo = mid;
         else
           hi = mid;
       }
-      const Item& it = items_[lo];
+      const Item& it = s.items[lo];
       const Access f = region_.access(it.from, v);
       const Access t = region_.access(it.to, v);
       return phase == 0 ? f : phase == 2 ? t : (only_removes(f, t) ? t : f);
@@ -324,7 +351,7 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   };
   auto undo_runs = [&](std::size_t runs, int cur, int want) noexcept {
     for (std::size_t r = runs; r-- > 0;) {
-      const Run& run = runs_[r];
+      const Run& run = s.runs[r];
       if (!run.changes) continue;
       std::size_t calls = 0;
       // Undoing a change of our own is not optional: if the kernel
@@ -340,7 +367,7 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   auto rollback = [&](std::size_t removed, bool written,
                       std::size_t added) noexcept {
     undo_runs(added, 2, 1);
-    if (written) backend.undo_content(sys_);
+    if (written) backend.undo_content(*s.plan, sys_);
     undo_runs(removed, 1, 0);
     set_all(false);
     unstage_unseals();
@@ -355,8 +382,8 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   auto apply_pass = [&](unsigned pass,
                         std::size_t& done) noexcept -> Result<void> {
     const int before = pass == kRemove ? 0 : 1;
-    for (done = 0; done < runs_.size(); ++done) {
-      const Run& run = runs_[done];
+    for (done = 0; done < s.runs.size(); ++done) {
+      const Run& run = s.runs[done];
       if (!run.changes) continue;  // kernel_write's seals and releases
       std::size_t calls = 0;
       Result<void> res =
@@ -374,15 +401,40 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
     rollback(removed, false, 0);
     return Error(e.code(), e.sys_errno(), chunk_of_page(e.chunk()));
   }
+  // The epoch pages that stop being executable carry (see step 8).
+  BarrierEpoch revoked_epoch = epoch;
   if (content) {
-    const std::uint64_t writes_before = sys_.write;
     Result<void> r =
-        backend.write_content(content_.data(), content_.size(), sys_);
-    report.writes = static_cast<std::size_t>(sys_.write - writes_before);
+        backend.plan_content(s.plan, s.content.data(), s.content.size());
+    if (r) {
+      // The copy is the one long step: other threads' commits and
+      // allocations go on meanwhile. The batch's chunks are in flight:
+      // a commit naming one waits (nothing else reaches their pages).
+      SyscallCounts io;
+      if (lock) {
+        for (const Item& it : s.items)
+          region_.add_flags(it.head, it.head + 1, kInFlight);
+        lock->unlock();
+        r = backend.write_planned(*s.plan, io);
+        lock->lock();
+        for (const Item& it : s.items)
+          region_.clear_flags(it.head, it.head + 1, kInFlight);
+        if (waiting_) flight_done_.notify_all();
+        // Barriers issued meanwhile may have come before the copy.
+        revoked_epoch = static_cast<BarrierEpoch>(barriers_);
+      } else {
+        r = backend.write_planned(*s.plan, io);
+      }
+      sys_.write += io.write;
+      report.writes = static_cast<std::size_t>(io.write);
+      if (r)
+        r = backend.finish_content(*s.plan, s.content.data(), s.content.size(),
+                                   sys_);
+    }
     if (!r) {
       rollback(removed, false, 0);
       return Error(r.error().code(), r.error().sys_errno(),
-                   region_.rx_page(items_.front().head));
+                   region_.rx_page(s.items.front().head));
     }
     flush_code();
   }
@@ -397,7 +449,7 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
     if (Result<void> b = pal_.barrier(sys_); !b) {
       rollback(removed, content, added);
       return Error(b.error().code(), b.error().sys_errno(),
-                   region_.rx_page(items_.front().head));
+                   region_.rx_page(s.items.front().head));
     }
     report.barrier = true;
     ++barriers_;
@@ -406,17 +458,17 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
   // 8. Commit the bookkeeping: nothing below can fail. Pages that stopped
   //    being executable did so before this commit's barrier (if any), so
   //    they carry the epoch from before it.
-  for (const Run& run : runs_)
+  for (const Run& run : s.runs)
     if (run.to == PageState::executable)
       region_.add_flags(run.a, run.b, kHeldCode);
-  for (const Item& it : items_) {
+  for (const Item& it : s.items) {
     if (it.from == PageState::executable && it.to != PageState::executable)
-      region_.set_revoked(it.head, it.head + it.pages, epoch);
+      region_.set_revoked(it.head, it.head + it.pages, revoked_epoch);
     // Writable bytes are given back once a chunk stops being writable.
     if (it.from == PageState::writable && it.to != PageState::writable)
       backend.unstage(it.head, it.pages);
   }
-  for (const Item& it : items_) {
+  for (const Item& it : s.items) {
     --chunks_[static_cast<int>(to_public(it.from))];
     ++chunks_[static_cast<int>(to_public(it.to))];
   }
@@ -424,14 +476,14 @@ Result<CommitReport> ArenaImpl::commit_locked(const Batch::Op* ops,
     // Chunks released together pass the quarantine together, so they come
     // back as one run (one call) instead of piecemeal.
     released_ += releases;
-    for (const Item& it : items_)
+    for (const Item& it : s.items)
       if (it.to == PageState::retired)
         quarantine_.push_back(
             Quarantined{it.head, it.pages, released_, allocations_});
   }
-  report.chunks = items_.size();
-  report.runs = runs_.size();
-  run_count_ += runs_.size();
+  report.chunks = s.items.size();
+  report.runs = s.runs.size();
+  run_count_ += s.runs.size();
   flushes_ += report.flushes;
   ++commits_;
   return report;

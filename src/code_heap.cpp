@@ -49,6 +49,8 @@ class HeapImpl {
     std::uint32_t pages;
     std::uint32_t used = 0;  // bump offset
     std::uint32_t live = 0;
+    std::uint32_t next_release = 0;  // index in fns: functions often die
+                                     // in the order they were made
     bool sealed = false;
     bool queued = false;  // in pending_ (to seal) or empty_ (to release)
     MetaVector<Fn> fns;
@@ -165,6 +167,7 @@ Result<HeapImpl::Page*> HeapImpl::new_page(std::size_t pages) noexcept {
   auto* page = ::new (mem) Page{static_cast<const std::byte*>(c->rx()),
                                 c->rw().data(),
                                 static_cast<std::uint32_t>(pages),
+                                0,
                                 0,
                                 0,
                                 false,
@@ -299,9 +302,12 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
   const auto offset =
       static_cast<std::uint32_t>(static_cast<const std::byte*>(rx) - page->rx);
   // Functions on a page are in offset order (bump allocation).
-  auto it = std::lower_bound(
-      page->fns.begin(), page->fns.end(), offset,
-      [](const Fn& f, std::uint32_t off) { return f.offset < off; });
+  auto it = page->fns.begin() +
+            std::min<std::size_t>(page->next_release, page->fns.size());
+  if (it == page->fns.end() || it->offset != offset)
+    it = std::lower_bound(
+        page->fns.begin(), page->fns.end(), offset,
+        [](const Fn& f, std::uint32_t off) { return f.offset < off; });
   if (it == page->fns.end() || it->offset != offset) {
     if (it != page->fns.begin()) {
       const Fn& prev = *std::prev(it);
@@ -326,6 +332,7 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
   }
   stats_.live_bytes -= it->size;
   it->size |= kDead;
+  page->next_release = static_cast<std::uint32_t>(it - page->fns.begin()) + 1;
   --page->live;
   --stats_.live_functions;
   return {};

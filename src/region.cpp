@@ -53,8 +53,12 @@ Result<void> Region::init(Pal& pal, Backend backend, std::size_t pages,
     ops_ = nullptr;
     return r;
   }
+  views_ = ops_->views();
+  for (int v = 0; v < 2; ++v)
+    for (int k = 0; k < kPageStates; ++k)
+      access_[v][k] = ops_->access(static_cast<PageState>(k), View(v));
   // Every view starts as one inaccessible range.
-  vmas_ = static_cast<std::size_t>(ops_->views());
+  vmas_ = static_cast<std::size_t>(views_);
   return {};
 }
 
@@ -92,7 +96,7 @@ std::size_t Region::boundaries(std::size_t a, std::size_t b) const noexcept {
   std::size_t n = 0;
   if (a == 0) a = 1;
   if (b > pages_) b = pages_;
-  const int nviews = ops_->views();
+  const int nviews = views_;
   for (std::size_t i = a; i < b; ++i)
     for (int v = 0; v < nviews; ++v)
       n += access(state_[i - 1], View(v)) != access(state_[i], View(v));

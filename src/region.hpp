@@ -22,6 +22,9 @@ namespace wxa::detail {
 
 /// Per-page flag: the page has been executable since it was last unused.
 inline constexpr std::uint8_t kHeldCode = 1;
+/// Per-page flag, on a chunk's first page: a commit that let go of the
+/// arena's lock is writing the chunk; other commits wait for it.
+inline constexpr std::uint8_t kInFlight = 2;
 
 /// The arena's count of cross-thread barriers at some moment, modulo 2^32.
 /// A page records it when it stops being executable: code that lands there
@@ -111,8 +114,10 @@ class Region {
 
   /// The kernel protection a page in state `s` has in view `v`.
   [[nodiscard]] Access access(PageState s, View v) const noexcept {
-    return ops_->access(s, v);
+    return access_[static_cast<int>(v)][static_cast<int>(s)];
   }
+  /// How many views follow the page states (the backend's views()).
+  [[nodiscard]] int views() const noexcept { return views_; }
   /// Kernel VMAs the region occupies, from the state map.
   [[nodiscard]] std::size_t vmas() const noexcept {
     return vmas_ + ops_->fixed_vmas();
@@ -173,6 +178,10 @@ class Region {
   BarrierEpoch* revoked_ = nullptr;
   std::size_t vmas_ = 0;
   std::size_t counts_[kPageStates] = {};
+  // The backend's access() and views(), asked once: the state map consults
+  // them for every page it changes.
+  Access access_[2][kPageStates] = {};
+  int views_ = 0;
 };
 
 // --- Region::change_access ---------------------------------------------------
@@ -190,7 +199,7 @@ Result<void> Region::change_access(std::size_t a, std::size_t b, Cur cur,
   static constexpr int kMaxSteps = 64;
   Step done[kMaxSteps];
   int ndone = 0;
-  const int nviews = ops_->views();
+  const int nviews = views_;
 
   auto undo = [&]() noexcept {
     for (int k = ndone - 1; k >= 0; --k) {

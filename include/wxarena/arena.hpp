@@ -196,7 +196,11 @@ enum class CommitFlags : std::uint8_t {
 
 /// An arena of executable memory. Thread safety: every member function may be
 /// called from any thread at any time; the arena serialises them with one
-/// internal mutex. Moving an arena is not thread-safe.
+/// internal mutex. On kernel_write, the kernel's copy of a commit's bytes
+/// runs outside it, so threads publishing different chunks copy side by
+/// side; a commit naming a chunk whose copy is under way waits for that
+/// commit to end, then applies to the states it left. Moving an arena is
+/// not thread-safe.
 class Arena {
  public:
   /// Reserves the address space and probes the platform once.
@@ -287,7 +291,8 @@ class Arena {
 /// updates. All-or-nothing: on failure every chunk keeps its state.
 ///
 /// Thread safety: a Batch is used by one thread at a time; different
-/// batches on one arena may commit concurrently (the arena serialises).
+/// batches on one arena may commit concurrently (the arena serialises them,
+/// but for kernel_write's copies; see Arena).
 class Batch {
  public:
   explicit Batch(Arena& arena) noexcept;
