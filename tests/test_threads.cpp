@@ -7,14 +7,17 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <future>
 #include <iostream>
 #include <set>
 #include <thread>
 #include <vector>
 
 #include "support/arena_util.hpp"
+#include "support/fault_pal.hpp"
 #include "support/maps.hpp"
 #include "wxarena/arena.hpp"
+#include "wxarena/code_heap.hpp"
 
 namespace wxa::test {
 namespace {
@@ -167,8 +170,155 @@ TEST_P(Threads, ReadersCallWhatOneWriterKeepsReplacing) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
+// Several JIT threads, one arena: each publishes, calls and frees its own
+// functions through its own CodeHeap, the arena serialising what it must.
+// On kernel_write the kernel's copies run outside the arena's lock, side
+// by side; every call must still return what its thread wrote there.
+TEST_P(Threads, WritersPublishSideBySideOnOneArena) {
+  Options o = options();
+  o.quarantine = 4;  // addresses come back while the other thread writes
+  Result<Arena> made = Arena::create(o);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+
+  constexpr int kWriters = 2;
+  constexpr std::uint32_t kRounds = 300, kBatch = 48;
+  std::atomic<std::uint64_t> calls{0}, wrong{0};
+  std::atomic<std::uint32_t> rounds_done[kWriters] = {};
+  Error failures[kWriters];
+  auto writer = [&](int id) {
+    Result<CodeHeap> heap = CodeHeap::create(arena);
+    if (!heap) {
+      failures[id] = heap.error();
+      return;
+    }
+    std::vector<const void*> fns(kBatch);
+    for (std::uint32_t round = 0; round < kRounds; ++round) {
+      auto value = [&](std::uint32_t k) {
+        return static_cast<std::uint32_t>(id) << 24 | round << 8 | k;
+      };
+      for (std::uint32_t k = 0; k < kBatch; ++k) {
+        // Sizes vary, so pages fill at different moments in each thread.
+        Result<Function> f = heap->allocate(64 + (k % 5) * 48);
+        if (!f) {
+          failures[id] = f.error();
+          return;
+        }
+        if (write_return_imm(f->rw, value(k)) == 0) {
+          failures[id] = Error(Errc::invalid_argument);
+          return;
+        }
+        fns[k] = f->rx;
+      }
+      if (Result<CommitReport> r = heap->publish(); !r) {
+        failures[id] = r.error();
+        return;
+      }
+      for (std::uint32_t k = 0; k < kBatch; ++k) {
+        wrong += call(fns[k]) != value(k);
+        ++calls;
+      }
+      for (std::uint32_t k = 0; k < kBatch; ++k)
+        if (Result<void> r = heap->release(fns[k]); !r) {
+          failures[id] = r.error();
+          return;
+        }
+      rounds_done[id].store(round + 1);
+    }
+    if (Result<CommitReport> r = heap->publish(); !r) failures[id] = r.error();
+  };
+  std::vector<std::thread> writers;
+  for (int id = 0; id < kWriters; ++id) writers.emplace_back(writer, id);
+  for (std::thread& t : writers) t.join();
+
+  for (int id = 0; id < kWriters; ++id) {
+    EXPECT_EQ(failures[id].code(), Errc::ok)
+        << "writer " << id << ": " << failures[id].to_string();
+    EXPECT_EQ(rounds_done[id].load(), kRounds) << "writer " << id;
+  }
+  EXPECT_EQ(wrong.load(), 0u) << "of " << calls.load() << " calls";
+  EXPECT_EQ(calls.load(), std::uint64_t{kWriters} * kRounds * kBatch);
+  // The heaps are gone: every page they held is retired, nothing is
+  // writable or executable, and the kernel agrees with the arena.
+  const Stats s = arena.stats();
+  EXPECT_EQ(s.chunks_in(State::executable), 0u);
+  EXPECT_EQ(s.chunks_in(State::writable), 0u);
+  EXPECT_TRUE(vmas_agree(s.vmas, arena));
+  EXPECT_TRUE(audit_arena(arena));
+  EXPECT_TRUE(still_works(arena));
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, Threads, ::testing::ValuesIn(kAllBackends),
                          backend_name);
+
+// kernel_write lets go of the arena's lock while the kernel copies a
+// commit's bytes. Held there (the platform layer waits at the copy), the
+// arena must still allocate for other threads, and a commit naming a chunk
+// being written must wait for that copy to end, not write over it.
+TEST(KernelWriteThreads, ACommitNamingAChunkBeingWrittenWaitsForIt) {
+  WXA_SKIP_IF_UNAVAILABLE(Backend::kernel_write);
+  FaultPal pal;
+  Options o;
+  o.backend = Backend::kernel_write;
+  o.reserve_bytes = kSmallReserve;
+  Result<Arena> made = detail::create_arena(o, pal);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  Result<Chunk> c = arena.allocate(64);
+  ASSERT_TRUE(Ok(c));
+  ASSERT_NE(write_return_imm(c->rw(), 7), 0u);
+
+  std::promise<void> entered, open;
+  std::shared_future<void> opened = open.get_future().share();
+  std::atomic<bool> hold{true};
+  pal.before_each([&](PalCall call) {
+    if (call == PalCall::write_shared && hold.exchange(false)) {
+      entered.set_value();
+      opened.wait();
+    }
+  });
+  std::thread sealer([&] { EXPECT_TRUE(Ok(arena.seal(*c))); });
+  if (entered.get_future().wait_for(std::chrono::seconds(30)) !=
+      std::future_status::ready) {
+    hold.store(false);
+    open.set_value();
+    sealer.join();
+    FAIL() << "the seal never reached the copy";
+  }
+  // The lock is free meanwhile: another thread allocates.
+  auto other = std::async(std::launch::async, [&] {
+    Result<Chunk> d = arena.allocate(64);
+    return d ? d->rx() : nullptr;
+  });
+  const bool allocated =
+      other.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  // A release of the chunk being sealed waits for the seal's copy.
+  std::atomic<bool> released{false};
+  std::thread releaser([&] {
+    Batch b(arena);
+    b.release(c->rx());
+    EXPECT_TRUE(Ok(b.commit()));
+    released.store(true);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const bool released_early = released.load();
+  open.set_value();
+  sealer.join();
+  releaser.join();
+  EXPECT_TRUE(allocated) << "allocate() waited for another thread's copy";
+  EXPECT_FALSE(released_early)
+      << "a release went ahead while the chunk's seal was being written";
+  const void* d = allocated ? other.get() : nullptr;
+  EXPECT_NE(d, nullptr);
+  // The seal, then the release: the chunk is retired, the arena consistent.
+  Result<ChunkInfo> info = arena.find(c->rx());
+  EXPECT_TRUE(FailsWith(info, Errc::not_allocated));
+  const Stats s = arena.stats();
+  EXPECT_EQ(s.chunks_in(State::retired), 1u);
+  EXPECT_EQ(s.chunks_in(State::writable), d ? 1u : 0u);
+  EXPECT_TRUE(audit_arena(arena));
+  pal.before_each({});
+}
 
 }  // namespace
 }  // namespace wxa::test

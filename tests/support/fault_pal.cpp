@@ -73,6 +73,8 @@ void FaultPal::reset_counts() noexcept {
 
 Result<void> FaultPal::intercept(PalCall c, const void* p, std::size_t bytes,
                                  Access access) noexcept {
+  if (before_) before_(c);
+  const std::lock_guard lock(mutex_);
   ++per_call_[static_cast<int>(c)];
   log_.push_back(PalEvent{c, p, bytes, access, false});
   if (!(mask_ & bit(c))) return {};

@@ -17,6 +17,8 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <mutex>
 #include <string_view>
 #include <vector>
 
@@ -101,6 +103,12 @@ class FaultPal final : public detail::Pal {
   void reset_counts() noexcept;
   /// Counts calls failable under `mask` without failing any.
   void count_only(unsigned mask = kCommitCalls) noexcept;
+  /// Runs `hook` at the start of every intercepted call, in the calling
+  /// thread (to hold a call back at a chosen moment); empty for none. Set
+  /// it while no other thread uses this FaultPal.
+  void before_each(std::function<void(PalCall)> hook) {
+    before_ = std::move(hook);
+  }
 
   // --- detail::Pal ---------------------------------------------------------
   const detail::Capabilities& capabilities() noexcept override;
@@ -149,6 +157,8 @@ class FaultPal final : public detail::Pal {
   void note_failure(const Result<void>& r) noexcept;
 
   detail::Pal* inner_;
+  std::function<void(PalCall)> before_;
+  std::mutex mutex_;  // intercept() may run in several threads at once
   unsigned mask_ = kCommitCalls;
   std::size_t fail_at_ = 0;  // 0: not armed
   bool persistent_ = false;
