@@ -33,13 +33,17 @@ inline void cpu_relax() noexcept {
 
 std::unique_lock<std::mutex> ArenaImpl::acquire() const noexcept {
   std::unique_lock lock(mutex_, std::try_to_lock);
-  // About a microsecond or two, then block.
-  for (int k = 0; k < 64 && !lock.owns_lock(); ++k) {
-    for (int p = 0; p < 8; ++p) cpu_relax();
-    (void)lock.try_lock();
-  }
-  if (!lock.owns_lock()) lock.lock();
+  if (!lock.owns_lock()) relock(lock);
   return lock;
+}
+
+void ArenaImpl::relock(std::unique_lock<std::mutex>& lock) noexcept {
+  // A few microseconds, then block.
+  for (int k = 0; k < 64; ++k) {
+    if (lock.try_lock()) return;
+    for (int p = 0; p < 8; ++p) cpu_relax();
+  }
+  lock.lock();
 }
 
 ArenaImpl::Scratch* ArenaImpl::take_scratch() noexcept {
@@ -326,7 +330,7 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
   if (bytes > region_.pages() * ps) return Error(Errc::size_too_large);
   const std::size_t pages = (bytes + ps - 1) >> region_.page_shift();
 
-  const std::unique_lock lock = acquire();
+  std::unique_lock lock = acquire();
   if (foreign_process()) return Error(Errc::wrong_process);
   try {
     std::ptrdiff_t a = take_open(pages);
@@ -369,7 +373,15 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
     region_.set_length(head, n);
     ++chunks_[static_cast<int>(State::writable)];
     ++allocations_;
-    return chunk_at(head, true);
+    const Chunk chunk = chunk_at(head, true);
+    if (region_.ops().stage_needs_traps()) {
+      // Staging recycled from other chunks: traps over whatever it held,
+      // so no stale byte ever becomes code. The chunk is no one else's
+      // yet; the lock is not needed for this.
+      lock.unlock();
+      fill_traps(chunk.rw().data(), chunk.rw().size());
+    }
+    return chunk;
   } catch (const std::bad_alloc&) {
     return Error(Errc::out_of_memory, kNoMemory);
   }

@@ -131,6 +131,8 @@ class ArenaImpl {
   // spins for a moment first: sleeping on the futex and being woken costs
   // two system calls and an inter-processor interrupt, more than the wait.
   [[nodiscard]] std::unique_lock<std::mutex> acquire() const noexcept;
+  // Takes it again, the same way.
+  static void relock(std::unique_lock<std::mutex>& lock) noexcept;
 
   Pal& pal_;
   Options options_;

@@ -125,12 +125,19 @@ class PageBackend {
   // --- where chunks are written -------------------------------------------
 
   /// The writable bytes of a chunk about to become writable: a view of its
-  /// pages (protect, dual_map) or staging memory (kernel_write), then filled
-  /// with trap instructions, or, when `keep_code`, with the chunk's current
-  /// bytes (unseal). Called before any system call of the commit.
+  /// pages (protect, dual_map) or staging memory (kernel_write), holding,
+  /// when `keep_code`, the chunk's current bytes (unseal). Called before any
+  /// system call of the commit.
   [[nodiscard]] virtual Result<std::byte*> stage(std::uint32_t head,
                                                  std::uint32_t pages,
                                                  bool keep_code) noexcept = 0;
+  /// True when what stage() returns without `keep_code` may hold stale
+  /// bytes: the arena fills it with traps before handing it out (after
+  /// letting go of its lock; the chunk is no one else's yet). Elsewhere
+  /// the pages themselves were trap-filled when they were recycled.
+  [[nodiscard]] virtual bool stage_needs_traps() const noexcept {
+    return false;
+  }
   /// Gives back what stage() took, once the chunk is no longer writable (or
   /// the commit that staged it failed).
   virtual void unstage(std::uint32_t head, std::uint32_t pages) noexcept {
@@ -165,11 +172,17 @@ class PageBackend {
   /// True when a commit's bytes reach the code through a content plan
   /// (below) rather than by the pages changing protection under the writer.
   [[nodiscard]] virtual bool writes_content() const noexcept { return false; }
+  /// True when plan_content() reads only the plan's own chunks and what
+  /// never changes after init(), so the arena may call it without its lock
+  /// once those chunks are marked in flight.
+  [[nodiscard]] virtual bool plans_without_lock() const noexcept {
+    return false;
+  }
   /// Turns a commit's items into a plan of writes: staged chunks that are
   /// sealed, traps over chunks that are retired or stop being read-only
   /// data, patches. `plan` is reused from commit to commit (made here when
-  /// null; freed with destroy_plan()). Allocates, under the arena's lock,
-  /// before any system call.
+  /// null; freed with destroy_plan()). Allocates; runs before any system
+  /// call of the commit, under the arena's lock unless plans_without_lock().
   [[nodiscard]] virtual Result<void> plan_content(ContentPlan*& plan,
                                                   const ContentItem* items,
                                                   std::size_t count) noexcept {

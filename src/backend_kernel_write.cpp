@@ -58,9 +58,11 @@ class KernelWriteBackend final : public PageBackend {
         static_cast<std::uint32_t*>(meta_calloc(pages, sizeof(std::uint32_t)));
     free_bits_ = static_cast<std::uint64_t*>(
         meta_calloc(words_, sizeof(std::uint64_t)));  // 1 = staging page used
+    trap_page_ = static_cast<std::byte*>(meta_alloc(trap_bytes()));
     if (!stage_of_ || !owner_ || !populated_ || !free_bits_ || !written_ ||
-        !extent_)
+        !extent_ || !trap_page_)
       return Error(Errc::out_of_memory, kNoMemory);
+    fill_traps(trap_page_, trap_bytes());
     // Pages past the end count as used, so a search never hands them out.
     if (pages % 64) free_bits_[words_ - 1] = ~std::uint64_t{0} << (pages % 64);
 
@@ -184,8 +186,6 @@ class KernelWriteBackend final : public PageBackend {
     const std::size_t len = std::size_t{pages} << shift_;
     if (keep_code)
       std::memcpy(p, rx_page(head), len);  // readable in every sealed state
-    else
-      fill_traps(p, len);
     return p;
   }
 
@@ -205,6 +205,8 @@ class KernelWriteBackend final : public PageBackend {
                ? stage_base_ + (std::size_t{stage_of_[head] - 1} << shift_)
                : nullptr;
   }
+
+  bool stage_needs_traps() const noexcept override { return true; }
 
   std::ptrdiff_t page_of_rw(const void* p) const noexcept override {
     auto u = reinterpret_cast<std::uintptr_t>(p);
@@ -251,6 +253,7 @@ class KernelWriteBackend final : public PageBackend {
   // -------------------------------------------------------------
 
   bool writes_content() const noexcept override { return true; }
+  bool plans_without_lock() const noexcept override { return true; }
 
   Result<void> plan_content(ContentPlan*& plan, const ContentItem* items,
                             std::size_t count) noexcept override {
@@ -418,12 +421,8 @@ class KernelWriteBackend final : public PageBackend {
   [[nodiscard]] std::size_t trap_bytes() const noexcept {
     return std::size_t{16} << shift_;
   }
-  [[nodiscard]] const std::byte* trap_page() {
-    if (!trap_page_) {
-      trap_page_ = static_cast<std::byte*>(meta_alloc(trap_bytes()));
-      if (!trap_page_) throw std::bad_alloc();
-      fill_traps(trap_page_, trap_bytes());
-    }
+  // Made by init(): plans are made without the arena's lock.
+  [[nodiscard]] const std::byte* trap_page() const noexcept {
     return trap_page_;
   }
 
@@ -484,7 +483,6 @@ class KernelWriteBackend final : public PageBackend {
 
   void save(Plan& P, std::size_t offset, std::size_t len, bool traps) {
     if (traps) {
-      (void)trap_page();  // restore() must not allocate
       P.undo_.push_back(Undo{offset, len, kTraps});
       return;
     }
@@ -503,7 +501,6 @@ class KernelWriteBackend final : public PageBackend {
     P.saved_.clear();
     P.extents_.clear();
     P.written_groups_ = 0;
-    (void)trap_page();  // used_prefix() and the trap pieces read it
     std::size_t prev_start = 0, prev_end = 0;  // the last item's chunk
     for (std::size_t k = 0; k < count; ++k) {
       const ContentItem& it = items[k];

@@ -404,33 +404,34 @@ Result<CommitReport> ArenaImpl::commit_locked(
   // The epoch pages that stop being executable carry (see step 8).
   BarrierEpoch revoked_epoch = epoch;
   if (content) {
+    // Planning (the staged bytes scanned, retired code saved) and the
+    // kernel's copy are the long steps: where the backend allows, they run
+    // without the lock, other threads' commits and allocations going on
+    // meanwhile. The batch's chunks are in flight: a commit naming one
+    // waits (nothing else reaches their pages).
+    const bool apart = lock && backend.plans_without_lock();
+    if (apart) {
+      for (const Item& it : s.items)
+        region_.add_flags(it.head, it.head + 1, kInFlight);
+      lock->unlock();
+    }
+    SyscallCounts io;
     Result<void> r =
         backend.plan_content(s.plan, s.content.data(), s.content.size());
-    if (r) {
-      // The copy is the one long step: other threads' commits and
-      // allocations go on meanwhile. The batch's chunks are in flight:
-      // a commit naming one waits (nothing else reaches their pages).
-      SyscallCounts io;
-      if (lock) {
-        for (const Item& it : s.items)
-          region_.add_flags(it.head, it.head + 1, kInFlight);
-        lock->unlock();
-        r = backend.write_planned(*s.plan, io);
-        lock->lock();
-        for (const Item& it : s.items)
-          region_.clear_flags(it.head, it.head + 1, kInFlight);
-        if (waiting_) flight_done_.notify_all();
-        // Barriers issued meanwhile may have come before the copy.
-        revoked_epoch = static_cast<BarrierEpoch>(barriers_);
-      } else {
-        r = backend.write_planned(*s.plan, io);
-      }
-      sys_.write += io.write;
-      report.writes = static_cast<std::size_t>(io.write);
-      if (r)
-        r = backend.finish_content(*s.plan, s.content.data(), s.content.size(),
-                                   sys_);
+    if (r) r = backend.write_planned(*s.plan, io);
+    if (apart) {
+      relock(*lock);
+      for (const Item& it : s.items)
+        region_.clear_flags(it.head, it.head + 1, kInFlight);
+      if (waiting_) flight_done_.notify_all();
+      // Barriers issued meanwhile may have come before the copy.
+      revoked_epoch = static_cast<BarrierEpoch>(barriers_);
     }
+    sys_.write += io.write;
+    report.writes = static_cast<std::size_t>(io.write);
+    if (r)
+      r = backend.finish_content(*s.plan, s.content.data(), s.content.size(),
+                                 sys_);
     if (!r) {
       rollback(removed, false, 0);
       return Error(r.error().code(), r.error().sys_errno(),
