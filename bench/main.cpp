@@ -17,6 +17,7 @@
 #if WXB_HAVE_EXAMPLE_JIT
 #include "example_jit.hpp"
 #endif
+#include "host_costs.hpp"
 #include "strategy.hpp"
 #include "summary.hpp"
 #include "syscall_counter.hpp"
@@ -142,6 +143,7 @@ int main(int argc, char** argv) {
 #if WXB_HAVE_EXAMPLE_JIT
   wxb::register_example_jit(smoke ? wxb::Scale::smoke : wxb::Scale::full);
 #endif
+  wxb::register_host_costs();
   // Google Benchmark's own display (none with --summary), wrapped so that
   // the summary is collected from the same results.
   std::unique_ptr<benchmark::BenchmarkReporter> inner;

@@ -169,6 +169,54 @@ std::unique_ptr<Strategy> make_heap(Shared* shared, const Request&,
   return std::make_unique<Heap>(arena, std::move(heap).value());
 }
 
+// wxarena_heap_own (threads only): wxarena_heap with an arena per thread
+// instead of one shared by the threads, as a JIT that gives each compiler
+// thread its own arena; nothing of wxarena is shared between them.
+class OwnArenaHeap final : public Strategy {
+ public:
+  explicit OwnArenaHeap(std::unique_ptr<ArenaShared> arena)
+      : arena_(std::move(arena)) {}
+  bool init(std::string& error) {
+    auto heap = wxa::CodeHeap::create(arena_->arena());
+    if (!heap) {
+      error = "wxa::CodeHeap::create: " + heap.error().to_string();
+      return false;
+    }
+    heap_ = std::make_unique<Heap>(arena_->arena(), std::move(heap).value());
+    return true;
+  }
+  bool allocate(std::size_t size, Slot& slot) override {
+    return forward(heap_->allocate(size, slot));
+  }
+  bool publish(std::span<Slot> slots) override {
+    return forward(heap_->publish(slots));
+  }
+  bool release(std::span<const Slot> slots) override {
+    return forward(heap_->release(slots));
+  }
+  bool settle() override { return forward(heap_->settle()); }
+  Footprint footprint() override { return heap_->footprint(); }
+  bool own_syscalls(SyscallCounts& out) override {
+    return heap_->own_syscalls(out);
+  }
+
+ private:
+  bool forward(bool ok) { return ok || fail(heap_->error()); }
+  std::unique_ptr<ArenaShared> arena_;  // outlives heap_
+  std::unique_ptr<Heap> heap_;
+};
+
+std::unique_ptr<Strategy> make_own_heap(Shared*, const Request& request,
+                                        std::string& error) {
+  std::unique_ptr<Shared> shared =
+      make_arena<wxa::Backend::automatic>(request, error);
+  if (!shared) return nullptr;
+  auto s = std::make_unique<OwnArenaHeap>(std::unique_ptr<ArenaShared>(
+      static_cast<ArenaShared*>(shared.release())));
+  if (!s->init(error)) return nullptr;
+  return s;
+}
+
 }  // namespace
 
 void add_wxarena_strategies(std::vector<Factory>& out) {
@@ -182,6 +230,9 @@ void add_wxarena_strategies(std::vector<Factory>& out) {
       {"wxarena_heap", make_arena<wxa::Backend::automatic>, make_heap});
   out.push_back(
       {"wxarena_heap_protect", make_arena<wxa::Backend::protect>, make_heap});
+  Factory own{"wxarena_heap_own", no_shared, make_own_heap};
+  own.threads_only = true;
+  out.push_back(own);
 }
 
 }  // namespace wxb

@@ -125,6 +125,9 @@ struct Factory {
   /// False if its code is writable and executable at once (the RWX floor,
   /// asmjit_rwx): shown in the summary next to its speed.
   bool keeps_wx = true;
+  /// True if it only makes sense with several threads (it differs from
+  /// another strategy only in what the threads share): `threads` only.
+  bool threads_only = false;
 };
 
 /// Registration hooks, one per source file; each appends what it provides.

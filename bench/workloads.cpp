@@ -691,23 +691,26 @@ void register_workloads(const std::vector<Factory>& factories, Scale scale) {
   for (const std::int64_t size : sizes)
     for (const std::int64_t batch : batches)
       for (const Factory& f : factories)
-        add("publish", f, bm_publish)
-            ->ArgNames({"size", "batch"})
-            ->Args({size, batch});
+        if (!f.threads_only)
+          add("publish", f, bm_publish)
+              ->ArgNames({"size", "batch"})
+              ->Args({size, batch});
   for (const Factory& f : factories)
-    add("startup", f, bm_startup)
-        ->ArgNames({"functions", "batch"})
-        ->Args({startup, std::int64_t{kStartupBatch}});
+    if (!f.threads_only)
+      add("startup", f, bm_startup)
+          ->ArgNames({"functions", "batch"})
+          ->Args({startup, std::int64_t{kStartupBatch}});
   for (const Factory& f : factories)
-    if (f.frees_single)
+    if (f.frees_single && !f.threads_only)
       add("churn", f, bm_churn)
           ->ArgNames({"live", "ops"})
           ->Args({churn, std::int64_t{kChurnOps}});
   for (const Factory& f : factories)
-    add("vma_pressure", f, bm_vma_pressure)
-        ->ArgNames({"live", "size"})
-        ->Args({pressure, std::int64_t{kPressureSize}})
-        ->Iterations(1);
+    if (!f.threads_only)
+      add("vma_pressure", f, bm_vma_pressure)
+          ->ArgNames({"live", "size"})
+          ->Args({pressure, std::int64_t{kPressureSize}})
+          ->Iterations(1);
   for (const Factory& f : factories)
     add("threads", f, bm_threads)
         ->ArgNames({"size", "batch"})
