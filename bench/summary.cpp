@@ -304,6 +304,7 @@ void SummaryReporter::print_scenario(
       << right(std::string("× ") + kReference, kRatioWidth)
       << right("syscalls/fn", kCallsWidth) << right("VMAs", kVmasWidth) << "\n";
   for (const Factory& f : factories) {
+    if (f.threads_only) continue;  // publish and startup never run it
     out << left(f.name, name_width) << left(f.keeps_wx ? "yes" : "no", 5);
     const auto it = results_.find({workload, f.name, parameter});
     if (it == results_.end()) {
@@ -377,7 +378,7 @@ void SummaryReporter::print(std::ostream& out,
 std::string summary_filter(const std::vector<Factory>& factories) {
   std::string names;
   for (const Factory& f : factories)
-    names += (names.empty() ? "" : "|") + f.name;
+    if (!f.threads_only) names += (names.empty() ? "" : "|") + f.name;
   std::string batches;
   for (const long long b : kSummaryBatches) {
     // Appended piece by piece: a short literal + std::to_string() makes
