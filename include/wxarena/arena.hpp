@@ -86,7 +86,9 @@ struct Options {
   std::size_t vma_budget = 0;
   /// Pages made writable ahead of need with one call, so that allocate()
   /// is usually free of system calls (they cost no memory until written);
-  /// also how many quarantined pages are recycled together.
+  /// also how many quarantined pages are recycled together (at most 64 on
+  /// kernel_write, where recycling makes no call: recently written pages
+  /// are reused while they are still in the caches).
   std::size_t open_pages = 1024;
   /// Name the arena's mappings in /proc/<pid>/maps where the kernel allows.
   bool name_mappings = true;
