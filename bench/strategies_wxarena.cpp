@@ -87,7 +87,10 @@ class ArenaAccounting : public Strategy {
 };
 
 // wxarena_protect / wxarena_dual / wxarena_kernel_write: one chunk per
-// function.
+// function. Releases wait in the Batch and go with the next publish's
+// seals, as a JIT that frees code between compilations would queue them:
+// one commit per round (on kernel_write, one pwritev while the retired and
+// the new chunks are adjacent), as the CodeHeap strategies do.
 class ArenaChunks final : public ArenaAccounting {
  public:
   explicit ArenaChunks(wxa::Arena& arena)
@@ -101,11 +104,14 @@ class ArenaChunks final : public ArenaAccounting {
   }
   bool publish(std::span<Slot> slots) override {
     for (const Slot& s : slots) batch_.seal(s.rx);
-    return commit("Batch::commit (seal)");
+    return commit("Batch::commit (seal, and the releases queued before)");
   }
   bool release(std::span<const Slot> slots) override {
     for (const Slot& s : slots) batch_.release(s.rx);
-    return commit("Batch::commit (release)");
+    return true;
+  }
+  bool settle() override {
+    return batch_.empty() || commit("Batch::commit (release)");
   }
 
  private:
