@@ -3,9 +3,9 @@
 // read the other figures against. An empty system call, and a pwrite() of
 // a few bytes into a memfd whose pages are mapped (what a kernel_write
 // commit of one small chunk makes: one call). The floor of
-// publish/wxarena_kernel_write/size:256/batch:1 is two such calls a
-// function (the seal's and the release's traps), however little the
-// library adds around them.
+// publish/wxarena_kernel_write/size:256/batch:1 is one such call a function
+// (a round's seal and the previous round's traps, adjacent, in one
+// pwritev), however little the library adds around it.
 #include "host_costs.hpp"
 
 #include <benchmark/benchmark.h>
