@@ -332,6 +332,51 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
 
   std::unique_lock lock = acquire();
   if (foreign_process()) return Error(Errc::wrong_process);
+  Result<std::uint32_t> head = allocate_locked(pages);
+  if (!head) return head.error();
+  const Chunk chunk = chunk_at(*head, true);
+  if (region_.ops().stage_needs_traps()) {
+    // Staging recycled from other chunks: traps over whatever it held, so
+    // no stale byte ever becomes code. The chunk is no one else's yet; the
+    // lock is not needed for this.
+    lock.unlock();
+    fill_traps(chunk.rw().data(), chunk.rw().size());
+  }
+  return chunk;
+}
+
+Result<std::size_t> ArenaImpl::allocate_pages(std::size_t most,
+                                              Chunk* out) noexcept {
+  if (most == 0) return Error(Errc::zero_size);
+  std::unique_lock lock = acquire();
+  if (foreign_process()) return Error(Errc::wrong_process);
+  Result<std::uint32_t> first = allocate_locked(1);
+  if (!first) return first.error();
+  out[0] = chunk_at(*first, true);
+  // The pages after it, while they are open: the front of what is left of
+  // the run the first came from.
+  std::size_t n = 1;
+  while (n < most) {
+    const auto head = static_cast<std::uint32_t>(*first + n);
+    auto it = open_.find(head);
+    if (it == open_.end()) break;
+    if (!region_.ops().stage(head, 1, false)) break;  // nothing taken yet
+    carve_front(open_, it, 1);
+    region_.set_state(head, head + 1, PageState::writable, head);
+    region_.set_length(head, 1);
+    ++chunks_[static_cast<int>(State::writable)];
+    ++allocations_;
+    out[n++] = chunk_at(head, true);
+  }
+  if (region_.ops().stage_needs_traps()) {
+    lock.unlock();
+    for (std::size_t k = 0; k < n; ++k)
+      fill_traps(out[k].rw().data(), out[k].rw().size());
+  }
+  return n;
+}
+
+Result<std::uint32_t> ArenaImpl::allocate_locked(std::size_t pages) noexcept {
   try {
     std::ptrdiff_t a = take_open(pages);
     if (a < 0) {
@@ -373,15 +418,7 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
     region_.set_length(head, n);
     ++chunks_[static_cast<int>(State::writable)];
     ++allocations_;
-    const Chunk chunk = chunk_at(head, true);
-    if (region_.ops().stage_needs_traps()) {
-      // Staging recycled from other chunks: traps over whatever it held,
-      // so no stale byte ever becomes code. The chunk is no one else's
-      // yet; the lock is not needed for this.
-      lock.unlock();
-      fill_traps(chunk.rw().data(), chunk.rw().size());
-    }
-    return chunk;
+    return head;
   } catch (const std::bad_alloc&) {
     return Error(Errc::out_of_memory, kNoMemory);
   }

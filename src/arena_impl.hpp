@@ -52,6 +52,12 @@ class ArenaImpl {
   [[nodiscard]] Result<void> init() noexcept;
 
   [[nodiscard]] Result<Chunk> allocate(std::size_t bytes) noexcept;
+  // Allocates 1 to `most` single-page chunks into out[], adjacent pages
+  // (the first is found as allocate() finds one; the others are the open
+  // pages right after it), with one lock taken: a CodeHeap's pages, so
+  // that threads sharing the arena do not interleave theirs page by page.
+  [[nodiscard]] Result<std::size_t> allocate_pages(std::size_t most,
+                                                   Chunk* out) noexcept;
   [[nodiscard]] Result<CommitReport> commit(const Batch::Op* ops, std::size_t n,
                                             CommitFlags flags) noexcept;
   [[nodiscard]] Result<ChunkInfo> find(const void* p) const noexcept;
@@ -95,6 +101,10 @@ class ArenaImpl {
                                                PageState& from,
                                                PageState& to) const noexcept;
   [[nodiscard]] std::ptrdiff_t take_open(std::size_t pages) noexcept;
+  // allocate()'s work under the lock, except the staging's trap fill: the
+  // chunk's head page.
+  [[nodiscard]] Result<std::uint32_t> allocate_locked(
+      std::size_t pages) noexcept;
   [[nodiscard]] Result<void> open_more(std::size_t pages) noexcept;
   // Opens the first n pages of the unused run at `it`; on failure nothing
   // changed.

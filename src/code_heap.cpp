@@ -30,7 +30,11 @@ class HeapImpl {
                                           std::size_t alignment) noexcept;
   [[nodiscard]] Result<CommitReport> publish(CommitFlags flags) noexcept;
   [[nodiscard]] Result<void> release(const void* rx) noexcept;
-  [[nodiscard]] HeapStats stats() const noexcept { return stats_; }
+  [[nodiscard]] HeapStats stats() const noexcept {
+    HeapStats s = stats_;
+    s.committed_bytes += s.reserve_pages << shift_;  // held too
+    return s;
+  }
   [[nodiscard]] Arena& arena() const noexcept { return arena_; }
 
  private:
@@ -87,6 +91,15 @@ class HeapImpl {
   MetaVector<Page*> empty_;    // sealed, no live function: to release
   MetaVector<Batch::Op> ops_;  // scratch for publish()
   HeapStats stats_;
+  // Single-page chunks taken from the arena ahead of need, used lowest
+  // address first: one lock taken for several pages, and a heap's pages
+  // stay adjacent (one pwritev) even while other threads allocate from the
+  // same arena. The reserve grows from 1 page to kMaxReserve as the heap
+  // keeps asking for pages, so a heap that needs few holds few.
+  static constexpr std::size_t kMaxReserve = 8;
+  Chunk reserve_[kMaxReserve];
+  std::size_t reserve_first_ = 0, reserve_end_ = 0;
+  std::size_t refill_ = 1;
 };
 
 HeapImpl::~HeapImpl() {
@@ -96,6 +109,8 @@ HeapImpl::~HeapImpl() {
   try {
     for (Page* p = all_; p; p = p->next)
       ops_.push_back({p->rx, OpKind::release});
+    for (std::size_t k = reserve_first_; k < reserve_end_; ++k)
+      ops_.push_back({reserve_[k].rx(), OpKind::release});
   } catch (const std::bad_alloc&) {
   }
   if (!ops_.empty())
@@ -153,15 +168,39 @@ void HeapImpl::set_index(std::size_t first, std::size_t n,
 }
 
 Result<HeapImpl::Page*> HeapImpl::new_page(std::size_t pages) noexcept {
-  Result<Chunk> c = impl_.allocate(pages << shift_);
-  if (!c) return c.error();
+  Result<Chunk> c = Chunk();
+  if (pages == 1) {
+    if (reserve_first_ == reserve_end_) {
+      Result<std::size_t> n = impl_.allocate_pages(refill_, reserve_);
+      if (!n) return n.error();
+      reserve_first_ = 0;
+      reserve_end_ = *n;
+      stats_.reserve_pages = *n;
+      refill_ = std::min(refill_ * 2, kMaxReserve);
+    }
+    c = reserve_[reserve_first_++];
+    --stats_.reserve_pages;
+  } else {
+    c = impl_.allocate(pages << shift_);
+    if (!c) return c.error();
+  }
+  // Back where it came from if the page cannot be made: nothing was
+  // written to it.
+  auto give_back = [&] {
+    if (pages == 1) {
+      --reserve_first_;
+      ++stats_.reserve_pages;
+    } else {
+      (void)arena_.release(c->rx());
+    }
+  };
   const std::size_t first =
       static_cast<std::size_t>(static_cast<const std::byte*>(c->rx()) -
                                base_) >>
       shift_;
   void* mem = index_pages(first, pages) ? meta_alloc(sizeof(Page)) : nullptr;
   if (!mem) {
-    (void)arena_.release(c->rx());  // back to the arena; nothing was written
+    give_back();
     return Error(Errc::out_of_memory, kNoMemory);
   }
   auto* page = ::new (mem) Page{static_cast<const std::byte*>(c->rx()),
@@ -181,7 +220,7 @@ Result<HeapImpl::Page*> HeapImpl::new_page(std::size_t pages) noexcept {
   } catch (const std::bad_alloc&) {
     page->~Page();
     meta_free(page);
-    (void)arena_.release(c->rx());
+    give_back();
     return Error(Errc::out_of_memory, kNoMemory);
   }
   set_index(first, pages, page);

@@ -560,6 +560,48 @@ TEST_P(CodeHeapTest, CallerMistakesGetTheirErrorCodeAndChangeNothing) {
   EXPECT_TRUE(test::audit_arena(*arena_));
 }
 
+// A heap takes its pages from the arena several at a time (a reserve of up
+// to 8, growing from 1): they come out adjacent, each a chunk of its own,
+// and the heap gives back what it did not use when it is destroyed.
+TEST_P(CodeHeapTest, PagesComeFromTheArenaSeveralAtATimeAndGoBack) {
+  const std::size_t ps = arena_->page_size();
+  const std::size_t per_page = ps / 256;
+  std::vector<Placed> fns;
+  {
+    Result<CodeHeap> heap = CodeHeap::create(*arena_);
+    ASSERT_TRUE(heap) << heap.error().to_string();
+    std::vector<const void*> pages;
+    for (std::size_t p = 0; p < 20; ++p) {
+      for (std::size_t i = 0; i < per_page; ++i)
+        ASSERT_NO_FATAL_FAILURE(place(*heap, 256, 0, fns));
+      pages.push_back(fns.back().rx);
+      const HeapStats hs = heap->stats();
+      EXPECT_LE(hs.reserve_pages, 8u);
+      EXPECT_EQ(hs.pages, p + 1);
+      EXPECT_EQ(hs.committed_bytes, (hs.pages + hs.reserve_pages) * ps);
+      // Every page held is a writable chunk of one page in the arena.
+      EXPECT_EQ(arena_->stats().chunks_in(State::writable),
+                hs.pages + hs.reserve_pages);
+    }
+    // On a fresh arena, the reserve hands out consecutive pages.
+    for (std::size_t p = 1; p < pages.size(); ++p)
+      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(pages[p]) / ps,
+                reinterpret_cast<std::uintptr_t>(pages[p - 1]) / ps + 1)
+          << "page " << p;
+    const std::size_t reserve = heap->stats().reserve_pages;
+    EXPECT_GE(reserve, 1u) << "20 pages taken 1, 2, 4, 8, 8 at a time";
+    ASSERT_TRUE(heap->publish());
+    for (const Placed& f : fns) EXPECT_TRUE(runs_as(f.rx, f.size, f.id));
+    EXPECT_EQ(arena_->stats().chunks_in(State::writable), reserve)
+        << "only the reserve stays writable";
+  }
+  // Destroyed: its pages and its reserve went back to the arena.
+  const Stats s = arena_->stats();
+  EXPECT_EQ(s.chunks_in(State::writable), 0u);
+  EXPECT_EQ(s.chunks_in(State::executable), 0u);
+  EXPECT_TRUE(test::audit_arena(*arena_));
+}
+
 TEST_P(CodeHeapTest, FunctionsReleasedBeforePublishAreNotSealed) {
   Result<CodeHeap> heap = CodeHeap::create(*arena_);
   ASSERT_TRUE(heap) << heap.error().to_string();
@@ -594,14 +636,17 @@ TEST_P(CodeHeapTest, FunctionsReleasedBeforePublishAreNotSealed) {
   const Stats s = arena_->stats();
   EXPECT_EQ(s.chunks_in(State::executable), 1u);
   EXPECT_EQ(s.chunks_in(State::retired), 2u);
-  EXPECT_EQ(s.chunks_in(State::writable), 0u);
+  // The only writable chunks left are the heap's reserve (pages taken
+  // from the arena ahead of need).
+  EXPECT_EQ(s.chunks_in(State::writable), heap->stats().reserve_pages);
   EXPECT_EQ(arena_->find(dead_page).error(), Errc::not_allocated);
   EXPECT_EQ(arena_->find(large).error(), Errc::not_allocated);
   Result<ChunkInfo> info = arena_->find(mixed_page);
   ASSERT_TRUE(info);
   EXPECT_EQ(info->state, State::executable);
   EXPECT_EQ(heap->stats().pages, 1u);
-  EXPECT_EQ(heap->stats().committed_bytes, ps);
+  EXPECT_EQ(heap->stats().committed_bytes,
+            (1 + heap->stats().reserve_pages) * ps);
   for (int i = 1; i < 8; i += 2)
     EXPECT_TRUE(runs_as(mixed[i].rx, mixed[i].size, mixed[i].id));
   // The emptied page's functions are gone with the page.

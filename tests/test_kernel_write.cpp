@@ -264,14 +264,17 @@ TEST_F(KernelWrite, StagingIsRecycledNotFaultedInAfresh) {
   const std::span<std::byte> staging = arena.rw_range();
   const std::size_t touched = resident(staging.data(), staging.size());
   EXPECT_GE(touched, 1u);
-  EXPECT_LE(touched, 4u) << "staging pages: one per publish would be 200";
+  // A page or two in use, and up to 8 the heap holds ahead of need.
+  EXPECT_LE(touched, 4u + 8u) << "staging pages: one per publish would be 200";
   std::printf(
       "[ figures  ] kernel_write: 200 publishes of one page each "
       "touched %zu staging page(s)\n",
       touched);
-  // trim() gives the staging memory back too.
+  // trim() gives the staging memory back too, except the heap's reserve
+  // (writable chunks it holds).
+  const std::size_t held = heap->stats().reserve_pages;
   ASSERT_TRUE(Ok(arena.trim()));
-  EXPECT_EQ(resident(staging.data(), staging.size()), 0u);
+  EXPECT_EQ(resident(staging.data(), staging.size()), held);
 }
 
 TEST_F(KernelWrite, FreshCodeIsMappedInBeforeTheFirstCall) {

@@ -47,9 +47,13 @@ struct HeapStats {
   std::size_t pending_functions = 0;  ///< written but not yet published
   std::size_t live_bytes = 0;         ///< bytes asked for by live functions
   std::size_t committed_bytes = 0;    ///< pages the heap holds from the arena
+                                      ///< (`pages` and `reserve_pages`)
   std::size_t pages = 0;
-  std::size_t empty_pages = 0;  ///< of `pages`: no live function, waiting
-                                ///< to be retired (see retire_pages)
+  std::size_t empty_pages = 0;    ///< of `pages`: no live function, waiting
+                                  ///< to be retired (see retire_pages)
+  std::size_t reserve_pages = 0;  ///< not in `pages`: taken from the arena
+                                  ///< ahead of need (at most 8), writable,
+                                  ///< given back when the heap is destroyed
   std::uint64_t publishes = 0;
   [[nodiscard]] double committed_per_live() const noexcept {
     return live_bytes ? double(committed_bytes) / double(live_bytes) : 0.0;
