@@ -32,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -324,11 +325,18 @@ struct Slot {
   // The model: chunks by rx address, the heap's chunks, the release count.
   std::map<std::uintptr_t, ChunkM> chunks;
   std::map<std::uintptr_t, HeapPageM> heap_pages;
+  // Single-page chunks the heap took ahead of need (its reserve); in
+  // `chunks` too, as writable heap chunks.
+  std::set<std::uintptr_t> heap_reserve;
   std::uint64_t released = 0;
   std::uintptr_t rx_base = 0, rw_base = 0;
   std::size_t pages = 0;
   bool dual = false;  // two views: dual_map, kernel_write (rw() staging)
   bool kw = false;    // kernel_write
+  // kernel_write's lanes (Options::lanes): pages per lane, 0 for one lane.
+  // A lane is a memfd of its own: mapped pages on both sides of a lane
+  // edge are two VMAs.
+  std::size_t lane_pages = 0;
   // The arena's runs() since its last change (the harness reads them
   // several times an operation; each call walks every page).
   std::vector<wxa::RunInfo> runs;
@@ -452,6 +460,7 @@ class Harness {
   void op_heap_publish(Slot& s);
   void op_heap_release(Slot& s);
   void destroy_heap(Slot& s);
+  void sync_reserve(Slot& s);
   void destroy_arena(Slot& s);
 
   Input in_;
@@ -814,6 +823,18 @@ void Harness::verify(Slot& s) {
       std::fill_n(lib.begin() + static_cast<std::ptrdiff_t>(first),
                   std::min(n, s.pages - first), r.state);
     if (r.state == State::free) (r.open ? open_pages : unused_pages) += n;
+    if (s.lane_pages) {
+      // Lane edges inside this run, or where it starts, between two mapped
+      // pages of one protection (a change of protection counted already).
+      const Access before = k > 0 ? runs[k - 1].rx_access : Access::none;
+      for (std::size_t e =
+               (first + s.lane_pages - 1) / s.lane_pages * s.lane_pages;
+           e < first + n && e < s.pages; e += s.lane_pages) {
+        if (e == 0) continue;
+        const Access left = e == first ? before : r.rx_access;
+        vmas += left == r.rx_access && left != Access::none;
+      }
+    }
     at += r.bytes;
   }
   expect(at == s.rx_base + s.pages * ps_, "runs() ends at %#lx, not %#lx",
@@ -926,7 +947,8 @@ void Harness::verify(Slot& s) {
     const wxa::HeapStats hs = s.heap->stats();
     expect(hs.live_functions == live && hs.pending_functions == pending &&
                hs.live_bytes == live_bytes && hs.pages == heap_pages &&
-               hs.committed_bytes == heap_pages * ps_,
+               hs.reserve_pages == s.heap_reserve.size() &&
+               hs.committed_bytes == (heap_pages + hs.reserve_pages) * ps_,
            "heap stats: live %zu pending %zu bytes %zu pages %zu; model %zu "
            "%zu %zu %zu",
            hs.live_functions, hs.pending_functions, hs.live_bytes, hs.pages,
@@ -1054,6 +1076,15 @@ bool Harness::create(Slot& s, const Options& o, bool use_fault) {
   s.rw_base = addr(s.arena->rw_range().data());
   s.dual = s.arena->backend() != Backend::protect;
   s.kw = s.arena->backend() == Backend::kernel_write;
+  s.lane_pages = 0;
+  if (s.kw) {
+    std::size_t lanes = o.lanes ? o.lanes
+                                : std::min<std::size_t>(
+                                      g_platform->pal().capabilities().cpus, 8);
+    lanes = std::min(lanes, std::max<std::size_t>(1, pages / 64));
+    const std::size_t per_lane = std::bit_ceil((pages + lanes - 1) / lanes);
+    if (per_lane < pages) s.lane_pages = per_lane;
+  }
   s.released = 0;
   expect(s.arena->backend() == resolved, "create: backend %d, expected %d",
          static_cast<int>(s.arena->backend()), static_cast<int>(resolved));
@@ -1088,6 +1119,7 @@ Slot& Harness::need_arena(Slot& s) {
   o.reserve_bytes = 64 * ps_;
   o.quarantine = 2;
   o.open_pages = 8;
+  o.lanes = 1;
   expect(create(s, o, false), "the default arena cannot be created");
   return s;
 }
@@ -1099,6 +1131,10 @@ void Harness::op_create(Slot& s) {
   Options o;
   o.backend = kBackends[f & 3];
   o.reserve_bytes = (16 + in_.below(241)) * ps_;
+  // 1 to 3 lanes (kernel_write), from the size rather than a byte of its
+  // own, so that the seeds decode as before; never 0 (one per CPU), so that
+  // the kernel and SimPal runs agree whatever the machine.
+  o.lanes = 1 + (o.reserve_bytes / ps_) % 3;
   o.quarantine = in_.below(5);
   o.vma_budget = (f & 4) ? 1 + in_.below(16) : 0;
   o.open_pages = (f & 8) ? 1 + in_.below(16) : 64;
@@ -1569,7 +1605,9 @@ void Harness::destroy_heap(Slot& s) {
   // as they were, no longer the heap's.
   std::vector<std::uintptr_t> heads;
   for (const auto& [rx, page] : s.heap_pages) heads.push_back(rx);
+  heads.insert(heads.end(), s.heap_reserve.begin(), s.heap_reserve.end());
   s.heap_pages.clear();
+  s.heap_reserve.clear();
   if (heads.empty()) return;
   const Result<wxa::ChunkInfo> first = s.arena->find(ptr(heads.front()));
   if (!first) {
@@ -1701,6 +1739,14 @@ void Harness::op_heap_allocate(Slot& s) {
              "heap allocate(%zu): at %#lx in a %s page of %zu, used to %zu",
              bytes, ul(rx), page->sealed ? "sealed" : "writable", page->pages,
              used);
+    } else if (s.heap_reserve.erase(rx)) {
+      // A page of the reserve, now in use.
+      const ChunkM& m = s.chunks.at(rx);
+      expect(m.pages == 1 && bytes <= ps_,
+             "heap allocate(%zu): at %#lx, a reserve page", bytes, ul(rx));
+      page_rx = rx;
+      page = &s.heap_pages[rx];
+      page->pages = 1;
     } else {
       Result<wxa::ChunkInfo> info = s.arena->find(r->rx);
       expect(bool(info) && addr(info->chunk.rx()) == rx &&
@@ -1743,6 +1789,42 @@ void Harness::op_heap_allocate(Slot& s) {
     note("  -> %#lx", ul(rx));
   }
   sync_recycled(s);
+  sync_reserve(s);
+}
+
+// A new page may have come with more (CodeHeap takes up to 8 adjacent pages
+// from the arena at a time): writable single-page chunks the model does not
+// know yet, as many as HeapStats::reserve_pages says.
+void Harness::sync_reserve(Slot& s) {
+  if (!s.heap) return;
+  const std::size_t want = s.heap->stats().reserve_pages;
+  if (want == s.heap_reserve.size()) return;
+  expect(want > s.heap_reserve.size(),
+         "heap reserve shrank from %zu to %zu without a new page",
+         s.heap_reserve.size(), want);
+  for (const wxa::RunInfo& r : runs_of(s)) {
+    if (r.state != State::writable) continue;
+    for (std::uintptr_t rx = addr(r.rx); rx < addr(r.rx) + r.bytes; rx += ps_) {
+      if (chunk_at_page(s, (rx - s.rx_base) / ps_) != s.chunks.end()) continue;
+      Result<wxa::ChunkInfo> info = s.arena->find(ptr(rx));
+      expect(bool(info) && addr(info->chunk.rx()) == rx &&
+                 info->chunk.size() == ps_ && info->state == State::writable,
+             "a writable page %#lx the model does not know is not a "
+             "single-page chunk of the heap's reserve",
+             ul(rx));
+      if (!info) continue;
+      ChunkM m;
+      m.pages = 1;
+      m.rw = info->chunk.rw().data();
+      m.heap = true;
+      s.chunks.emplace(rx, m);
+      s.heap_reserve.insert(rx);
+      remember(rx);
+    }
+  }
+  expect(s.heap_reserve.size() == want,
+         "the heap's reserve: %zu pages, the model found %zu", want,
+         s.heap_reserve.size());
 }
 
 const void* Harness::pick_heap_address(Slot& s) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The arena: chunk allocation, quarantine, lifecycle checks, stats.
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <new>
 
@@ -132,10 +133,14 @@ Result<void> ArenaImpl::init() noexcept {
     if (initial_vmas(candidates[k]) <= vma_budget_)
       candidates[fits++] = candidates[k];
   if (fits == 0) return Error(Errc::invalid_argument);
+  if (options_.lanes > 64) return Error(Errc::invalid_argument);
+  const std::size_t lanes = options_.lanes
+                                ? options_.lanes
+                                : std::min<std::size_t>(caps.cpus, kMaxLanes);
   Result<void> made;
   for (std::size_t k = 0; k < fits; ++k) {
     made = region_.init(pal_, candidates[k], pages, lo, hi,
-                        options_.name_mappings, sys_);
+                        options_.name_mappings, lanes, sys_);
     if (made || made.error().code() == Errc::out_of_memory ||
         made.error().code() == Errc::unreachable_anchor)
       break;  // another backend would not fare better
@@ -164,6 +169,8 @@ Result<void> ArenaImpl::init() noexcept {
       recycling_is_free
           ? std::min<std::size_t>(options_.open_pages, kFreeRecyclePages)
           : options_.open_pages;
+  if (const std::size_t lp = region_.lane_pages(); lp)
+    lanes_ = (region_.pages() + lp - 1) / lp;
   if (caps.barrier) barrier_registered_ = bool(pal_.register_barrier(sys_));
   fork_generation_ = fork_generation();
   return {};
@@ -177,7 +184,44 @@ Chunk ArenaImpl::chunk_at(std::size_t head, bool writable) const noexcept {
                region_.rx_page(head), bytes);
 }
 
-std::ptrdiff_t ArenaImpl::take_open(std::size_t pages) noexcept {
+std::size_t ArenaImpl::my_lane() const noexcept {
+  if (lanes_ <= 1) return 0;
+  // Threads take lanes in turn, in the order they first allocate.
+  static std::atomic<std::size_t> next{0};
+  thread_local const std::size_t index =
+      next.fetch_add(1, std::memory_order_relaxed);
+  return index % lanes_;
+}
+
+std::ptrdiff_t ArenaImpl::take_open(std::size_t pages, bool lane) noexcept {
+  if (lane) {
+    // In this thread's lane: the first open run there that holds the
+    // chunk, counting one that reaches into the lane from below.
+    const std::size_t lane_pages = region_.lane_pages();
+    const auto lo = static_cast<std::uint32_t>(my_lane() * lane_pages);
+    const std::size_t hi = std::min(lo + lane_pages, region_.pages());
+    auto it = open_.lower_bound(lo);
+    if (it != open_.begin()) {
+      auto below = std::prev(it);
+      const std::size_t end = std::size_t{below->first} + below->second;
+      if (end >= std::size_t{lo} + pages) {
+        try {
+          carve_at(open_, below, lo, static_cast<std::uint32_t>(pages));
+          return lo;
+        } catch (const std::bad_alloc&) {
+          // Nothing changed: any other fit will do.
+        }
+      }
+    }
+    for (; it != open_.end() && it->first < hi; ++it) {
+      if (it->second >= pages) {
+        std::uint32_t a = it->first;
+        carve_front(open_, it, static_cast<std::uint32_t>(pages));
+        return a;
+      }
+    }
+    return -1;
+  }
   // First fit by address: consecutive allocations come out adjacent, so a
   // batch of them seals with one call.
   for (auto it = open_.begin(); it != open_.end(); ++it) {
@@ -190,12 +234,18 @@ std::ptrdiff_t ArenaImpl::take_open(std::size_t pages) noexcept {
   return -1;
 }
 
-Result<void> ArenaImpl::open_front(RunMap::iterator it,
-                                   std::uint32_t n) noexcept {
-  const std::uint32_t a = it->first;
+Result<void> ArenaImpl::open_at(RunMap::iterator it, std::uint32_t a,
+                                std::uint32_t n) noexcept {
+  // Out of the unused runs first: the only step that may need memory.
+  try {
+    carve_at(unused_, it, a, n);
+  } catch (const std::bad_alloc&) {
+    return Error(Errc::out_of_memory, kNoMemory);
+  }
   region_.set_state(a, a + n, PageState::open, 0);
   if (over_budget()) {
     region_.set_state(a, a + n, PageState::unused, 0);
+    insert_run(unused_, a, n);  // merges back: no allocation
     return Error(Errc::vma_budget);
   }
   std::size_t calls = 0;
@@ -205,21 +255,43 @@ Result<void> ArenaImpl::open_front(RunMap::iterator it,
   protection_calls_ += calls;
   if (!r) {
     region_.set_state(a, a + n, PageState::unused, 0);
+    insert_run(unused_, a, n);
     return Error(r.error().code(), r.error().sys_errno());
   }
-  carve_front(unused_, it, n);
   insert_run(open_, a, n);  // merges with open neighbours
   return {};
 }
 
-Result<void> ArenaImpl::open_more(std::size_t pages) noexcept {
+Result<void> ArenaImpl::open_more(std::size_t pages, bool lane) noexcept {
+  if (lane) {
+    // In this thread's lane: an unused run with room for the chunk from
+    // where it enters the lane; open_pages of it, not past the lane's end,
+    // become open.
+    const std::size_t lane_pages = region_.lane_pages();
+    const std::size_t lo = my_lane() * lane_pages;
+    const std::size_t hi = std::min(lo + lane_pages, region_.pages());
+    auto it = unused_.lower_bound(static_cast<std::uint32_t>(lo));
+    if (it != unused_.begin() &&
+        std::size_t{std::prev(it)->first} + std::prev(it)->second > lo)
+      --it;
+    for (; it != unused_.end() && it->first < hi; ++it) {
+      const std::size_t s = std::max<std::size_t>(it->first, lo);
+      const std::size_t e = std::size_t{it->first} + it->second;
+      if (e - s < pages) continue;
+      const std::size_t n =
+          std::clamp(std::min(options_.open_pages, hi - s), pages, e - s);
+      return open_at(it, static_cast<std::uint32_t>(s),
+                     static_cast<std::uint32_t>(n));
+    }
+    return Error(Errc::exhausted);
+  }
   // An unused run that holds the chunk by itself: its front, at least
   // open_pages of it, becomes open.
   for (auto it = unused_.begin(); it != unused_.end(); ++it) {
     if (it->second < pages) continue;
-    return open_front(it,
-                      static_cast<std::uint32_t>(std::min<std::size_t>(
-                          it->second, std::max(pages, options_.open_pages))));
+    return open_at(it, it->first,
+                   static_cast<std::uint32_t>(std::min<std::size_t>(
+                       it->second, std::max(pages, options_.open_pages))));
   }
   // Otherwise a span of free pages may hold it, split between open and
   // unused runs (after trim(), or where open pages were taken and freed
@@ -242,10 +314,11 @@ Result<void> ArenaImpl::open_more(std::size_t pages) noexcept {
   const std::size_t stop = start + pages;
   for (auto it = unused_.lower_bound(start);
        it != unused_.end() && it->first < stop;) {
-    auto next = std::next(it);  // stays valid: open_front() moves only `it`
+    auto next = std::next(it);  // stays valid: open_at() moves only `it`
     const std::size_t n = std::min<std::size_t>(
         it->second, std::max(stop - it->first, options_.open_pages));
-    if (Result<void> r = open_front(it, static_cast<std::uint32_t>(n)); !r)
+    if (Result<void> r = open_at(it, it->first, static_cast<std::uint32_t>(n));
+        !r)
       return r;
     it = next;
   }
@@ -378,7 +451,10 @@ Result<std::size_t> ArenaImpl::allocate_pages(std::size_t most,
 
 Result<std::uint32_t> ArenaImpl::allocate_locked(std::size_t pages) noexcept {
   try {
-    std::ptrdiff_t a = take_open(pages);
+    // With lanes, this thread's lane first: its open pages, its recycled
+    // ones, fresh ones opened there; then any lane.
+    const bool lanes = lanes_ > 1;
+    std::ptrdiff_t a = take_open(pages, lanes);
     if (a < 0) {
       // Quarantined pages come back in groups, once recycle_pages_ of them
       // have passed the quarantine (see init()). Until then fresh address
@@ -387,7 +463,17 @@ Result<std::uint32_t> ArenaImpl::allocate_locked(std::size_t pages) noexcept {
       Result<void> recycled;
       if (eligible_pages() >= recycle_pages_) {
         recycled = recycle();
-        a = take_open(pages);
+        a = take_open(pages, lanes);
+      }
+      if (a < 0 && lanes) {
+        // A lane without room leaves the chunk to the other lanes; an
+        // error opening pages there is the allocation's error.
+        Result<void> in_lane = open_more(pages, true);
+        if (in_lane)
+          a = take_open(pages, true);
+        else if (in_lane.error().code() != Errc::exhausted)
+          return in_lane.error();
+        if (a < 0) a = take_open(pages, false);
       }
       if (a < 0) {
         Result<void> opened = open_more(pages);

@@ -41,6 +41,8 @@ namespace detail {
 /// Where recycling makes no system call, how many quarantined pages come
 /// back together at most (see ArenaImpl::init()).
 inline constexpr std::size_t kFreeRecyclePages = 64;
+// Lanes when Options::lanes is 0: one per online CPU, at most this many.
+inline constexpr std::size_t kMaxLanes = 8;
 
 class ArenaImpl {
  public:
@@ -100,16 +102,24 @@ class ArenaImpl {
   [[nodiscard]] Result<std::uint32_t> validate(const Batch::Op& op,
                                                PageState& from,
                                                PageState& to) const noexcept;
-  [[nodiscard]] std::ptrdiff_t take_open(std::size_t pages) noexcept;
+  // First fit among the open pages; with `lane`, only those in this
+  // thread's lane.
+  [[nodiscard]] std::ptrdiff_t take_open(std::size_t pages,
+                                         bool lane = false) noexcept;
   // allocate()'s work under the lock, except the staging's trap fill: the
   // chunk's head page.
   [[nodiscard]] Result<std::uint32_t> allocate_locked(
       std::size_t pages) noexcept;
-  [[nodiscard]] Result<void> open_more(std::size_t pages) noexcept;
-  // Opens the first n pages of the unused run at `it`; on failure nothing
-  // changed.
-  [[nodiscard]] Result<void> open_front(RunMap::iterator it,
-                                        std::uint32_t n) noexcept;
+  // Opens free pages for a chunk of `pages`; with `lane`, in this thread's
+  // lane only (exhausted if it has no room).
+  [[nodiscard]] Result<void> open_more(std::size_t pages,
+                                       bool lane = false) noexcept;
+  // Opens pages [a, a + n) of the unused run at `it`, which holds them; on
+  // failure nothing changed.
+  [[nodiscard]] Result<void> open_at(RunMap::iterator it, std::uint32_t a,
+                                     std::uint32_t n) noexcept;
+  // The lane this thread allocates from first (0 with one lane).
+  [[nodiscard]] std::size_t my_lane() const noexcept;
   [[nodiscard]] Result<void> recycle() noexcept;
   [[nodiscard]] std::size_t eligible_pages() const noexcept;
   // A quarantined entry may be reused once `quarantine` chunks have been
@@ -151,6 +161,8 @@ class ArenaImpl {
   std::size_t vma_budget_ = 0;
   // Quarantined pages recycled together (see init()).
   std::size_t recycle_pages_ = 1;
+  // Lanes of the region (see Options::lanes): 1 unless the backend has more.
+  std::size_t lanes_ = 1;
   bool barrier_registered_ = false;
   std::uint64_t fork_generation_ = 0;  // of the process that made the arena
 

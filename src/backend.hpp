@@ -98,6 +98,17 @@ class PageBackend {
   /// Unmaps everything (idempotent). Failures cannot be reported here.
   virtual void destroy(SyscallCounts& n) noexcept = 0;
 
+  /// Asked for before init(): split the pages into this many lanes where
+  /// the backend's writes serialise per object (kernel_write: one memfd a
+  /// lane, since the kernel takes a file's lock for each write), so that
+  /// threads working in different lanes do not wait for each other. Others
+  /// ignore it.
+  virtual void set_lanes(std::size_t lanes) noexcept { (void)lanes; }
+  /// Pages per lane (a power of two), or 0 for one lane. Lane edges split
+  /// protection calls; where both pages at an edge are mapped, they lie in
+  /// different VMAs (different objects never merge).
+  [[nodiscard]] virtual std::size_t lane_pages() const noexcept { return 0; }
+
   [[nodiscard]] std::byte* rx_base() const noexcept { return rx_base_; }
 
   // --- what the kernel shows ------------------------------------------------
@@ -268,5 +279,10 @@ using RunMap = MetaMap<std::uint32_t, std::uint32_t>;
 void insert_run(RunMap& runs, std::uint32_t a, std::uint32_t len);
 /// Removes the first `len` pages of the run at `it`.
 void carve_front(RunMap& runs, RunMap::iterator it, std::uint32_t len) noexcept;
+// Removes [a, a + len) from the run at `it`, which holds it. Taking it out
+// of the middle makes the part after it a run of its own: that may throw
+// std::bad_alloc, before anything changed.
+void carve_at(RunMap& runs, RunMap::iterator it, std::uint32_t a,
+              std::uint32_t len);
 
 }  // namespace wxa::detail

@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: MIT
 // The kernel_write backend: code pages that are never writable in this
-// process. The reservation is one memfd mapped read+execute (read-only for
-// sealed data) wherever pages are in use; no mapping of it is ever writable.
+// process. The reservation is backed by memfds, one per lane (a power-of-two
+// run of pages; one lane unless Options::lanes asks for more), mapped
+// read+execute (read-only for sealed data) wherever pages are in use; no
+// mapping of them is ever writable. Threads publishing in different lanes
+// write to different files, which the kernel does not serialise.
 // A writable chunk is staged in ordinary read-write memory (a reservation of
 // its own, near the code); a commit hands the staged bytes to the kernel,
 // which copies them into the memfd with one pwritev per contiguous run, and
@@ -37,6 +40,11 @@ class KernelWriteBackend final : public PageBackend {
 
   Backend kind() const noexcept override { return Backend::kernel_write; }
 
+  void set_lanes(std::size_t lanes) noexcept override { want_lanes_ = lanes; }
+  std::size_t lane_pages() const noexcept override {
+    return lane_count_ > 1 ? std::size_t{1} << lane_shift_ : 0;
+  }
+
   Result<void> init(Pal& pal, std::size_t pages, unsigned shift,
                     std::uintptr_t lo, std::uintptr_t hi, bool name,
                     SyscallCounts& n) noexcept override {
@@ -66,15 +74,19 @@ class KernelWriteBackend final : public PageBackend {
     // Pages past the end count as used, so a search never hands them out.
     if (pages % 64) free_bits_[words_ - 1] = ~std::uint64_t{0} << (pages % 64);
 
-    // Named apart from dual_map's memfd: no mapping of this one may ever be
-    // writable, and auditors (wxa-audit) check that by name.
-    Result<SharedHandle> shm = pal.create_shared(bytes(), "wxarena-code", n);
-    if (!shm) return shm.error();
-    shm_ = *shm;
+    // Lanes of a power-of-two number of pages, at least kMinLanePages.
+    std::size_t lanes = std::clamp<std::size_t>(want_lanes_, 1, kMaxLanes);
+    lanes = std::min(lanes, std::max<std::size_t>(1, pages / kMinLanePages));
+    const std::size_t per_lane = std::bit_ceil((pages + lanes - 1) / lanes);
+    lane_shift_ = static_cast<unsigned>(std::countr_zero(per_lane));
+    lane_count_ = (pages + per_lane - 1) / per_lane;
+    // The first lane's memfd now, so that a host refusing memfds refuses
+    // the backend at once; the others when their first page is opened.
+    if (Result<void> r = make_lane(0, n); !r) return r;
     // The executable view's address range; pages are mapped into it as they
-    // are opened (set_access), from the memfd, read+execute.
+    // are opened (set_access), from their lane's memfd, read+execute.
     Result<std::byte*> rx =
-        pal.reserve_view(shm_, bytes(), lo, hi, Access::read_execute, n);
+        pal.reserve_view(shm_[0], bytes(), lo, hi, Access::read_execute, n);
     if (!rx) {
       Error e = rx.error();
       destroy(n);
@@ -124,9 +136,11 @@ class KernelWriteBackend final : public PageBackend {
   void destroy(SyscallCounts& n) noexcept override {
     if (rx_base_) (void)pal_->unmap_view(rx_base_, bytes(), n);
     if (stage_base_) (void)pal_->unmap(stage_base_, 2 * bytes(), n);
-    if (shm_.valid()) (void)pal_->close_shared(shm_, n);
+    for (SharedHandle& h : shm_) {
+      if (h.valid()) (void)pal_->close_shared(h, n);
+      h = SharedHandle{};
+    }
     rx_base_ = stage_base_ = nullptr;
-    shm_ = SharedHandle{};
   }
 
   // --- what the kernel shows ------------------------------------------------
@@ -156,7 +170,11 @@ class KernelWriteBackend final : public PageBackend {
     // deny_execmem policy). Gaining execute is always a mapping of the
     // memfd, never an mprotect.
     if (want == Access::read) return pal_->protect(rx_page(a), len, want, n);
-    return pal_->map_shared(rx_page(a), len, shm_, a << shift_, want, n);
+    // The region never asks for a change across a lane edge.
+    const std::size_t lane = a >> lane_shift_;
+    if (Result<void> r = make_lane(lane, n); !r) return r;
+    return pal_->map_shared(rx_page(a), len, shm_[lane],
+                            local_offset(a << shift_), want, n);
   }
 
   std::size_t fixed_vmas() const noexcept override { return 1; }  // staging
@@ -165,8 +183,19 @@ class KernelWriteBackend final : public PageBackend {
                         SyscallCounts& n) noexcept override {
     std::memset(populated_ + a, 0, b - a);
     std::memset(written_ + a, 0, b - a);  // holes again: zeros
-    return pal_->discard_shared(shm_, a << shift_, (b - a) << shift_,
-                                rx_page(a), n);
+    for (std::size_t x = a; x < b;) {
+      const std::size_t lane = x >> lane_shift_;
+      const std::size_t y = std::min(b, (lane + 1) << lane_shift_);
+      if (shm_[lane].valid()) {  // else never opened: nothing to free
+        if (Result<void> r =
+                pal_->discard_shared(shm_[lane], local_offset(x << shift_),
+                                     (y - x) << shift_, rx_page(x), n);
+            !r)
+          return r;
+      }
+      x = y;
+    }
+    return {};
   }
 
   bool revoke_before_decommit() const noexcept override { return true; }
@@ -276,8 +305,9 @@ class KernelWriteBackend final : public PageBackend {
     // One pwritev per contiguous group of pieces (in steady state: one).
     for (std::size_t g = 0; g < P.groups_.size(); ++g) {
       const Group& grp = P.groups_[g];
-      if (Result<void> r = pal_->write_shared(
-              shm_, grp.offset, P.pieces_.data() + grp.first, grp.count, n);
+      if (Result<void> r =
+              pal_->write_shared(lane_of(grp.offset), local_offset(grp.offset),
+                                 P.pieces_.data() + grp.first, grp.count, n);
           !r) {
         restore(P, g + 1, n);  // the failed group may be written in part
         return r.error();
@@ -347,7 +377,8 @@ class KernelWriteBackend final : public PageBackend {
   }
 
  private:
-  // A run of pieces written with one call, from `offset` in the memfd.
+  // A run of pieces written with one call, from `offset` in the reservation
+  // (a group never crosses a lane edge).
   struct Group {
     std::size_t offset;
     std::size_t first, count;  // pieces
@@ -456,8 +487,17 @@ class KernelWriteBackend final : public PageBackend {
 
   void add_piece(Plan& P, std::size_t offset, const void* data,
                  std::size_t len) {
+    // A piece that crosses a lane edge goes to two memfds: split there.
+    const std::size_t edge = lane_end(offset);
+    if (offset + len > edge) {
+      add_piece(P, offset, data, edge - offset);
+      add_piece(P, edge, static_cast<const std::byte*>(data) + (edge - offset),
+                len - (edge - offset));
+      return;
+    }
     if (P.groups_.empty() ||
-        P.groups_.back().offset + P.group_bytes_ != offset) {
+        P.groups_.back().offset + P.group_bytes_ != offset ||
+        lane_start(offset)) {
       P.groups_.push_back(Group{offset, P.pieces_.size(), 0});
       P.group_bytes_ = 0;
     }
@@ -589,25 +629,71 @@ class KernelWriteBackend final : public PageBackend {
       for (std::size_t u = P.undo_groups_[g].first; u < P.undo_groups_[g].end;
            ++u) {
         const Undo& rec = P.undo_[u];
-        P.restore_pieces_.clear();
-        if (rec.saved == kTraps) {
-          for (std::size_t at = 0; at < rec.bytes; at += trap_bytes())
+        // One write per lane the record covers.
+        for (std::size_t done = 0; done < rec.bytes;) {
+          const std::size_t off = rec.offset + done;
+          const std::size_t seg =
+              std::min(rec.bytes - done, lane_end(off) - off);
+          P.restore_pieces_.clear();
+          if (rec.saved == kTraps) {
+            for (std::size_t at = 0; at < seg; at += trap_bytes())
+              P.restore_pieces_.push_back(
+                  WritePiece{trap_page_, std::min(trap_bytes(), seg - at)});
+          } else {
             P.restore_pieces_.push_back(
-                WritePiece{trap_page_, std::min(trap_bytes(), rec.bytes - at)});
-        } else {
-          P.restore_pieces_.push_back(
-              WritePiece{&P.saved_[rec.saved].value, rec.bytes});
+                WritePiece{&P.saved_[rec.saved + done].value, seg});
+          }
+          if (!pal_->write_shared(lane_of(off), local_offset(off),
+                                  P.restore_pieces_.data(),
+                                  P.restore_pieces_.size(), n))
+            fatal("cannot restore code after a failed commit", rx_base_ + off,
+                  0);
+          done += seg;
         }
-        if (!pal_->write_shared(shm_, rec.offset, P.restore_pieces_.data(),
-                                P.restore_pieces_.size(), n))
-          fatal("cannot restore code after a failed commit",
-                rx_base_ + rec.offset, 0);
       }
     }
     P.written_groups_ = 0;
   }
 
-  SharedHandle shm_;
+  // Lanes: most of them, and the fewest pages one holds.
+  static constexpr std::size_t kMaxLanes = 64;
+  static constexpr std::size_t kMinLanePages = 64;
+
+  // The memfd of a lane, made when first needed. Named apart from
+  // dual_map's memfd: no mapping of these may ever be writable, and
+  // auditors (wxa-audit) check that by name.
+  [[nodiscard]] Result<void> make_lane(std::size_t lane,
+                                       SyscallCounts& n) noexcept {
+    if (shm_[lane].valid()) return {};
+    const std::size_t first = lane << lane_shift_;
+    const std::size_t pages =
+        std::min(std::size_t{1} << lane_shift_, pages_ - first);
+    Result<SharedHandle> h =
+        pal_->create_shared(pages << shift_, "wxarena-code", n);
+    if (!h) return h.error();
+    shm_[lane] = *h;
+    return {};
+  }
+  // Byte offsets in the reservation: the lane's memfd, the offset in it,
+  // whether a lane starts there (past the first), and where the lane ends.
+  [[nodiscard]] SharedHandle lane_of(std::size_t offset) const noexcept {
+    return shm_[offset >> (lane_shift_ + shift_)];
+  }
+  [[nodiscard]] std::size_t local_offset(std::size_t offset) const noexcept {
+    return offset & ((std::size_t{1} << (lane_shift_ + shift_)) - 1);
+  }
+  [[nodiscard]] bool lane_start(std::size_t offset) const noexcept {
+    return lane_count_ > 1 && offset != 0 && local_offset(offset) == 0;
+  }
+  [[nodiscard]] std::size_t lane_end(std::size_t offset) const noexcept {
+    const unsigned s = lane_shift_ + shift_;
+    return ((offset >> s) + 1) << s;
+  }
+
+  std::size_t want_lanes_ = 1;
+  unsigned lane_shift_ = 0;  // pages per lane: 1 << lane_shift_
+  std::size_t lane_count_ = 1;
+  SharedHandle shm_[kMaxLanes];
   std::byte* stage_base_ = nullptr;
   std::uint32_t* stage_of_ = nullptr;  // chunk head -> staging page + 1
   std::uint32_t* owner_ = nullptr;     // staging page -> chunk head + 1

@@ -18,7 +18,8 @@ Region::~Region() {
 
 Result<void> Region::init(Pal& pal, Backend backend, std::size_t pages,
                           std::uintptr_t lo, std::uintptr_t hi,
-                          bool name_mappings, SyscallCounts& n) noexcept {
+                          bool name_mappings, std::size_t lanes,
+                          SyscallCounts& n) noexcept {
   pal_ = &pal;
   pages_ = pages;
   page_size_ = pal.capabilities().page_size;
@@ -47,6 +48,7 @@ Result<void> Region::init(Pal& pal, Backend backend, std::size_t pages,
 
   ops_ = make_backend(backend);
   if (!ops_) return Error(Errc::out_of_memory, kNoMemory);
+  ops_->set_lanes(lanes);
   if (Result<void> r = ops_->init(pal, pages, shift_, lo, hi, name_mappings, n);
       !r) {
     destroy_backend(ops_);
@@ -54,6 +56,7 @@ Result<void> Region::init(Pal& pal, Backend backend, std::size_t pages,
     return r;
   }
   views_ = ops_->views();
+  lane_mask_ = ops_->lane_pages() ? ops_->lane_pages() - 1 : 0;
   for (int v = 0; v < 2; ++v)
     for (int k = 0; k < kPageStates; ++k)
       access_[v][k] = ops_->access(static_cast<PageState>(k), View(v));
@@ -91,15 +94,21 @@ void Region::set_revoked(std::size_t a, std::size_t b,
   for (std::size_t i = a; i < b; ++i) revoked_[i] = e;
 }
 
-// Protection boundaries between pages i-1 and i for i in [a, b), all views.
+// VMA boundaries between pages i-1 and i for i in [a, b), all views: where
+// the protection changes, and at a lane edge where both pages are mapped
+// (from two objects, which never merge).
 std::size_t Region::boundaries(std::size_t a, std::size_t b) const noexcept {
   std::size_t n = 0;
   if (a == 0) a = 1;
   if (b > pages_) b = pages_;
   const int nviews = views_;
   for (std::size_t i = a; i < b; ++i)
-    for (int v = 0; v < nviews; ++v)
-      n += access(state_[i - 1], View(v)) != access(state_[i], View(v));
+    for (int v = 0; v < nviews; ++v) {
+      const Access x = access(state_[i - 1], View(v));
+      const Access y = access(state_[i], View(v));
+      n += x != y ||
+           (lane_edge(i) && v == 0 && x != Access::none && y != Access::none);
+    }
   return n;
 }
 

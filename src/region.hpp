@@ -53,7 +53,7 @@ class Region {
   /// [lo, hi). All pages start `unused`.
   [[nodiscard]] Result<void> init(Pal& pal, Backend backend, std::size_t pages,
                                   std::uintptr_t lo, std::uintptr_t hi,
-                                  bool name_mappings,
+                                  bool name_mappings, std::size_t lanes,
                                   SyscallCounts& n) noexcept;
   /// Unmaps everything (idempotent). Failures here cannot be reported.
   void destroy(SyscallCounts& n) noexcept;
@@ -118,6 +118,14 @@ class Region {
   }
   /// How many views follow the page states (the backend's views()).
   [[nodiscard]] int views() const noexcept { return views_; }
+  /// Pages per lane (the backend's lane_pages()): 0 for one lane.
+  [[nodiscard]] std::size_t lane_pages() const noexcept {
+    return lane_mask_ ? lane_mask_ + 1 : 0;
+  }
+  /// True when a lane starts at page i (> 0).
+  [[nodiscard]] bool lane_edge(std::size_t i) const noexcept {
+    return lane_mask_ && (i & lane_mask_) == 0;
+  }
   /// Kernel VMAs the region occupies, from the state map.
   [[nodiscard]] std::size_t vmas() const noexcept {
     return vmas_ + ops_->fixed_vmas();
@@ -182,6 +190,7 @@ class Region {
   // them for every page it changes.
   Access access_[2][kPageStates] = {};
   int views_ = 0;
+  std::size_t lane_mask_ = 0;  // lane_pages() - 1, or 0 for one lane
 };
 
 // --- Region::change_access ---------------------------------------------------
@@ -228,7 +237,8 @@ Result<void> Region::change_access(std::size_t a, std::size_t b, Cur cur,
         const bool removes = only_removes(cur(i, v), target);
         std::size_t j = i + 1;
         bool differs = cur(i, v) != target;
-        while (j < b && want(j, v) == target &&
+        // One call never spans two lanes (two objects).
+        while (j < b && !lane_edge(j) && want(j, v) == target &&
                only_removes(cur(j, v), target) == removes) {
           differs |= cur(j, v) != target;
           ++j;

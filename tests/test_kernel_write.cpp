@@ -14,10 +14,14 @@
 #include <csignal>
 #include <cstdint>
 #include <cstring>
+#include <set>
+#include <thread>
 #include <vector>
 
 #include "support/arena_util.hpp"
 #include "support/backends.hpp"
+#include "support/fault_pal.hpp"
+#include "support/maps.hpp"
 #include "support/memory_fault.hpp"
 #include "support/native_code.hpp"
 #include "wxarena/arena.hpp"
@@ -37,6 +41,18 @@ class KernelWrite : public ::testing::Test {
     return o;
   }
 };
+
+// The memfds (by inode) mapped in the arena's code range.
+std::set<std::uint64_t> code_memfds(const Arena& arena) {
+  const auto lo = reinterpret_cast<std::uintptr_t>(arena.range().data());
+  const std::uintptr_t hi = lo + arena.range().size();
+  std::set<std::uint64_t> inodes;
+  for (const Mapping& m : read_maps())
+    if (m.begin < hi && lo < m.end &&
+        m.name.rfind("/memfd:wxarena-code", 0) == 0)
+      inodes.insert(m.inode);
+  return inodes;
+}
 
 // Resident pages of [p, p + bytes), by mincore(2).
 std::size_t resident(const void* p, std::size_t bytes) {
@@ -308,6 +324,139 @@ TEST_F(KernelWrite, FreshCodeIsMappedInBeforeTheFirstCall) {
   EXPECT_EQ(sum, 120u);
   EXPECT_LE(r1.ru_minflt - r0.ru_minflt, 2)
       << "calls into freshly sealed pages faulted them in one by one";
+}
+
+}  // namespace
+}  // namespace wxa::test
+
+namespace wxa::test {
+namespace {
+
+// Lanes (Options::lanes): each lane of the reservation has a memfd of its
+// own, and each thread allocates from its own lane first, so that threads
+// publishing side by side write to different files.
+class KernelWriteLanes : public KernelWrite {
+ protected:
+  // 2 lanes of 64 pages.
+  static Options lane_options() {
+    Options o = options(0);
+    o.lanes = 2;
+    o.reserve_bytes = 128 * os_page_size();
+    o.open_pages = 8;
+    return o;
+  }
+};
+
+TEST_F(KernelWriteLanes, AChunkAcrossTheLaneEdgeIsWrittenToBothMemfds) {
+  Result<Arena> made = Arena::create(lane_options());
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  const std::size_t ps = arena.page_size();
+  EXPECT_EQ(code_memfds(arena).size(), 0u) << "no page is open yet";
+  // 100 pages: more than a lane, so the chunk crosses the edge.
+  Result<Chunk> big = arena.allocate(100 * ps);
+  ASSERT_TRUE(Ok(big));
+  write_fn(*big, 0x1a);
+  ASSERT_NE(write_return_imm(big->rw().subspan(99 * ps), 0x2b), 0u);
+  ASSERT_TRUE(Ok(arena.seal(*big)));
+  const auto* rx = static_cast<const std::byte*>(big->rx());
+  EXPECT_EQ(call(rx), 0x1au);
+  EXPECT_EQ(call(rx + 99 * ps), 0x2bu);
+  EXPECT_EQ(code_memfds(arena).size(), 2u) << "a memfd per lane in use";
+  EXPECT_TRUE(vmas_agree(arena.stats().vmas, arena));
+  EXPECT_TRUE(audit_arena(arena));
+  // Retired: traps on both sides of the edge.
+  ASSERT_TRUE(Ok(arena.release(*big)));
+  EXPECT_FALSE(holds_fn(rx, 0x1a));
+  EXPECT_FALSE(holds_fn(rx + 99 * ps, 0x2b));
+  EXPECT_TRUE(vmas_agree(arena.stats().vmas, arena));
+  EXPECT_TRUE(audit_arena(arena));
+  EXPECT_TRUE(still_works(arena));
+}
+
+// Sealing a chunk across the lane edge makes a write to each memfd; a
+// failure at any call leaves the chunk writable and its code view as it
+// was, and the arena usable.
+TEST_F(KernelWriteLanes, FailureAtEveryCallOfACommitAcrossTheEdgeRollsBack) {
+  const std::size_t ps = os_page_size();
+  std::size_t calls = 0, writes = 0;
+  {
+    FaultPal pal;
+    Result<Arena> made = detail::create_arena(lane_options(), pal);
+    ASSERT_TRUE(Ok(made));
+    Result<Chunk> big = made->allocate(100 * ps);
+    ASSERT_TRUE(Ok(big));
+    write_fn(*big, 0x3c);
+    pal.count_only();
+    ASSERT_TRUE(Ok(made->seal(*big)));
+    calls = pal.failable_calls();
+    writes = pal.calls(PalCall::write_shared);
+  }
+  EXPECT_GE(writes, 2u) << "one pwritev per memfd";
+  for (std::size_t k = 1; k <= calls; ++k) {
+    SCOPED_TRACE(::testing::Message()
+                 << "failing call " << k << " of " << calls);
+    FaultPal pal;
+    Result<Arena> made = detail::create_arena(lane_options(), pal);
+    ASSERT_TRUE(Ok(made));
+    Arena& arena = *made;
+    Result<Chunk> big = arena.allocate(100 * ps);
+    ASSERT_TRUE(Ok(big));
+    write_fn(*big, 0x3c);
+    ASSERT_NE(write_return_imm(big->rw().subspan(99 * ps), 0x4d), 0u);
+    const auto states = state_map(arena);
+    pal.arm(k, ENOMEM);
+    EXPECT_TRUE(FailsWith(arena.seal(*big), Errc::out_of_memory));
+    EXPECT_TRUE(pal.fired());
+    pal.disarm();
+    EXPECT_EQ(state_map(arena), states);
+    const auto* rx = static_cast<const std::byte*>(big->rx());
+    EXPECT_FALSE(holds_fn(rx, 0x3c)) << "code left behind on one side";
+    EXPECT_FALSE(holds_fn(rx + 99 * ps, 0x4d)) << "code left on the other";
+    EXPECT_TRUE(vmas_agree(arena.stats().vmas, arena));
+    EXPECT_TRUE(audit_arena(arena));
+    // The staged bytes are intact: sealing again publishes them.
+    ASSERT_TRUE(Ok(arena.seal(*big)));
+    EXPECT_EQ(call(rx), 0x3cu);
+    EXPECT_EQ(call(rx + 99 * ps), 0x4du);
+    EXPECT_TRUE(audit_arena(arena));
+  }
+}
+
+TEST_F(KernelWriteLanes, ThreadsAllocateInLanesOfTheirOwn) {
+  Result<Arena> made = Arena::create(lane_options());
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  const std::size_t ps = arena.page_size();
+  const auto base = reinterpret_cast<std::uintptr_t>(arena.range().data());
+  // Two threads, one after the other: they are given lanes in turn.
+  std::vector<Chunk> chunks[2];
+  for (int t = 0; t < 2; ++t) {
+    std::thread th([&, t] {
+      for (std::uint32_t i = 0; i < 10; ++i) {
+        Result<Chunk> c = arena.allocate(ps);
+        if (!c) return;
+        write_fn(*c, 0x100 * (t + 1) + i);
+        if (!arena.seal(*c)) return;
+        chunks[t].push_back(*c);
+      }
+    });
+    th.join();
+    ASSERT_EQ(chunks[t].size(), 10u) << "thread " << t;
+  }
+  auto lane = [&](const Chunk& c) {
+    return (reinterpret_cast<std::uintptr_t>(c.rx()) - base) / ps / 64;
+  };
+  for (int t = 0; t < 2; ++t)
+    for (std::uint32_t i = 0; i < 10; ++i) {
+      EXPECT_EQ(lane(chunks[t][i]), lane(chunks[t][0])) << "thread " << t;
+      EXPECT_EQ(call(chunks[t][i].rx()), 0x100u * (t + 1) + i);
+    }
+  EXPECT_NE(lane(chunks[0][0]), lane(chunks[1][0]))
+      << "both threads allocated in one lane";
+  EXPECT_EQ(code_memfds(arena).size(), 2u);
+  EXPECT_TRUE(vmas_agree(arena.stats().vmas, arena));
+  EXPECT_TRUE(audit_arena(arena));
 }
 
 }  // namespace

@@ -92,6 +92,15 @@ struct Options {
   std::size_t open_pages = 1024;
   /// Name the arena's mappings in /proc/<pid>/maps where the kernel allows.
   bool name_mappings = true;
+  /// kernel_write: the reservation is split into this many lanes, each
+  /// backed by a memfd of its own (made when its first page is opened),
+  /// and each thread allocates from one lane first, so that threads
+  /// publishing side by side do not wait for each other's writes (the
+  /// kernel serialises writes to one file). Each lane in use is a VMA of
+  /// its own. 0: one per online CPU, at most 8; 1: one memfd. Lanes hold
+  /// at least 64 pages each, so small reservations get fewer. Ignored by
+  /// the other backends.
+  std::size_t lanes = 0;
 };
 
 /// One chunk as handed out: its writable view (only while writable) and its

@@ -171,6 +171,8 @@ Capabilities probe() noexcept {
   caps.page_size = static_cast<std::size_t>(::getpagesize());
   caps.granularity = caps.page_size;
   caps.max_map_count = read_max_map_count();
+  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+  caps.cpus = cpus > 0 ? static_cast<std::size_t>(cpus) : 1;
   std::size_t page = caps.page_size;
 
   void* p = ::mmap(nullptr, page, PROT_READ | PROT_WRITE,

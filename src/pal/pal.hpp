@@ -32,6 +32,7 @@ struct Capabilities {
   /// allocation granularity (64 KiB) on Windows. Chunks stay page-sized.
   std::size_t granularity = 0;
   std::size_t max_map_count = 0;  ///< vm.max_map_count (65530 if unknown)
+  std::size_t cpus = 1;           ///< online CPUs (1 if unknown)
   bool anon_exec = false;      ///< private anonymous memory may gain PROT_EXEC
   bool shared_memory = false;  ///< memfd_create works
   bool shared_exec = false;    ///< a memfd may be mapped PROT_EXEC
