@@ -2,6 +2,7 @@
 // The arena: chunk allocation, quarantine, lifecycle checks, stats.
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <limits>
 #include <new>
 
@@ -184,13 +185,49 @@ Chunk ArenaImpl::chunk_at(std::size_t head, bool writable) const noexcept {
                region_.rx_page(head), bytes);
 }
 
+namespace {
+// A thread's slot: the lowest one free when it first allocates from an
+// arena with lanes, given back when it exits, so that threads alive at the
+// same time hold different slots, hence different lanes (as long as there
+// are lanes enough), however many threads came and went before them.
+class LaneSlot {
+ public:
+  LaneSlot() noexcept {
+    for (std::size_t w = 0; w < kWords; ++w) {
+      std::uint64_t bits = g_used[w].load(std::memory_order_relaxed);
+      while (~bits) {
+        const int b = std::countr_one(bits);
+        if (g_used[w].compare_exchange_weak(bits, bits | (1ull << b),
+                                            std::memory_order_relaxed)) {
+          index = w * 64 + static_cast<std::size_t>(b);
+          return;
+        }
+      }
+    }
+    // More threads than slots: the rest share lanes in turn.
+    index = g_next.fetch_add(1, std::memory_order_relaxed);
+  }
+  ~LaneSlot() {
+    if (index < kWords * 64)
+      g_used[index / 64].fetch_and(~(1ull << (index % 64)),
+                                   std::memory_order_relaxed);
+  }
+  LaneSlot(const LaneSlot&) = delete;
+  LaneSlot& operator=(const LaneSlot&) = delete;
+
+  std::size_t index = 0;
+
+ private:
+  static constexpr std::size_t kWords = 4;
+  static inline std::atomic<std::uint64_t> g_used[kWords] = {};
+  static inline std::atomic<std::size_t> g_next{0};
+};
+}  // namespace
+
 std::size_t ArenaImpl::my_lane() const noexcept {
   if (lanes_ <= 1) return 0;
-  // Threads take lanes in turn, in the order they first allocate.
-  static std::atomic<std::size_t> next{0};
-  thread_local const std::size_t index =
-      next.fetch_add(1, std::memory_order_relaxed);
-  return index % lanes_;
+  thread_local const LaneSlot slot;
+  return slot.index % lanes_;
 }
 
 std::ptrdiff_t ArenaImpl::take_open(std::size_t pages, bool lane) noexcept {

@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstring>
+#include <latch>
 #include <set>
 #include <thread>
 #include <vector>
@@ -429,21 +430,25 @@ TEST_F(KernelWriteLanes, ThreadsAllocateInLanesOfTheirOwn) {
   Arena& arena = *made;
   const std::size_t ps = arena.page_size();
   const auto base = reinterpret_cast<std::uintptr_t>(arena.range().data());
-  // Two threads, one after the other: they are given lanes in turn.
+  // Two threads alive at the same time hold different lanes, whichever
+  // allocates first; each stays until both are done.
   std::vector<Chunk> chunks[2];
-  for (int t = 0; t < 2; ++t) {
-    std::thread th([&, t] {
+  std::latch done(2);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t)
+    threads.emplace_back([&, t] {
       for (std::uint32_t i = 0; i < 10; ++i) {
         Result<Chunk> c = arena.allocate(ps);
-        if (!c) return;
+        if (!c) break;
         write_fn(*c, 0x100 * (t + 1) + i);
-        if (!arena.seal(*c)) return;
+        if (!arena.seal(*c)) break;
         chunks[t].push_back(*c);
       }
+      done.arrive_and_wait();
     });
-    th.join();
+  for (std::thread& th : threads) th.join();
+  for (int t = 0; t < 2; ++t)
     ASSERT_EQ(chunks[t].size(), 10u) << "thread " << t;
-  }
   auto lane = [&](const Chunk& c) {
     return (reinterpret_cast<std::uintptr_t>(c.rx()) - base) / ps / 64;
   };
