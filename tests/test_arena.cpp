@@ -27,13 +27,15 @@ namespace {
 using ArenaCode = BackendTest;
 
 // The bytes just below and just above everything the arena reserved (in
-// dual_map the writable view may sit right next to the executable one).
+// dual_map the writable view may sit right next to the executable one; on
+// kernel_write the staging, twice the code's size, on either side of it).
 std::pair<const std::byte*, const std::byte*> outside(const Arena& arena) {
   const std::byte* rx = arena.range().data();
   const std::byte* rw = arena.rw_range().data();
-  const std::size_t n = arena.range().size();
-  return {std::min(rx, static_cast<const std::byte*>(rw)) - 1,
-          std::max(rx, static_cast<const std::byte*>(rw)) + n};
+  return {
+      std::min(rx, static_cast<const std::byte*>(rw)) - 1,
+      std::max(rx + arena.range().size(),
+               static_cast<const std::byte*>(rw) + arena.rw_range().size())};
 }
 
 // Thousands of chunks, each with its own function, sealed both in batches
