@@ -273,16 +273,28 @@ std::ptrdiff_t ArenaImpl::take_open(std::size_t pages, bool lane) noexcept {
 
 Result<void> ArenaImpl::open_at(RunMap::iterator it, std::uint32_t a,
                                 std::uint32_t n) noexcept {
-  // Out of the unused runs first: the only step that may need memory.
-  try {
-    carve_at(unused_, it, a, n);
-  } catch (const std::bad_alloc&) {
-    return Error(Errc::out_of_memory, kNoMemory);
+  // Pages from the middle of the run: split it at `a` first, the only step
+  // that may need memory; a failure below joins the halves again.
+  RunMap::iterator before = unused_.end();
+  if (a != it->first) {
+    try {
+      auto tail = unused_.emplace(a, it->first + it->second - a).first;
+      it->second = a - it->first;
+      before = it;
+      it = tail;
+    } catch (const std::bad_alloc&) {
+      return Error(Errc::out_of_memory, kNoMemory);
+    }
   }
+  auto rejoin = [&]() noexcept {
+    if (before == unused_.end()) return;
+    before->second += it->second;
+    unused_.erase(it);
+  };
   region_.set_state(a, a + n, PageState::open, 0);
   if (over_budget()) {
     region_.set_state(a, a + n, PageState::unused, 0);
-    insert_run(unused_, a, n);  // merges back: no allocation
+    rejoin();
     return Error(Errc::vma_budget);
   }
   std::size_t calls = 0;
@@ -292,9 +304,10 @@ Result<void> ArenaImpl::open_at(RunMap::iterator it, std::uint32_t a,
   protection_calls_ += calls;
   if (!r) {
     region_.set_state(a, a + n, PageState::unused, 0);
-    insert_run(unused_, a, n);
+    rejoin();
     return Error(r.error().code(), r.error().sys_errno());
   }
+  carve_front(unused_, it, n);
   insert_run(open_, a, n);  // merges with open neighbours
   return {};
 }

@@ -11,10 +11,13 @@
 
 #include <cerrno>
 
+#include <condition_variable>
 #include <csignal>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <latch>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
@@ -420,6 +423,98 @@ TEST_F(KernelWriteLanes, FailureAtEveryCallOfACommitAcrossTheEdgeRollsBack) {
     ASSERT_TRUE(Ok(arena.seal(*big)));
     EXPECT_EQ(call(rx), 0x3cu);
     EXPECT_EQ(call(rx + 99 * ps), 0x4du);
+    EXPECT_TRUE(audit_arena(arena));
+  }
+}
+
+// A thread that runs what it is given, one task at a time, and stays alive
+// (holding its lane) until destroyed.
+class Worker {
+ public:
+  Worker() : thread_([this] { loop(); }) {}
+  ~Worker() {
+    {
+      std::lock_guard g(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void run(std::function<void()> f) {
+    std::unique_lock l(m_);
+    task_ = std::move(f);
+    cv_.notify_all();
+    cv_.wait(l, [this] { return !task_; });
+  }
+
+ private:
+  void loop() {
+    std::unique_lock l(m_);
+    for (;;) {
+      cv_.wait(l, [this] { return stop_ || bool(task_); });
+      if (stop_) return;
+      task_();
+      task_ = nullptr;
+      cv_.notify_all();
+    }
+  }
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::function<void()> task_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+// Opening the first pages of a lane above the first takes them out of the
+// middle of a free run; when the OS refuses, the run is whole again and
+// nothing else changed.
+TEST_F(KernelWriteLanes, FailureToOpenPagesInALaneChangesNothing) {
+  const std::size_t ps = os_page_size();
+  Worker workers[2];
+  // Which worker allocates in which lane (two live threads: two lanes).
+  std::size_t lane_of[2] = {};
+  {
+    Result<Arena> made = Arena::create(lane_options());
+    ASSERT_TRUE(Ok(made));
+    const auto base = reinterpret_cast<std::uintptr_t>(made->range().data());
+    for (int w = 0; w < 2; ++w)
+      workers[w].run([&, w] {
+        Result<Chunk> c = made->allocate(ps);
+        if (c)
+          lane_of[w] =
+              (reinterpret_cast<std::uintptr_t>(c->rx()) - base) / ps / 64;
+      });
+    ASSERT_NE(lane_of[0], lane_of[1]);
+  }
+  Worker& first = workers[lane_of[0] == 0 ? 0 : 1];
+  Worker& second = workers[lane_of[0] == 0 ? 1 : 0];
+  for (const int err : {ENOMEM, EACCES}) {
+    FaultPal pal;
+    Result<Arena> made = detail::create_arena(lane_options(), pal);
+    ASSERT_TRUE(Ok(made));
+    Arena& arena = *made;
+    first.run([&] { EXPECT_TRUE(Ok(arena.allocate(ps))); });
+    const auto states = state_map(arena);
+    const auto kernel = kernel_map(arena);
+    const Stats before = arena.stats();
+    pal.arm(1, err, kAllSyscalls);
+    second.run([&] { EXPECT_FALSE(arena.allocate(ps)); });
+    EXPECT_TRUE(pal.fired());
+    pal.disarm();
+    EXPECT_EQ(state_map(arena), states);
+    EXPECT_EQ(kernel_map(arena), kernel);
+    EXPECT_EQ(arena.stats().allocations, before.allocations);
+    EXPECT_TRUE(vmas_agree(arena.stats().vmas, arena));
+    // The run is whole again: the lane opens as if nothing had happened.
+    second.run([&] {
+      Result<Chunk> c = arena.allocate(ps);
+      ASSERT_TRUE(Ok(c));
+      EXPECT_EQ(static_cast<const std::byte*>(c->rx()),
+                arena.range().data() + 64 * ps);
+      write_fn(*c, 0x5e);
+      ASSERT_TRUE(Ok(arena.seal(*c)));
+      EXPECT_EQ(call(c->rx()), 0x5eu);
+    });
     EXPECT_TRUE(audit_arena(arena));
   }
 }
