@@ -134,10 +134,11 @@ Result<void> ArenaImpl::init() noexcept {
     if (initial_vmas(candidates[k]) <= vma_budget_)
       candidates[fits++] = candidates[k];
   if (fits == 0) return Error(Errc::invalid_argument);
-  if (options_.lanes > 64) return Error(Errc::invalid_argument);
-  const std::size_t lanes = options_.lanes
-                                ? options_.lanes
-                                : std::min<std::size_t>(caps.cpus, kMaxLanes);
+  if (options_.lanes > PageBackend::kLaneLimit)
+    return Error(Errc::invalid_argument);
+  const std::size_t lanes =
+      options_.lanes ? options_.lanes
+                     : std::min<std::size_t>(caps.cpus, kDefaultMaxLanes);
   Result<void> made;
   for (std::size_t k = 0; k < fits; ++k) {
     made = region_.init(pal_, candidates[k], pages, lo, hi,
@@ -170,8 +171,6 @@ Result<void> ArenaImpl::init() noexcept {
       recycling_is_free
           ? std::min<std::size_t>(options_.open_pages, kFreeRecyclePages)
           : options_.open_pages;
-  if (const std::size_t lp = region_.lane_pages(); lp)
-    lanes_ = (region_.pages() + lp - 1) / lp;
   if (caps.barrier) barrier_registered_ = bool(pal_.register_barrier(sys_));
   fork_generation_ = fork_generation();
   return {};
@@ -225,9 +224,10 @@ class LaneSlot {
 }  // namespace
 
 std::size_t ArenaImpl::my_lane() const noexcept {
-  if (lanes_ <= 1) return 0;
+  const std::size_t lanes = region_.lanes();
+  if (lanes <= 1) return 0;
   thread_local const LaneSlot slot;
-  return slot.index % lanes_;
+  return slot.index % lanes;
 }
 
 std::ptrdiff_t ArenaImpl::take_open(std::size_t pages, bool lane) noexcept {
@@ -243,7 +243,8 @@ std::ptrdiff_t ArenaImpl::take_open(std::size_t pages, bool lane) noexcept {
       const std::size_t end = std::size_t{below->first} + below->second;
       if (end >= std::size_t{lo} + pages) {
         try {
-          carve_at(open_, below, lo, static_cast<std::uint32_t>(pages));
+          carve_front(open_, split_run(open_, below, lo),
+                      static_cast<std::uint32_t>(pages));
           return lo;
         } catch (const std::bad_alloc&) {
           // Nothing changed: any other fit will do.
@@ -278,8 +279,7 @@ Result<void> ArenaImpl::open_at(RunMap::iterator it, std::uint32_t a,
   RunMap::iterator before = unused_.end();
   if (a != it->first) {
     try {
-      auto tail = unused_.emplace(a, it->first + it->second - a).first;
-      it->second = a - it->first;
+      const RunMap::iterator tail = split_run(unused_, it, a);
       before = it;
       it = tail;
     } catch (const std::bad_alloc&) {
@@ -458,14 +458,30 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
   Result<std::uint32_t> head = allocate_locked(pages);
   if (!head) return head.error();
   const Chunk chunk = chunk_at(*head, true);
-  if (region_.ops().stage_needs_traps()) {
-    // Staging recycled from other chunks: traps over whatever it held, so
-    // no stale byte ever becomes code. The chunk is no one else's yet; the
-    // lock is not needed for this.
-    lock.unlock();
-    fill_traps(chunk.rw().data(), chunk.rw().size());
-  }
+  fill_staging(lock, &chunk, 1);
   return chunk;
+}
+
+void ArenaImpl::fill_staging(std::unique_lock<std::mutex>& lock,
+                             const Chunk* chunks, std::size_t n) noexcept {
+  if (!region_.ops().stage_needs_traps()) return;
+  // Staging recycled from other chunks: traps over whatever it held, so no
+  // stale byte ever becomes code. The chunks are no one else's yet; the
+  // lock is not needed for this.
+  lock.unlock();
+  for (std::size_t k = 0; k < n; ++k)
+    fill_traps(chunks[k].rw().data(), chunks[k].rw().size());
+}
+
+Result<void> ArenaImpl::make_writable(std::uint32_t head,
+                                      std::uint32_t n) noexcept {
+  if (Result<std::byte*> st = region_.ops().stage(head, n, false); !st)
+    return st.error();
+  region_.set_state(head, head + n, PageState::writable, head);
+  region_.set_length(head, n);
+  ++chunks_[static_cast<int>(State::writable)];
+  ++allocations_;
+  return {};
 }
 
 Result<std::size_t> ArenaImpl::allocate_pages(std::size_t most,
@@ -482,20 +498,11 @@ Result<std::size_t> ArenaImpl::allocate_pages(std::size_t most,
   while (n < most) {
     const auto head = static_cast<std::uint32_t>(*first + n);
     auto it = open_.find(head);
-    if (it == open_.end()) break;
-    if (!region_.ops().stage(head, 1, false)) break;  // nothing taken yet
+    if (it == open_.end() || !make_writable(head, 1)) break;
     carve_front(open_, it, 1);
-    region_.set_state(head, head + 1, PageState::writable, head);
-    region_.set_length(head, 1);
-    ++chunks_[static_cast<int>(State::writable)];
-    ++allocations_;
     out[n++] = chunk_at(head, true);
   }
-  if (region_.ops().stage_needs_traps()) {
-    lock.unlock();
-    for (std::size_t k = 0; k < n; ++k)
-      fill_traps(out[k].rw().data(), out[k].rw().size());
-  }
+  fill_staging(lock, out, n);
   return n;
 }
 
@@ -503,7 +510,7 @@ Result<std::uint32_t> ArenaImpl::allocate_locked(std::size_t pages) noexcept {
   try {
     // With lanes, this thread's lane first: its open pages, its recycled
     // ones, fresh ones opened there; then any lane.
-    const bool lanes = lanes_ > 1;
+    const bool lanes = region_.lanes() > 1;
     std::ptrdiff_t a = take_open(pages, lanes);
     if (a < 0) {
       // Quarantined pages come back in groups, once recycle_pages_ of them
@@ -546,14 +553,10 @@ Result<std::uint32_t> ArenaImpl::allocate_locked(std::size_t pages) noexcept {
     if (a < 0) return Error(Errc::exhausted);
     const auto head = static_cast<std::uint32_t>(a);
     const auto n = static_cast<std::uint32_t>(pages);
-    if (Result<std::byte*> st = region_.ops().stage(head, n, false); !st) {
+    if (Result<void> made = make_writable(head, n); !made) {
       insert_run(open_, head, n);  // merges back: no allocation
-      return st.error();
+      return made.error();
     }
-    region_.set_state(head, head + pages, PageState::writable, head);
-    region_.set_length(head, n);
-    ++chunks_[static_cast<int>(State::writable)];
-    ++allocations_;
     return head;
   } catch (const std::bad_alloc&) {
     return Error(Errc::out_of_memory, kNoMemory);

@@ -42,7 +42,7 @@ namespace detail {
 /// back together at most (see ArenaImpl::init()).
 inline constexpr std::size_t kFreeRecyclePages = 64;
 // Lanes when Options::lanes is 0: one per online CPU, at most this many.
-inline constexpr std::size_t kMaxLanes = 8;
+inline constexpr std::size_t kDefaultMaxLanes = 8;
 
 class ArenaImpl {
  public:
@@ -110,6 +110,15 @@ class ArenaImpl {
   // chunk's head page.
   [[nodiscard]] Result<std::uint32_t> allocate_locked(
       std::size_t pages) noexcept;
+  // Makes pages [head, head + n), free and taken out of the free runs by
+  // the caller, a writable chunk with its staging; on failure (no staging)
+  // nothing changed.
+  [[nodiscard]] Result<void> make_writable(std::uint32_t head,
+                                           std::uint32_t n) noexcept;
+  // Lets go of `lock` and fills the new chunks' staging with traps (their
+  // pages are no one else's yet), where the backend stages.
+  void fill_staging(std::unique_lock<std::mutex>& lock, const Chunk* chunks,
+                    std::size_t n) noexcept;
   // Opens free pages for a chunk of `pages`; with `lane`, in this thread's
   // lane only (exhausted if it has no room).
   [[nodiscard]] Result<void> open_more(std::size_t pages,
@@ -161,8 +170,6 @@ class ArenaImpl {
   std::size_t vma_budget_ = 0;
   // Quarantined pages recycled together (see init()).
   std::size_t recycle_pages_ = 1;
-  // Lanes of the region (see Options::lanes): 1 unless the backend has more.
-  std::size_t lanes_ = 1;
   bool barrier_registered_ = false;
   std::uint64_t fork_generation_ = 0;  // of the process that made the arena
 

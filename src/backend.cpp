@@ -86,15 +86,11 @@ void carve_front(RunMap& runs, RunMap::iterator it,
   runs.insert(std::move(node));  // reuses the node: cannot throw
 }
 
-void carve_at(RunMap& runs, RunMap::iterator it, std::uint32_t a,
-              std::uint32_t len) {
-  if (a == it->first) {
-    carve_front(runs, it, len);
-    return;
-  }
-  const std::uint32_t end = it->first + it->second;
-  if (a + len < end) runs.emplace(a + len, end - (a + len));
+RunMap::iterator split_run(RunMap& runs, RunMap::iterator it, std::uint32_t a) {
+  if (a == it->first) return it;
+  auto tail = runs.emplace(a, it->first + it->second - a).first;
   it->second = a - it->first;
+  return tail;
 }
 
 }  // namespace wxa::detail

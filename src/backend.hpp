@@ -98,6 +98,8 @@ class PageBackend {
   /// Unmaps everything (idempotent). Failures cannot be reported here.
   virtual void destroy(SyscallCounts& n) noexcept = 0;
 
+  /// The most lanes a backend makes (Options::lanes above it is refused).
+  static constexpr std::size_t kLaneLimit = 64;
   /// Asked for before init(): split the pages into this many lanes where
   /// the backend's writes serialise per object (kernel_write: one memfd a
   /// lane, since the kernel takes a file's lock for each write), so that
@@ -279,10 +281,9 @@ using RunMap = MetaMap<std::uint32_t, std::uint32_t>;
 void insert_run(RunMap& runs, std::uint32_t a, std::uint32_t len);
 /// Removes the first `len` pages of the run at `it`.
 void carve_front(RunMap& runs, RunMap::iterator it, std::uint32_t len) noexcept;
-// Removes [a, a + len) from the run at `it`, which holds it. Taking it out
-// of the middle makes the part after it a run of its own: that may throw
-// std::bad_alloc, before anything changed.
-void carve_at(RunMap& runs, RunMap::iterator it, std::uint32_t a,
-              std::uint32_t len);
+// Splits the run at `it` at page `a` (inside it) into two adjacent runs and
+// returns the one starting at `a` (`it` itself if it starts there). May
+// throw std::bad_alloc, before anything changed.
+RunMap::iterator split_run(RunMap& runs, RunMap::iterator it, std::uint32_t a);
 
 }  // namespace wxa::detail

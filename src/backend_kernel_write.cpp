@@ -75,7 +75,7 @@ class KernelWriteBackend final : public PageBackend {
     if (pages % 64) free_bits_[words_ - 1] = ~std::uint64_t{0} << (pages % 64);
 
     // Lanes of a power-of-two number of pages, at least kMinLanePages.
-    std::size_t lanes = std::clamp<std::size_t>(want_lanes_, 1, kMaxLanes);
+    std::size_t lanes = std::clamp<std::size_t>(want_lanes_, 1, kLaneLimit);
     lanes = std::min(lanes, std::max<std::size_t>(1, pages / kMinLanePages));
     const std::size_t per_lane = std::bit_ceil((pages + lanes - 1) / lanes);
     lane_shift_ = static_cast<unsigned>(std::countr_zero(per_lane));
@@ -655,8 +655,7 @@ class KernelWriteBackend final : public PageBackend {
     P.written_groups_ = 0;
   }
 
-  // Lanes: most of them, and the fewest pages one holds.
-  static constexpr std::size_t kMaxLanes = 64;
+  // The fewest pages a lane holds.
   static constexpr std::size_t kMinLanePages = 64;
 
   // The memfd of a lane, made when first needed. Named apart from
@@ -693,7 +692,7 @@ class KernelWriteBackend final : public PageBackend {
   std::size_t want_lanes_ = 1;
   unsigned lane_shift_ = 0;  // pages per lane: 1 << lane_shift_
   std::size_t lane_count_ = 1;
-  SharedHandle shm_[kMaxLanes];
+  SharedHandle shm_[kLaneLimit];
   std::byte* stage_base_ = nullptr;
   std::uint32_t* stage_of_ = nullptr;  // chunk head -> staging page + 1
   std::uint32_t* owner_ = nullptr;     // staging page -> chunk head + 1

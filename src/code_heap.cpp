@@ -32,6 +32,7 @@ class HeapImpl {
   [[nodiscard]] Result<void> release(const void* rx) noexcept;
   [[nodiscard]] HeapStats stats() const noexcept {
     HeapStats s = stats_;
+    s.reserve_pages = reserve_end_ - reserve_first_;
     s.committed_bytes += s.reserve_pages << shift_;  // held too
     return s;
   }
@@ -175,11 +176,9 @@ Result<HeapImpl::Page*> HeapImpl::new_page(std::size_t pages) noexcept {
       if (!n) return n.error();
       reserve_first_ = 0;
       reserve_end_ = *n;
-      stats_.reserve_pages = *n;
       refill_ = std::min(refill_ * 2, kMaxReserve);
     }
     c = reserve_[reserve_first_++];
-    --stats_.reserve_pages;
   } else {
     c = impl_.allocate(pages << shift_);
     if (!c) return c.error();
@@ -189,7 +188,6 @@ Result<HeapImpl::Page*> HeapImpl::new_page(std::size_t pages) noexcept {
   auto give_back = [&] {
     if (pages == 1) {
       --reserve_first_;
-      ++stats_.reserve_pages;
     } else {
       (void)arena_.release(c->rx());
     }

@@ -122,6 +122,10 @@ class Region {
   [[nodiscard]] std::size_t lane_pages() const noexcept {
     return lane_mask_ ? lane_mask_ + 1 : 0;
   }
+  /// How many lanes the pages make (1 without lanes).
+  [[nodiscard]] std::size_t lanes() const noexcept {
+    return lane_mask_ ? (pages_ + lane_mask_) / (lane_mask_ + 1) : 1;
+  }
   /// True when a lane starts at page i (> 0).
   [[nodiscard]] bool lane_edge(std::size_t i) const noexcept {
     return lane_mask_ && (i & lane_mask_) == 0;

@@ -102,6 +102,8 @@ Capabilities probe() noexcept {
     if (!::VirtualFree(p, 0, MEM_RELEASE)) caps.anon_exec = false;
   }
 
+  // The section's maximum protection (what views of it may ask for), not
+  // a view's: no view below is ever mapped writable and executable.
   HANDLE s = ::CreateFileMappingW(INVALID_HANDLE_VALUE, nullptr,
                                   PAGE_EXECUTE_READWRITE, 0,
                                   static_cast<DWORD>(page), nullptr);
@@ -354,10 +356,12 @@ Result<SharedHandle> Pal::create_shared(std::size_t bytes, const char*,
   const Capabilities& caps = capabilities();
   if (!caps.shared_memory || !caps.shared_exec)
     return Error(Errc::not_supported);
-  // Pagefile-backed and committed whole (SEC_COMMIT): committing pages of a
-  // SEC_RESERVE section through one view would make them accessible in the
-  // other view with that view's access. Not inheritable: no child process
-  // gets a handle to it.
+  // PAGE_EXECUTE_READWRITE is the section's maximum protection, which lets
+  // one view be read+execute and another read+write; no single view is
+  // ever both. Pagefile-backed and committed whole (SEC_COMMIT): committing
+  // pages of a SEC_RESERVE section through one view would make them
+  // accessible in the other view with that view's access. Not inheritable:
+  // no child process gets a handle to it.
   const auto size = static_cast<std::uint64_t>(bytes);
   ++n.memfd;
   HANDLE s = ::CreateFileMappingW(
