@@ -190,7 +190,9 @@ class ArenaImpl {
   std::size_t scratch_made_ = 0;
   std::condition_variable flight_done_;  // a commit let go of its chunks
   std::size_t waiting_ = 0;              // commits waiting for that
-  MetaVector<Batch::Op> split_;          // commit_by_unsealing()'s own batches
+  // Releases of commits in flight, for which the quarantine has room.
+  std::size_t in_flight_releases_ = 0;
+  MetaVector<Batch::Op> split_;  // commit_by_unsealing()'s own batches
   MetaVector<std::byte> patch_saved_;
 
   mutable SyscallCounts sys_;

@@ -185,9 +185,10 @@ class PageBackend {
   /// True when a commit's bytes reach the code through a content plan
   /// (below) rather than by the pages changing protection under the writer.
   [[nodiscard]] virtual bool writes_content() const noexcept { return false; }
-  /// True when plan_content() reads only the plan's own chunks and what
-  /// never changes after init(), so the arena may call it without its lock
-  /// once those chunks are marked in flight.
+  /// True when plan_content(), write_planned() and finish_content() touch
+  /// only the plan's own chunks and what never changes after init(), so
+  /// the arena may call them without its lock once those chunks are marked
+  /// in flight.
   [[nodiscard]] virtual bool plans_without_lock() const noexcept {
     return false;
   }
@@ -204,8 +205,8 @@ class PageBackend {
     (void)count;
     return {};
   }
-  /// Copies a plan's bytes into the code. The only step of a commit that
-  /// may run without the arena's lock: it touches only the plan and the
+  /// Copies a plan's bytes into the code. Runs without the arena's lock
+  /// where plans_without_lock() says so: it touches only the plan and the
   /// pages of the plan's chunks, which no other commit may name meanwhile.
   /// On failure what was written is restored before it returns.
   [[nodiscard]] virtual Result<void> write_planned(ContentPlan& plan,
@@ -214,10 +215,11 @@ class PageBackend {
     (void)n;
     return {};
   }
-  /// After write_planned(), under the lock: the backend's own records of
-  /// what the pages hold, and fresh pages mapped in. On failure the writes
-  /// are undone before it returns. After success, undo_content() restores
-  /// it all.
+  /// After write_planned(), with or without the lock as it: the backend's
+  /// own records of what the plan's pages hold (kept per page, so touching
+  /// only those), and fresh pages mapped in. On failure the writes are
+  /// undone before it returns. After success, undo_content() (under the
+  /// lock) restores it all.
   [[nodiscard]] virtual Result<void> finish_content(ContentPlan& plan,
                                                     const ContentItem* items,
                                                     std::size_t count,

@@ -248,7 +248,8 @@ Result<CommitReport> ArenaImpl::commit_locked(
     releases += it.to == PageState::retired;
     patches |= ops[it.op].kind == OpKind::patch;
   }
-  quarantine_.reserve(quarantine_.size() + releases);
+  // (Commits in flight have room for theirs already.)
+  quarantine_.reserve(quarantine_.size() + in_flight_releases_ + releases);
 
   // What the commit writes into the code, where the backend copies it in.
   const bool content = backend.writes_content();
@@ -404,40 +405,44 @@ Result<CommitReport> ArenaImpl::commit_locked(
   // The epoch pages that stop being executable carry (see step 8).
   BarrierEpoch revoked_epoch = epoch;
   if (content) {
-    // Planning (the staged bytes scanned, retired code saved) and the
-    // kernel's copy are the long steps: where the backend allows, they run
-    // without the lock, other threads' commits and allocations going on
-    // meanwhile. The batch's chunks are in flight: a commit naming one
-    // waits (nothing else reaches their pages).
+    // Planning (the staged bytes scanned, retired code saved), the
+    // kernel's copy and mapping fresh pages in are the long steps: where
+    // the backend allows, they run without the lock, other threads'
+    // commits and allocations going on meanwhile. The batch's chunks are
+    // in flight: a commit naming one waits (nothing else reaches their
+    // pages).
     const bool apart = lock && backend.plans_without_lock();
     if (apart) {
       for (const Item& it : s.items)
         region_.add_flags(it.head, it.head + 1, kInFlight);
+      in_flight_releases_ += releases;
       lock->unlock();
     }
     SyscallCounts io;
     Result<void> r =
         backend.plan_content(s.plan, s.content.data(), s.content.size());
     if (r) r = backend.write_planned(*s.plan, io);
+    if (r)
+      r = backend.finish_content(*s.plan, s.content.data(), s.content.size(),
+                                 io);
+    if (r) flush_code();
     if (apart) {
       relock(*lock);
       for (const Item& it : s.items)
         region_.clear_flags(it.head, it.head + 1, kInFlight);
+      in_flight_releases_ -= releases;
       if (waiting_) flight_done_.notify_all();
       // Barriers issued meanwhile may have come before the copy.
       revoked_epoch = static_cast<BarrierEpoch>(barriers_);
     }
     sys_.write += io.write;
+    sys_.madvise += io.madvise;
     report.writes = static_cast<std::size_t>(io.write);
-    if (r)
-      r = backend.finish_content(*s.plan, s.content.data(), s.content.size(),
-                                 sys_);
     if (!r) {
       rollback(removed, false, 0);
       return Error(r.error().code(), r.error().sys_errno(),
                    region_.rx_page(s.items.front().head));
     }
-    flush_code();
   }
   if (Result<void> r = apply_pass(kAdd, added); !r) {
     const Error& e = r.error();
@@ -475,7 +480,8 @@ Result<CommitReport> ArenaImpl::commit_locked(
   }
   if (releases) {
     // Chunks released together pass the quarantine together, so they come
-    // back as one run (one call) instead of piecemeal.
+    // back as one run (one call) instead of piecemeal. Room was made
+    // before the first system call.
     released_ += releases;
     for (const Item& it : s.items)
       if (it.to == PageState::retired)
