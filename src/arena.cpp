@@ -14,7 +14,8 @@ ArenaImpl::ArenaImpl(Pal& pal, const Options& options) noexcept
     : pal_(pal), options_(options) {}
 
 ArenaImpl::~ArenaImpl() {
-  for (Scratch* s : idle_scratch_) {
+  for (const Idle& idle : idle_scratch_) {
+    Scratch* s = idle.scratch;
     if (s->plan) region_.ops().destroy_plan(s->plan);  // made by it
     s->~Scratch();
     meta_free(s);
@@ -49,8 +50,14 @@ void ArenaImpl::relock(std::unique_lock<std::mutex>& lock) noexcept {
 }
 
 ArenaImpl::Scratch* ArenaImpl::take_scratch() noexcept {
+  const std::size_t slot = my_slot();
   if (!idle_scratch_.empty()) {
-    Scratch* s = idle_scratch_.back();
+    // The one this thread used last, if idle: its memory (the plan, the
+    // bytes saved for an undo) is in this core's cache, not another's.
+    auto it = std::find_if(idle_scratch_.rbegin(), idle_scratch_.rend(),
+                           [slot](const Idle& e) { return e.slot == slot; });
+    if (it != idle_scratch_.rend()) std::iter_swap(it, idle_scratch_.rbegin());
+    Scratch* s = idle_scratch_.back().scratch;
     idle_scratch_.pop_back();
     return s;
   }
@@ -67,7 +74,8 @@ ArenaImpl::Scratch* ArenaImpl::take_scratch() noexcept {
 }
 
 void ArenaImpl::give_scratch(Scratch* s) noexcept {
-  idle_scratch_.push_back(s);  // capacity reserved in take_scratch()
+  // Capacity reserved in take_scratch().
+  idle_scratch_.push_back(Idle{s, my_slot()});
 }
 
 Result<void> ArenaImpl::init() noexcept {
@@ -223,11 +231,14 @@ class LaneSlot {
 };
 }  // namespace
 
+std::size_t ArenaImpl::my_slot() noexcept {
+  thread_local const LaneSlot slot;
+  return slot.index;
+}
+
 std::size_t ArenaImpl::my_lane() const noexcept {
   const std::size_t lanes = region_.lanes();
-  if (lanes <= 1) return 0;
-  thread_local const LaneSlot slot;
-  return slot.index % lanes;
+  return lanes <= 1 ? 0 : my_slot() % lanes;
 }
 
 std::ptrdiff_t ArenaImpl::take_open(std::size_t pages, bool lane) noexcept {

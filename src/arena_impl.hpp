@@ -98,6 +98,10 @@ class ArenaImpl {
     MetaVector<ContentItem> content;
     ContentPlan* plan = nullptr;  // the backend's
   };
+  struct Idle {
+    Scratch* scratch;
+    std::size_t slot;  // my_slot() of the thread that used it last
+  };
 
   [[nodiscard]] Result<std::uint32_t> validate(const Batch::Op& op,
                                                PageState& from,
@@ -127,6 +131,8 @@ class ArenaImpl {
   // failure nothing changed.
   [[nodiscard]] Result<void> open_at(RunMap::iterator it, std::uint32_t a,
                                      std::uint32_t n) noexcept;
+  // This thread's slot: the lowest number no other live thread holds.
+  [[nodiscard]] static std::size_t my_slot() noexcept;
   // The lane this thread allocates from first (0 with one lane).
   [[nodiscard]] std::size_t my_lane() const noexcept;
   [[nodiscard]] Result<void> recycle() noexcept;
@@ -186,7 +192,7 @@ class ArenaImpl {
   std::uint64_t released_ = 0;
 
   // Scratch reused by every commit, so a commit does not allocate.
-  MetaVector<Scratch*> idle_scratch_;  // capacity: every one made
+  MetaVector<Idle> idle_scratch_;  // capacity: every one made
   std::size_t scratch_made_ = 0;
   std::condition_variable flight_done_;  // a commit let go of its chunks
   std::size_t waiting_ = 0;              // commits waiting for that
