@@ -80,6 +80,8 @@ class KernelWriteBackend final : public PageBackend {
     const std::size_t per_lane = std::bit_ceil((pages + lanes - 1) / lanes);
     lane_shift_ = static_cast<unsigned>(std::countr_zero(per_lane));
     lane_count_ = (pages + per_lane - 1) / per_lane;
+    for (std::size_t l = 0; l < lane_count_; ++l)
+      low_[l] = (l << lane_shift_) / 64;
     // The first lane's memfd now, so that a host refusing memfds refuses
     // the backend at once; the others when their first page is opened.
     if (Result<void> r = make_lane(0, n); !r) return r;
@@ -99,7 +101,8 @@ class KernelWriteBackend final : public PageBackend {
     // address space allows, so that a JIT may keep read-write data there
     // and reach it from code (see include/wxarena/adapters/). Mapped
     // read+write once: never executable. Its first half is a pool reused
-    // lowest address first, so staging stays warm; its second half mirrors
+    // lowest address first, so staging stays warm, in one part per lane
+    // (a chunk is staged in its lane's part); its second half mirrors
     // the code page by page, so a chunk always has staging even when the
     // pool is too fragmented to hold it in one piece.
     const auto code = reinterpret_cast<std::uintptr_t>(rx_base_);
@@ -205,8 +208,9 @@ class KernelWriteBackend final : public PageBackend {
 
   Result<std::byte*> stage(std::uint32_t head, std::uint32_t pages,
                            bool keep_code) noexcept override {
-    std::ptrdiff_t s = take_staging(pages);
-    // No run of the pool holds it: the chunk's own page in the mirror half.
+    std::ptrdiff_t s = take_staging(head, pages);
+    // No run of the pool's part holds it: the chunk's own page in the mirror
+    // half.
     if (s < 0) s = static_cast<std::ptrdiff_t>(pages_ + head);
     const auto si = static_cast<std::uint32_t>(s);
     for (std::uint32_t k = 0; k < pages; ++k) owner_[si + k] = head + 1;
@@ -226,7 +230,8 @@ class KernelWriteBackend final : public PageBackend {
     if (s >= pages_) return;  // the mirror half: nothing to give back
     for (std::uint32_t k = 0; k < pages; ++k)
       free_bits_[(s + k) / 64] &= ~(std::uint64_t{1} << ((s + k) % 64));
-    low_ = std::min<std::size_t>(low_, s / 64);
+    std::size_t& low = low_[s >> lane_shift_];
+    low = std::min<std::size_t>(low, s / 64);
   }
 
   std::byte* staged(std::uint32_t head) const noexcept override {
@@ -421,11 +426,19 @@ class KernelWriteBackend final : public PageBackend {
     return free_bits_[s / 64] >> (s % 64) & 1;
   }
 
-  // Lowest-address first fit in the staging bitmap: pages used last are
-  // reused first, so staging stays warm (no page fault per publish).
-  std::ptrdiff_t take_staging(std::uint32_t pages) noexcept {
-    std::size_t s = low_ * 64;
-    while (s + pages <= pages_) {
+  // Lowest-address first fit in the staging bitmap, within the part of the
+  // pool beside the chunk's lane: pages used last are reused first, so
+  // staging stays warm (no page fault per publish), and threads, which
+  // allocate in lanes of their own, keep to staging of their own (no cache
+  // line of it moves between cores).
+  std::ptrdiff_t take_staging(std::uint32_t head,
+                              std::uint32_t pages) noexcept {
+    const std::size_t lane = head >> lane_shift_;
+    const std::size_t end =
+        std::min(pages_, (lane + 1) << lane_shift_);  // word-aligned or pages_
+    std::size_t& low = low_[lane];
+    std::size_t s = low * 64;
+    while (s + pages <= end) {
       if (used(s)) {
         // Skip whole used words.
         const std::size_t w = s / 64;
@@ -439,7 +452,7 @@ class KernelWriteBackend final : public PageBackend {
       if (e == s + pages) {
         for (std::size_t k = s; k < e; ++k)
           free_bits_[k / 64] |= std::uint64_t{1} << (k % 64);
-        while (low_ < words_ && free_bits_[low_] == ~std::uint64_t{0}) ++low_;
+        while (low * 64 < end && free_bits_[low] == ~std::uint64_t{0}) ++low;
         return static_cast<std::ptrdiff_t>(s);
       }
       s = e;
@@ -704,7 +717,9 @@ class KernelWriteBackend final : public PageBackend {
   // rest of the chunk holds traps, or zeros where never written).
   std::uint32_t* extent_ = nullptr;
   std::uint64_t* free_bits_ = nullptr;
-  std::size_t words_ = 0, low_ = 0;  // low_: first word that may have room
+  std::size_t words_ = 0;
+  // Per lane: the first word of its part of the pool that may have room.
+  std::size_t low_[kLaneLimit] = {};
   std::byte* trap_page_ = nullptr;
 };
 

@@ -526,8 +526,11 @@ TEST_F(KernelWriteLanes, ThreadsAllocateInLanesOfTheirOwn) {
   const std::size_t ps = arena.page_size();
   const auto base = reinterpret_cast<std::uintptr_t>(arena.range().data());
   // Two threads alive at the same time hold different lanes, whichever
-  // allocates first; each stays until both are done.
+  // allocates first; each stays until both are done. A chunk's writable
+  // bytes are staged beside its lane too (the staging pool is split the
+  // same way), so threads do not share staging pages either.
   std::vector<Chunk> chunks[2];
+  std::vector<std::uintptr_t> staged[2];
   std::latch done(2);
   std::vector<std::thread> threads;
   for (int t = 0; t < 2; ++t)
@@ -536,6 +539,7 @@ TEST_F(KernelWriteLanes, ThreadsAllocateInLanesOfTheirOwn) {
         Result<Chunk> c = arena.allocate(ps);
         if (!c) break;
         write_fn(*c, 0x100 * (t + 1) + i);
+        staged[t].push_back(reinterpret_cast<std::uintptr_t>(c->rw().data()));
         if (!arena.seal(*c)) break;
         chunks[t].push_back(*c);
       }
@@ -547,9 +551,20 @@ TEST_F(KernelWriteLanes, ThreadsAllocateInLanesOfTheirOwn) {
   auto lane = [&](const Chunk& c) {
     return (reinterpret_cast<std::uintptr_t>(c.rx()) - base) / ps / 64;
   };
+  // The staging is twice the code's size: a pool, then a mirror of the
+  // code page by page; either way the lane is the page's within its half.
+  const auto rw_base =
+      reinterpret_cast<std::uintptr_t>(arena.rw_range().data());
+  const std::size_t pages = arena.range().size() / ps;
+  ASSERT_EQ(arena.rw_range().size(), 2 * pages * ps);
+  auto staging_lane = [&](std::uintptr_t rw) {
+    return (rw - rw_base) / ps % pages / 64;
+  };
   for (int t = 0; t < 2; ++t)
     for (std::uint32_t i = 0; i < 10; ++i) {
       EXPECT_EQ(lane(chunks[t][i]), lane(chunks[t][0])) << "thread " << t;
+      EXPECT_EQ(staging_lane(staged[t][i]), lane(chunks[t][i]))
+          << "thread " << t << ", chunk " << i;
       EXPECT_EQ(call(chunks[t][i].rx()), 0x100u * (t + 1) + i);
     }
   EXPECT_NE(lane(chunks[0][0]), lane(chunks[1][0]))
