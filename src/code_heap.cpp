@@ -97,7 +97,7 @@ class HeapImpl {
   // stay adjacent (one pwritev) even while other threads allocate from the
   // same arena. The reserve grows from 1 page to kMaxReserve as the heap
   // keeps asking for pages, so a heap that needs few holds few.
-  static constexpr std::size_t kMaxReserve = 8;
+  static constexpr std::size_t kMaxReserve = 16;
   Chunk reserve_[kMaxReserve];
   std::size_t reserve_first_ = 0, reserve_end_ = 0;
   std::size_t refill_ = 1;

@@ -284,8 +284,8 @@ TEST_F(KernelWrite, StagingIsRecycledNotFaultedInAfresh) {
   const std::span<std::byte> staging = arena.rw_range();
   const std::size_t touched = resident(staging.data(), staging.size());
   EXPECT_GE(touched, 1u);
-  // A page or two in use, and up to 8 the heap holds ahead of need.
-  EXPECT_LE(touched, 4u + 8u) << "staging pages: one per publish would be 200";
+  // A page or two in use, and up to 16 the heap holds ahead of need.
+  EXPECT_LE(touched, 4u + 16u) << "staging pages: one per publish would be 200";
   std::printf(
       "[ figures  ] kernel_write: 200 publishes of one page each "
       "touched %zu staging page(s)\n",
