@@ -88,7 +88,8 @@ void wxa_options_init(wxa_options* o) {
                    d.quarantine,
                    d.vma_budget,
                    d.open_pages,
-                   d.name_mappings};
+                   d.name_mappings,
+                   d.lanes};
 }
 
 wxa_errc wxa_arena_create(const wxa_options* options, wxa_arena** out,
@@ -105,6 +106,7 @@ wxa_errc wxa_arena_create(const wxa_options* options, wxa_arena** out,
     o.vma_budget = options->vma_budget;
     o.open_pages = options->open_pages;
     o.name_mappings = options->name_mappings != 0;
+    o.lanes = options->lanes;
   }
   wxa::Result<wxa::Arena> a = wxa::Arena::create(o);
   if (!a) return fail(a.error(), err);
@@ -299,9 +301,9 @@ wxa_errc wxa_heap_release(wxa_heap* heap, const void* rx, wxa_error* err) {
 void wxa_heap_stats_get(const wxa_heap* heap, wxa_heap_stats* out) {
   if (!heap || !out) return;
   const wxa::HeapStats s = heap->heap.stats();
-  *out = wxa_heap_stats{s.live_functions, s.pending_functions,
-                        s.live_bytes,     s.committed_bytes,
-                        s.pages,          s.publishes};
+  *out = wxa_heap_stats{
+      s.live_functions, s.pending_functions, s.live_bytes,  s.committed_bytes,
+      s.pages,          s.publishes,         s.empty_pages, s.reserve_pages};
 }
 
 }  // extern "C"

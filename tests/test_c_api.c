@@ -48,10 +48,15 @@ static void test_arena(wxa_backend backend) {
   wxa_options o;
   wxa_options_init(&o);
   CHECK(o.reserve_bytes == (size_t)1 << 30);
+  CHECK(o.lanes == 0);
   o.backend = backend;
   o.reserve_bytes = 16u << 20;
   wxa_arena* arena = NULL;
   wxa_error err;
+  o.lanes = 65; /* more than the backend's limit: refused, for any backend */
+  CHECK(wxa_arena_create(&o, &arena, &err) == WXA_INVALID_ARGUMENT);
+  CHECK(arena == NULL && err.code == WXA_INVALID_ARGUMENT);
+  o.lanes = 2;
   wxa_errc rc = wxa_arena_create(&o, &arena, &err);
   if (rc == WXA_PERMISSION_DENIED && backend == WXA_BACKEND_PROTECT) {
     printf("protect backend refused by this system's policy: skipped\n");
@@ -140,9 +145,13 @@ static void test_arena(wxa_backend backend) {
   }
   CHECK(wxa_heap_publish(heap, 0, &report, &err) == WXA_OK);
   for (int i = 0; i < 50; ++i) CHECK(as_fn(fns[i].rx)() == 1000 + i);
+  wxa_stats s0;
+  wxa_stats_get(arena, &s0);
   wxa_heap_stats hs;
   wxa_heap_stats_get(heap, &hs);
-  CHECK(hs.live_functions == 50 && hs.pages == 1);
+  CHECK(hs.live_functions == 50 && hs.pages == 1 && hs.empty_pages == 0);
+  CHECK(hs.publishes == 1 && hs.pending_functions == 0);
+  CHECK(hs.committed_bytes == (hs.pages + hs.reserve_pages) * s0.page_size);
   CHECK(wxa_heap_release(heap, fns[3].rx, &err) == WXA_OK);
   CHECK(wxa_heap_release(heap, fns[3].rx, &err) == WXA_DOUBLE_RELEASE);
 
@@ -154,6 +163,18 @@ static void test_arena(wxa_backend backend) {
   CHECK(s.backend == backend);
   if (backend == WXA_BACKEND_KERNEL_WRITE) CHECK(s.write_calls >= 3);
 
+  wxa_heap_destroy(heap);
+
+  /* A heap that keeps asking for pages takes them several at a time: the
+   * reserve it holds ahead of need is counted. */
+  CHECK(wxa_heap_create(arena, 0, &heap, &err) == WXA_OK);
+  for (int i = 0; i < 4; ++i)
+    CHECK(wxa_heap_allocate(heap, s0.page_size / 2 + 1, 0, &fns[i], &err) ==
+          WXA_OK);
+  wxa_heap_stats_get(heap, &hs);
+  CHECK(hs.pages == 4 && hs.live_functions == 4 && hs.pending_functions == 4);
+  CHECK(hs.reserve_pages >= 1 && hs.reserve_pages <= 16);
+  CHECK(hs.committed_bytes == (hs.pages + hs.reserve_pages) * s0.page_size);
   wxa_heap_destroy(heap);
   wxa_batch_destroy(batch);
   wxa_arena_destroy(arena);

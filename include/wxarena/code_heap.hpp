@@ -52,7 +52,7 @@ struct HeapStats {
   std::size_t empty_pages = 0;    ///< of `pages`: no live function, waiting
                                   ///< to be retired (see retire_pages)
   std::size_t reserve_pages = 0;  ///< not in `pages`: taken from the arena
-                                  ///< ahead of need (at most 8), writable,
+                                  ///< ahead of need (at most 16), writable,
                                   ///< given back when the heap is destroyed
   std::uint64_t publishes = 0;
   [[nodiscard]] double committed_per_live() const noexcept {

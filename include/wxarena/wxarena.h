@@ -82,6 +82,7 @@ typedef struct wxa_options {
   size_t vma_budget;
   size_t open_pages;
   int name_mappings;
+  size_t lanes; /* kernel_write: memfds the reservation is split into */
 } wxa_options;
 
 /* A chunk: its writable view (NULL unless writable), its executable address
@@ -117,9 +118,11 @@ typedef struct wxa_stats {
   wxa_backend backend;  /* the backend in use */
 } wxa_stats;
 
+/* Fields as in wxa::HeapStats (include/wxarena/code_heap.hpp). */
 typedef struct wxa_heap_stats {
   size_t live_functions, pending_functions, live_bytes, committed_bytes, pages;
   uint64_t publishes;
+  size_t empty_pages, reserve_pages;
 } wxa_heap_stats;
 
 typedef struct wxa_arena wxa_arena;
