@@ -193,10 +193,11 @@ Chunk ArenaImpl::chunk_at(std::size_t head, bool writable) const noexcept {
 }
 
 namespace {
-// A thread's slot: the lowest one free when it first allocates from an
-// arena with lanes, given back when it exits, so that threads alive at the
-// same time hold different slots, hence different lanes (as long as there
-// are lanes enough), however many threads came and went before them.
+// A thread's slot: the lowest one free when it first commits, or allocates
+// from an arena with lanes, given back when it exits, so that threads alive
+// at the same time hold different slots, hence different lanes (as long as
+// there are lanes enough) and scratch of their own, however many threads
+// came and went before them.
 class LaneSlot {
  public:
   LaneSlot() noexcept {

@@ -218,8 +218,8 @@ class PageBackend {
   /// After write_planned(), with or without the lock as it: the backend's
   /// own records of what the plan's pages hold (kept per page, so touching
   /// only those), and fresh pages mapped in. On failure the writes are
-  /// undone before it returns. After success, undo_content() (under the
-  /// lock) restores it all.
+  /// undone before it returns (undo_content(), here without the lock).
+  /// After success, undo_content() (then under the lock) restores it all.
   [[nodiscard]] virtual Result<void> finish_content(ContentPlan& plan,
                                                     const ContentItem* items,
                                                     std::size_t count,

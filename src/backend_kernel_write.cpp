@@ -429,8 +429,9 @@ class KernelWriteBackend final : public PageBackend {
   // Lowest-address first fit in the staging bitmap, within the part of the
   // pool beside the chunk's lane: pages used last are reused first, so
   // staging stays warm (no page fault per publish), and threads, which
-  // allocate in lanes of their own, keep to staging of their own (no cache
-  // line of it moves between cores).
+  // allocate in lanes of their own, keep to staging pages of their own
+  // (the pages they write and the kernel reads stay in their core's cache;
+  // the bitmap itself is shared, under the arena's lock).
   std::ptrdiff_t take_staging(std::uint32_t head,
                               std::uint32_t pages) noexcept {
     const std::size_t lane = head >> lane_shift_;

@@ -10,6 +10,18 @@
 
 namespace wxa {
 namespace detail {
+namespace {
+void add_counts(SyscallCounts& to, const SyscallCounts& n) noexcept {
+  to.mmap += n.mmap;
+  to.munmap += n.munmap;
+  to.mprotect += n.mprotect;
+  to.madvise += n.madvise;
+  to.memfd += n.memfd;
+  to.membarrier += n.membarrier;
+  to.other += n.other;
+  to.write += n.write;
+}
+}  // namespace
 
 Result<std::uint32_t> ArenaImpl::validate(const Batch::Op& op, PageState& from,
                                           PageState& to) const noexcept {
@@ -435,8 +447,7 @@ Result<CommitReport> ArenaImpl::commit_locked(
       // Barriers issued meanwhile may have come before the copy.
       revoked_epoch = static_cast<BarrierEpoch>(barriers_);
     }
-    sys_.write += io.write;
-    sys_.madvise += io.madvise;
+    add_counts(sys_, io);
     report.writes = static_cast<std::size_t>(io.write);
     if (!r) {
       rollback(removed, false, 0);

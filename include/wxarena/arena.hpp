@@ -98,8 +98,9 @@ struct Options {
   /// publishing side by side do not wait for each other's writes (the
   /// kernel serialises writes to one file). Each lane in use is a VMA of
   /// its own. 0: one per online CPU, at most 8; 1: one memfd. Lanes hold
-  /// at least 64 pages each, so small reservations get fewer. Ignored by
-  /// the other backends.
+  /// at least 64 pages each, so small reservations get fewer. More than
+  /// 64 is refused (invalid_argument); otherwise ignored by the other
+  /// backends.
   std::size_t lanes = 0;
 };
 

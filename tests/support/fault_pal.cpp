@@ -87,7 +87,9 @@ Result<void> FaultPal::intercept(PalCall c, const void* p, std::size_t bytes,
 }
 
 void FaultPal::note_failure(const Result<void>& r) noexcept {
-  if (!r && !log_.empty()) log_.back().failed = true;
+  if (r) return;
+  const std::lock_guard lock(mutex_);
+  if (!log_.empty()) log_.back().failed = true;
 }
 
 const detail::Capabilities& FaultPal::capabilities() noexcept {
@@ -253,9 +255,12 @@ Result<void> FaultPal::barrier(SyscallCounts& n) noexcept {
 }
 
 void FaultPal::flush_icache(void* p, std::size_t bytes) noexcept {
-  ++per_call_[static_cast<int>(PalCall::flush_icache)];
-  log_.push_back(
-      PalEvent{PalCall::flush_icache, p, bytes, Access::none, false});
+  {
+    const std::lock_guard lock(mutex_);
+    ++per_call_[static_cast<int>(PalCall::flush_icache)];
+    log_.push_back(
+        PalEvent{PalCall::flush_icache, p, bytes, Access::none, false});
+  }
   inner_->flush_icache(p, bytes);
 }
 

@@ -10,8 +10,10 @@
 // sees exactly what a kernel refusal would give it. flush_icache() is logged
 // too (it is not a system call and cannot fail) so tests can check its order.
 //
-// Thread safety: none; one FaultPal serves one arena, whose mutex serialises
-// the calls. Outlive every arena created on it.
+// Thread safety: calls may come from several threads at once (a commit
+// writes, maps fresh pages in and flushes without the arena's lock); the log
+// and the counts are kept under a mutex of its own. Configure it and read
+// the log while no call is in progress. Outlive every arena created on it.
 #pragma once
 
 #include <cerrno>
