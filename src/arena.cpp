@@ -237,18 +237,20 @@ std::size_t ArenaImpl::my_slot() noexcept {
   return slot.index;
 }
 
-std::size_t ArenaImpl::my_lane() const noexcept {
+ArenaImpl::LanePages ArenaImpl::my_lane() const noexcept {
   const std::size_t lanes = region_.lanes();
-  return lanes <= 1 ? 0 : my_slot() % lanes;
+  if (lanes <= 1) return {0, region_.pages()};
+  const std::size_t per_lane = region_.lane_pages();
+  const std::size_t lo = my_slot() % lanes * per_lane;
+  return {lo, std::min(lo + per_lane, region_.pages())};
 }
 
 std::ptrdiff_t ArenaImpl::take_open(std::size_t pages, bool lane) noexcept {
   if (lane) {
     // In this thread's lane: the first open run there that holds the
     // chunk, counting one that reaches into the lane from below.
-    const std::size_t lane_pages = region_.lane_pages();
-    const auto lo = static_cast<std::uint32_t>(my_lane() * lane_pages);
-    const std::size_t hi = std::min(lo + lane_pages, region_.pages());
+    const auto [first, hi] = my_lane();
+    const auto lo = static_cast<std::uint32_t>(first);
     auto it = open_.lower_bound(lo);
     if (it != open_.begin()) {
       auto below = std::prev(it);
@@ -329,9 +331,7 @@ Result<void> ArenaImpl::open_more(std::size_t pages, bool lane) noexcept {
     // In this thread's lane: an unused run with room for the chunk from
     // where it enters the lane; open_pages of it, not past the lane's end,
     // become open.
-    const std::size_t lane_pages = region_.lane_pages();
-    const std::size_t lo = my_lane() * lane_pages;
-    const std::size_t hi = std::min(lo + lane_pages, region_.pages());
+    const auto [lo, hi] = my_lane();
     auto it = unused_.lower_bound(static_cast<std::uint32_t>(lo));
     if (it != unused_.begin() &&
         std::size_t{std::prev(it)->first} + std::prev(it)->second > lo)

@@ -133,8 +133,12 @@ class ArenaImpl {
                                      std::uint32_t n) noexcept;
   // This thread's slot: the lowest number no other live thread holds.
   [[nodiscard]] static std::size_t my_slot() noexcept;
-  // The lane this thread allocates from first (0 with one lane).
-  [[nodiscard]] std::size_t my_lane() const noexcept;
+  // The pages [lo, hi) of the lane this thread allocates from first (all
+  // of them with one lane).
+  struct LanePages {
+    std::size_t lo, hi;
+  };
+  [[nodiscard]] LanePages my_lane() const noexcept;
   [[nodiscard]] Result<void> recycle() noexcept;
   [[nodiscard]] std::size_t eligible_pages() const noexcept;
   // A quarantined entry may be reused once `quarantine` chunks have been
