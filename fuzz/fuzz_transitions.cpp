@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The transition fuzzer on the real kernel: harness.cpp's decoder and model
+// The transition fuzzer on the real kernel: the harness's decoder and model
 // run against real_platform(), each input mapping real memory.
 //
 // Built three ways by fuzz/meson.build: as a libFuzzer target
