@@ -4,8 +4,9 @@
 //
 // Built three ways by fuzz/meson.build: as a libFuzzer target
 // (-Dfuzzing=true), with AFL++ (afl-clang-fast++ -fsanitize=fuzzer, see
-// docs/reliability.md), and, with WXA_FUZZ_STANDALONE, as a plain program that replays
-// files and directories (the corpus replay test of every build).
+// docs/reliability.md), and, with WXA_FUZZ_STANDALONE, as a plain program
+// that replays files and directories (the corpus replay test of every
+// build).
 #include <cstddef>
 #include <cstdint>
 
