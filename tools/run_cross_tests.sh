@@ -47,7 +47,8 @@ aarch64_system() {
   # The kernel Debian 12 ships today: the image the metapackage depends on.
   local kernel
   kernel=$(apt-cache depends linux-image-arm64:arm64 |
-    sed -n 's/^ *Depends: \(linux-image-[0-9][^:]*-arm64\).*/\1/p' | head -n 1)
+    sed -n 's/^ *Depends: \(linux-image-[0-9][^:]*-arm64\).*/\1/p')
+  kernel=${kernel%%$'\n'*}
   if [ -z "$kernel" ]; then
     echo "$0: apt-cache names no image for linux-image-arm64:arm64" >&2
     return 2
