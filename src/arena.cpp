@@ -7,6 +7,8 @@
 #include <new>
 
 #include "arena_impl.hpp"
+#include "error.hpp"
+#include "pal/cpu.hpp"
 
 namespace wxa {
 namespace detail {
@@ -16,23 +18,14 @@ ArenaImpl::ArenaImpl(Pal& pal, const Options& options) noexcept
 ArenaImpl::~ArenaImpl() {
   for (const Idle& idle : idle_scratch_) {
     Scratch* s = idle.scratch;
-    if (s->plan) region_.ops().destroy_plan(s->plan);  // made by it
+    // Made by the backend's content writer (only a backend with one makes
+    // plans).
+    if (s->plan) region_.ops().content_writer()->destroy_plan(s->plan);
     s->~Scratch();
     meta_free(s);
   }
   region_.destroy(sys_);
 }
-
-namespace {
-// A hint to the core that this is a spin-wait loop.
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield" ::: "memory");
-#endif
-}
-}  // namespace
 
 std::unique_lock<std::mutex> ArenaImpl::acquire() const noexcept {
   std::unique_lock lock(mutex_, std::try_to_lock);
@@ -89,33 +82,13 @@ Result<void> ArenaImpl::init() noexcept {
     return Error(Errc::size_too_large);
   const std::size_t bytes = pages * ps;
 
-  // What each backend needs, as the platform layer found it by trying.
-  const bool shared = caps.shared_memory && caps.shared_exec;
-  const bool kernel_write = shared && caps.shared_write;
-  Backend backend = options_.backend;
-  // automatic: every backend this host allows, best first. kernel_write
-  // first: no page changes protection to publish code, and no writable
-  // mapping of code exists at all; it needs only a memfd that may be
-  // mapped executable, which deny_execmem hosts allow. If the first cannot
-  // be created after all (no descriptor left, a policy the probe did not
-  // meet), the next is tried.
-  Backend candidates[3];
-  std::size_t ncandidates = 0;
-  if (backend == Backend::automatic) {
-    if (kernel_write) candidates[ncandidates++] = Backend::kernel_write;
-    if (caps.anon_exec) candidates[ncandidates++] = Backend::protect;
-    if (shared) candidates[ncandidates++] = Backend::dual_map;
-    if (ncandidates == 0) return Error(Errc::not_supported);
-  } else if (backend == Backend::protect && !caps.anon_exec) {
-    return Error(Errc::permission_denied);
-  } else if (backend == Backend::dual_map && !shared) {
-    return Error(Errc::not_supported);
-  } else if (backend == Backend::kernel_write && !kernel_write) {
-    return Error(Errc::not_supported);
-  } else if (backend != Backend::protect && backend != Backend::dual_map &&
-             backend != Backend::kernel_write) {
-    return Error(Errc::invalid_argument);
-  }
+  // Every backend this host allows, best first (or the one asked for), as
+  // the platform layer found what each needs by trying; if the first
+  // cannot be created after all, the next is tried.
+  const BackendFacts* candidates[kMaxBackends];
+  Result<std::size_t> ncandidates =
+      backend_candidates(options_.backend, caps, candidates);
+  if (!ncandidates) return ncandidates.error();
 
   std::uintptr_t lo = 0, hi = 0;
   if (options_.anchor) {
@@ -134,12 +107,11 @@ Result<void> ArenaImpl::init() noexcept {
                     : std::max<std::size_t>(caps.max_map_count / 4, 16);
   if (options_.open_pages == 0) options_.open_pages = 1;
 
-  if (ncandidates == 0) candidates[ncandidates++] = backend;
   // A VMA budget too small for a backend's own mappings rules it out; for
   // automatic, the next one may fit.
   std::size_t fits = 0;
-  for (std::size_t k = 0; k < ncandidates; ++k)
-    if (initial_vmas(candidates[k]) <= vma_budget_)
+  for (std::size_t k = 0; k < *ncandidates; ++k)
+    if (candidates[k]->initial_vmas <= vma_budget_)
       candidates[fits++] = candidates[k];
   if (fits == 0) return Error(Errc::invalid_argument);
   if (options_.lanes > PageBackend::kLaneLimit)
@@ -149,7 +121,7 @@ Result<void> ArenaImpl::init() noexcept {
                      : std::min<std::size_t>(caps.cpus, kDefaultMaxLanes);
   Result<void> made;
   for (std::size_t k = 0; k < fits; ++k) {
-    made = region_.init(pal_, candidates[k], pages, lo, hi,
+    made = region_.init(pal_, *candidates[k], pages, lo, hi,
                         options_.name_mappings, lanes, sys_);
     if (made || made.error().code() == Errc::out_of_memory ||
         made.error().code() == Errc::unreachable_anchor)
@@ -319,7 +291,7 @@ Result<void> ArenaImpl::open_at(RunMap::iterator it, std::uint32_t a,
   if (!r) {
     region_.set_state(a, a + n, PageState::unused, 0);
     rejoin();
-    return Error(r.error().code(), r.error().sys_errno());
+    return make_error(r.error(), nullptr);
   }
   carve_front(unused_, it, n);
   insert_run(open_, a, n);  // merges with open neighbours
@@ -435,7 +407,7 @@ Result<void> ArenaImpl::recycle() noexcept {
         region_.set_state(quarantine_[k].head,
                           quarantine_[k].head + quarantine_[k].pages,
                           PageState::retired, quarantine_[k].head);
-      result = Error(r.error().code(), r.error().sys_errno());
+      result = make_error(r.error(), nullptr);
       break;
     }
     // Stale code must never run again: traps until new code is written.
@@ -670,7 +642,7 @@ Result<void> ArenaImpl::trim() noexcept {
       protection_calls_ += calls;
       if (!r) {
         region_.set_state(a, a + n, PageState::open, 0);
-        return Error(r.error().code(), r.error().sys_errno());
+        return make_error(r.error(), nullptr);
       }
       open_.erase(it);
       insert_run(unused_, a, n);
@@ -731,9 +703,9 @@ std::vector<RunInfo> ArenaImpl::runs() const {
     r.state = to_public(s);
     r.open = s == PageState::open;
     r.rx_access = region_.access(s, View::rx);
-    r.rw_access = region_.ops().views() == 2 ? region_.access(s, View::rw)
-                  : region_.backend() == Backend::protect ? r.rx_access
-                                                          : Access::none;
+    r.rw_access = region_.ops().views() == 2       ? region_.access(s, View::rw)
+                  : region_.ops().facts().rw_is_rx ? r.rx_access
+                                                   : Access::none;
     out.push_back(r);
     i = j;
   }

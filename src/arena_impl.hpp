@@ -14,6 +14,7 @@
 #include "meta.hpp"
 #include "pal/pal.hpp"
 #include "region.hpp"
+#include "run_map.hpp"
 #include "wxarena/arena.hpp"
 
 namespace wxa {

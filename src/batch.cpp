@@ -7,6 +7,7 @@
 #include <new>
 
 #include "arena_impl.hpp"
+#include "error.hpp"
 
 namespace wxa {
 namespace detail {
@@ -85,7 +86,7 @@ Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
     ~GiveBack() { arena->give_scratch(s); }
   } give_back{this, s};
   try {
-    if (!region_.ops().writes_content())
+    if (!region_.ops().content_writer())
       for (std::size_t k = 0; k < n; ++k)
         if (ops[k].kind == OpKind::patch)
           return commit_by_unsealing(ops, n, flags, *s);
@@ -264,7 +265,8 @@ Result<CommitReport> ArenaImpl::commit_locked(
   quarantine_.reserve(quarantine_.size() + in_flight_releases_ + releases);
 
   // What the commit writes into the code, where the backend copies it in.
-  const bool content = backend.writes_content();
+  ContentWriter* const writer = backend.content_writer();
+  const bool content = writer != nullptr;
   if (content) {
     s.content.clear();
     s.content.reserve(s.items.size());
@@ -295,8 +297,7 @@ Result<CommitReport> ArenaImpl::commit_locked(
     Result<std::byte*> st = backend.stage(it.head, it.pages, true);
     if (!st) {
       unstage_unseals();
-      return Error(st.error().code(), st.error().sys_errno(),
-                   region_.rx_page(it.head));
+      return make_error(st.error(), region_.rx_page(it.head));
     }
     it.staged = true;
   }
@@ -380,7 +381,7 @@ Result<CommitReport> ArenaImpl::commit_locked(
   auto rollback = [&](std::size_t removed, bool written,
                       std::size_t added) noexcept {
     undo_runs(added, 2, 1);
-    if (written) backend.undo_content(*s.plan, sys_);
+    if (written) writer->undo_content(*s.plan, sys_);
     undo_runs(removed, 1, 0);
     set_all(false);
     unstage_unseals();
@@ -412,7 +413,7 @@ Result<CommitReport> ArenaImpl::commit_locked(
   if (Result<void> r = apply_pass(kRemove, removed); !r) {
     const Error& e = r.error();
     rollback(removed, false, 0);
-    return Error(e.code(), e.sys_errno(), chunk_of_page(e.chunk()));
+    return make_error(e, chunk_of_page(e.chunk()));
   }
   // The epoch pages that stop being executable carry (see step 8).
   BarrierEpoch revoked_epoch = epoch;
@@ -423,7 +424,7 @@ Result<CommitReport> ArenaImpl::commit_locked(
     // commits and allocations going on meanwhile. The batch's chunks are
     // in flight: a commit naming one waits (nothing else reaches their
     // pages).
-    const bool apart = lock && backend.plans_without_lock();
+    const bool apart = lock && writer->plans_without_lock();
     if (apart) {
       for (const Item& it : s.items)
         region_.add_flags(it.head, it.head + 1, kInFlight);
@@ -432,10 +433,10 @@ Result<CommitReport> ArenaImpl::commit_locked(
     }
     SyscallCounts io;
     Result<void> r =
-        backend.plan_content(s.plan, s.content.data(), s.content.size());
-    if (r) r = backend.write_planned(*s.plan, io);
+        writer->plan_content(s.plan, s.content.data(), s.content.size());
+    if (r) r = writer->write_planned(*s.plan, io);
     if (r)
-      r = backend.finish_content(*s.plan, s.content.data(), s.content.size(),
+      r = writer->finish_content(*s.plan, s.content.data(), s.content.size(),
                                  io);
     if (r) flush_code();
     if (apart) {
@@ -451,22 +452,20 @@ Result<CommitReport> ArenaImpl::commit_locked(
     report.writes = static_cast<std::size_t>(io.write);
     if (!r) {
       rollback(removed, false, 0);
-      return Error(r.error().code(), r.error().sys_errno(),
-                   region_.rx_page(s.items.front().head));
+      return make_error(r.error(), region_.rx_page(s.items.front().head));
     }
   }
   if (Result<void> r = apply_pass(kAdd, added); !r) {
     const Error& e = r.error();
     rollback(removed, content, added);
-    return Error(e.code(), e.sys_errno(), chunk_of_page(e.chunk()));
+    return make_error(e, chunk_of_page(e.chunk()));
   }
 
   // 7. At most one cross-thread barrier per commit.
   if (barrier && barrier_registered_) {
     if (Result<void> b = pal_.barrier(sys_); !b) {
       rollback(removed, content, added);
-      return Error(b.error().code(), b.error().sys_errno(),
-                   region_.rx_page(s.items.front().head));
+      return make_error(b.error(), region_.rx_page(s.items.front().head));
     }
     report.barrier = true;
     ++barriers_;

@@ -13,20 +13,20 @@
 // hot path, so no TLB shootdown is ever paid to publish code, and fresh
 // pages are mapped in with one MADV_POPULATE_READ instead of a fault each.
 //
-// Everything this backend does is in this file; the contract it implements
-// is in backend.hpp.
+// Everything this backend does is in this file; the contracts it implements
+// are in backend.hpp and content_writer.hpp.
 #include <algorithm>
 #include <bit>
 #include <cstring>
 #include <limits>
 #include <new>
 
-#include "backend.hpp"
+#include "backend/backend.hpp"
 
 namespace wxa::detail {
 namespace {
 
-class KernelWriteBackend final : public PageBackend {
+class KernelWriteBackend final : public PageBackend, public ContentWriter {
  public:
   ~KernelWriteBackend() override {
     meta_free(stage_of_);
@@ -38,7 +38,8 @@ class KernelWriteBackend final : public PageBackend {
     meta_free(trap_page_);
   }
 
-  Backend kind() const noexcept override { return Backend::kernel_write; }
+  const BackendFacts& facts() const noexcept override;
+  ContentWriter* content_writer() noexcept override { return this; }
 
   void set_lanes(std::size_t lanes) noexcept override { want_lanes_ = lanes; }
   std::size_t lane_pages() const noexcept override {
@@ -286,7 +287,6 @@ class KernelWriteBackend final : public PageBackend {
   // --- the commit
   // -------------------------------------------------------------
 
-  bool writes_content() const noexcept override { return true; }
   bool plans_without_lock() const noexcept override { return true; }
 
   Result<void> plan_content(ContentPlan*& plan, const ContentItem* items,
@@ -726,9 +726,27 @@ class KernelWriteBackend final : public PageBackend {
 
 }  // namespace
 
-PageBackend* new_kernel_write_backend() noexcept {
-  void* mem = meta_alloc(sizeof(KernelWriteBackend));
-  return mem ? ::new (mem) KernelWriteBackend : nullptr;
+extern const BackendFacts kKernelWriteFacts;
+const BackendFacts kKernelWriteFacts{
+    Backend::kernel_write,
+    // A memfd that may be mapped executable, and that the kernel copies
+    // into while it is (see the probe in the platform layer).
+    [](const Capabilities& caps) noexcept {
+      return caps.shared_memory && caps.shared_exec && caps.shared_write
+                 ? Errc::ok
+                 : Errc::not_supported;
+    },
+    2,  // the code view and the staging memory
+    true,
+    false,
+    []() noexcept -> PageBackend* {
+      void* mem = meta_alloc(sizeof(KernelWriteBackend));
+      return mem ? ::new (mem) KernelWriteBackend : nullptr;
+    },
+};
+
+const BackendFacts& KernelWriteBackend::facts() const noexcept {
+  return kKernelWriteFacts;
 }
 
 }  // namespace wxa::detail

@@ -5,14 +5,14 @@
 // while it is open or writable. A page is never mapped executable by
 // mprotect, only by mapping the memfd, and inaccessible means no view at
 // all (an anonymous placeholder holds the address).
-#include "backend.hpp"
+#include "backend/backend.hpp"
 
 namespace wxa::detail {
 namespace {
 
 class DualMapBackend final : public PageBackend {
  public:
-  Backend kind() const noexcept override { return Backend::dual_map; }
+  const BackendFacts& facts() const noexcept override;
 
   Result<void> init(Pal& pal, std::size_t pages, unsigned shift,
                     std::uintptr_t lo, std::uintptr_t hi, bool,
@@ -126,9 +126,25 @@ class DualMapBackend final : public PageBackend {
 
 }  // namespace
 
-PageBackend* new_dual_map_backend() noexcept {
-  void* mem = meta_alloc(sizeof(DualMapBackend));
-  return mem ? ::new (mem) DualMapBackend : nullptr;
+extern const BackendFacts kDualMapFacts;
+const BackendFacts kDualMapFacts{
+    Backend::dual_map,
+    // A memfd that may be mapped executable.
+    [](const Capabilities& caps) noexcept {
+      return caps.shared_memory && caps.shared_exec ? Errc::ok
+                                                    : Errc::not_supported;
+    },
+    2,  // its two views
+    true,
+    false,
+    []() noexcept -> PageBackend* {
+      void* mem = meta_alloc(sizeof(DualMapBackend));
+      return mem ? ::new (mem) DualMapBackend : nullptr;
+    },
+};
+
+const BackendFacts& DualMapBackend::facts() const noexcept {
+  return kDualMapFacts;
 }
 
 }  // namespace wxa::detail
