@@ -75,7 +75,7 @@ class Region {
     return ops_->rx_base() + (i << shift_);
   }
   /// The address standing for page i in the writable range, or nullptr
-  /// where writable bytes do not follow page offsets (kernel_write).
+  /// where writable bytes do not follow page offsets (they are staged).
   [[nodiscard]] std::byte* rw_page(std::size_t i) const noexcept {
     return ops_->rw_page(i);
   }

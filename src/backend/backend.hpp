@@ -25,6 +25,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <span>
 
 #include "backend/content_writer.hpp"
@@ -208,6 +209,13 @@ inline constexpr std::size_t kMaxBackends = 3;
 [[nodiscard]] Result<std::size_t> backend_candidates(
     Backend wanted, const Capabilities& caps,
     const BackendFacts** out) noexcept;
+/// BackendFacts::make for a backend class B: allocates (meta_alloc) and
+/// constructs one, or returns nullptr.
+template <class B>
+[[nodiscard]] PageBackend* new_backend() noexcept {
+  void* mem = meta_alloc(sizeof(B));
+  return mem ? ::new (mem) B : nullptr;
+}
 /// Frees a backend made by BackendFacts::make.
 void destroy_backend(PageBackend* backend) noexcept;
 

@@ -137,10 +137,7 @@ const BackendFacts kDualMapFacts{
     2,  // its two views
     true,
     false,
-    []() noexcept -> PageBackend* {
-      void* mem = meta_alloc(sizeof(DualMapBackend));
-      return mem ? ::new (mem) DualMapBackend : nullptr;
-    },
+    &new_backend<DualMapBackend>,
 };
 
 const BackendFacts& DualMapBackend::facts() const noexcept {

@@ -604,10 +604,7 @@ const BackendFacts kKernelWriteFacts{
     2,  // the code view and the staging memory
     true,
     false,
-    []() noexcept -> PageBackend* {
-      void* mem = meta_alloc(sizeof(KernelWriteBackend));
-      return mem ? ::new (mem) KernelWriteBackend : nullptr;
-    },
+    &new_backend<KernelWriteBackend>,
 };
 
 const BackendFacts& KernelWriteBackend::facts() const noexcept {

@@ -97,10 +97,7 @@ const BackendFacts kProtectFacts{
     1,  // the reservation
     false,
     true,
-    []() noexcept -> PageBackend* {
-      void* mem = meta_alloc(sizeof(ProtectBackend));
-      return mem ? ::new (mem) ProtectBackend : nullptr;
-    },
+    &new_backend<ProtectBackend>,
 };
 
 const BackendFacts& ProtectBackend::facts() const noexcept {
