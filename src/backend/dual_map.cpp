@@ -128,16 +128,17 @@ class DualMapBackend final : public PageBackend {
 
 extern const BackendFacts kDualMapFacts;
 const BackendFacts kDualMapFacts{
-    Backend::dual_map,
+    .kind = Backend::dual_map,
     // A memfd that may be mapped executable.
-    [](const Capabilities& caps) noexcept {
-      return caps.shared_memory && caps.shared_exec ? Errc::ok
-                                                    : Errc::not_supported;
-    },
-    2,  // its two views
-    true,
-    false,
-    &new_backend<DualMapBackend>,
+    .refusal =
+        [](const Capabilities& caps) noexcept {
+          return caps.shared_memory && caps.shared_exec ? Errc::ok
+                                                        : Errc::not_supported;
+        },
+    .initial_vmas = 2,  // its two views
+    .shared_memory = true,
+    .rw_is_rx = false,
+    .make = &new_backend<DualMapBackend>,
 };
 
 const BackendFacts& DualMapBackend::facts() const noexcept {

@@ -593,18 +593,19 @@ static_assert(StagingPool::kMaxLanes >= PageBackend::kLaneLimit);
 
 extern const BackendFacts kKernelWriteFacts;
 const BackendFacts kKernelWriteFacts{
-    Backend::kernel_write,
+    .kind = Backend::kernel_write,
     // A memfd that may be mapped executable, and that the kernel copies
     // into while it is (see the probe in the platform layer).
-    [](const Capabilities& caps) noexcept {
-      return caps.shared_memory && caps.shared_exec && caps.shared_write
-                 ? Errc::ok
-                 : Errc::not_supported;
-    },
-    2,  // the code view and the staging memory
-    true,
-    false,
-    &new_backend<KernelWriteBackend>,
+    .refusal =
+        [](const Capabilities& caps) noexcept {
+          return caps.shared_memory && caps.shared_exec && caps.shared_write
+                     ? Errc::ok
+                     : Errc::not_supported;
+        },
+    .initial_vmas = 2,  // the code view and the staging memory
+    .shared_memory = true,
+    .rw_is_rx = false,
+    .make = &new_backend<KernelWriteBackend>,
 };
 
 const BackendFacts& KernelWriteBackend::facts() const noexcept {

@@ -88,16 +88,17 @@ class ProtectBackend final : public PageBackend {
 
 extern const BackendFacts kProtectFacts;
 const BackendFacts kProtectFacts{
-    Backend::protect,
+    .kind = Backend::protect,
     // Private anonymous memory must be allowed to gain execute: a policy
     // forbids it (SELinux deny_execmem, Arbitrary Code Guard).
-    [](const Capabilities& caps) noexcept {
-      return caps.anon_exec ? Errc::ok : Errc::permission_denied;
-    },
-    1,  // the reservation
-    false,
-    true,
-    &new_backend<ProtectBackend>,
+    .refusal =
+        [](const Capabilities& caps) noexcept {
+          return caps.anon_exec ? Errc::ok : Errc::permission_denied;
+        },
+    .initial_vmas = 1,  // the reservation
+    .shared_memory = false,
+    .rw_is_rx = true,
+    .make = &new_backend<ProtectBackend>,
 };
 
 const BackendFacts& ProtectBackend::facts() const noexcept {
