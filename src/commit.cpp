@@ -446,7 +446,7 @@ void Commit::record() {
       region_.set_revoked(it.head, it.head + it.pages, revoked_epoch_);
     // Writable bytes are given back once a chunk stops being writable.
     if (it.from == PageState::writable && it.to != PageState::writable)
-      backend_.unstage(it.head, it.pages);
+      backend_.unstage(it.head, it.pages, it.to != PageState::retired);
   }
   for (const Item& it : s_.items) {
     --a_.chunks_[static_cast<int>(to_public(it.from))];
@@ -462,6 +462,9 @@ void Commit::record() {
         a_.quarantine_.push_back(ArenaImpl::Quarantined{
             it.head, it.pages, a_.released_, a_.allocations_});
   }
+  // Undo records and staging nobody needs now.
+  if (writer_ && s_.plan) writer_->forget_undo(*s_.plan);
+  backend_.after_commit(a_.sys_);
   report_.chunks = s_.items.size();
   report_.runs = s_.runs.size();
   a_.run_count_ += s_.runs.size();
@@ -480,7 +483,7 @@ void Commit::set_all(bool target) noexcept {
 void Commit::unstage_unseals() noexcept {
   for (Item& it : s_.items)
     if (it.staged) {
-      backend_.unstage(it.head, it.pages);
+      backend_.unstage(it.head, it.pages, false);
       it.staged = false;
     }
 }

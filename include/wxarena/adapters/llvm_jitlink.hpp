@@ -35,11 +35,13 @@
 //
 // Reach: x86-64 code addresses its data with 32-bit PC-relative fixups
 // (the small code model), so the data must lie within 2 GiB of the code.
-// protect and kernel_write keep both within one range of that size; on
-// dual_map the writable views are a second reservation of the same size,
-// placed by the kernel (next to the first in practice). With reservations
-// of at most 1 GiB (the default), JITLink reports any fixup out of range
-// as an error; nothing runs out of range.
+// protect keeps both within one range of that size; kernel_write keeps
+// read-write data in its staging pool, reserved right next to the code (an
+// eighth of the reservation: within reach of every code page for
+// reservations up to 1.77 GiB); on dual_map the writable views are a second
+// reservation of the same size, placed by the kernel (next to the first in
+// practice). With reservations of at most 1 GiB (the default), JITLink
+// reports any fixup out of range as an error; nothing runs out of range.
 //
 // Working memory of sealed segments is gone once finalize() returns (on
 // dual_map its view is unmapped, on kernel_write it is staging memory that
