@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "code_gen.hpp"
@@ -63,14 +65,26 @@ bool round(wxa::CodeHeap& heap, const CodeTemplate& code,
 }  // namespace wxb
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::fprintf(stderr, "usage: wxa_publish_loop BATCH ROUNDS\n");
+  if (argc != 3 && argc != 4) {
+    std::fprintf(stderr,
+                 "usage: wxa_publish_loop BATCH ROUNDS "
+                 "[automatic|protect|dual_map|kernel_write]\n");
     return 2;
+  }
+  wxa::Options options;
+  if (argc == 4) {
+    const std::string_view want(argv[3]);
+    bool known = false;
+    for (const wxa::Backend b :
+         {wxa::Backend::automatic, wxa::Backend::protect,
+          wxa::Backend::dual_map, wxa::Backend::kernel_write})
+      if (wxa::to_string(b) == want) options.backend = b, known = true;
+    if (!known) return 2;
   }
   const std::size_t batch = std::strtoul(argv[1], nullptr, 10);
   const std::size_t rounds = std::strtoul(argv[2], nullptr, 10);
   if (batch == 0 || rounds == 0) return 2;
-  auto arena = wxa::Arena::create();
+  auto arena = wxa::Arena::create(options);
   if (!arena) {
     std::fprintf(stderr, "Arena::create: %s\n",
                  arena.error().to_string().c_str());
@@ -88,7 +102,8 @@ int main(int argc, char** argv) {
     if (!wxb::round(*heap, code, fns, value)) return 1;
   if (!wxb::measured(*heap, code, fns, value, rounds)) return 1;
   if (auto r = heap->publish(); !r) return 1;
-  std::printf("%zu functions measured (batch %zu, %zu rounds)\n",
-              batch * rounds, batch, rounds);
+  std::printf("%zu functions measured (batch %zu, %zu rounds, backend %s)\n",
+              batch * rounds, batch, rounds,
+              std::string(wxa::to_string(arena->backend())).c_str());
   return 0;
 }
