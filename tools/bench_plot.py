@@ -579,10 +579,14 @@ def plot(r, paths):
         base = 0.25
         for y, s in enumerate(strategies):
             v = values[y]
-            if not v:
+            if v is None:
                 missing(ax, y, memory[s][2] if s in memory else None, base * 1.1)
                 continue
             run = memory[s][1]
+            if v <= base:  # nothing above the empty strategy (populated up front)
+                ax.text(base * 1.1, y, f"{fmt_ratio(v)} (held from the start)",
+                        va="center", fontsize=8.5)
+                continue
             ax.barh(y, v - base, left=base, height=0.7, color=WX_COLOR[wx(s)])
             label = f"{fmt_ratio(v)}, {fmt_num(run.get('trimmed_mib'), 1)} MiB trimmed"
             if run.get("address_space_per_reservation") is not None:
