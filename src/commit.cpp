@@ -300,9 +300,13 @@ void Commit::reserve_quarantine() {
     releases_ += it.to == PageState::retired;
     patches_ |= ops_[it.op].kind == OpKind::patch;
   }
-  // (Commits in flight have room for theirs already.)
-  a_.quarantine_.reserve(a_.quarantine_.size() + a_.in_flight_releases_ +
-                         releases_);
+  // (Commits in flight have room for theirs already.) Grown geometrically:
+  // room for exactly this commit's would copy the whole quarantine at
+  // every commit that releases.
+  const std::size_t need =
+      a_.quarantine_.size() + a_.in_flight_releases_ + releases_;
+  if (need > a_.quarantine_.capacity())
+    a_.quarantine_.reserve(std::max(need, 2 * a_.quarantine_.capacity()));
 }
 
 // What the commit writes into the code, where the backend copies it in.
