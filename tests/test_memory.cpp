@@ -213,6 +213,34 @@ TEST_F(KernelWriteMemory, StagingIsReusedUnderThreads) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
+// A write through a chunk's old writable pointer after its seal lands in
+// staging that is free again: the next chunk staged there must not carry
+// those bytes into its code (the pool checks the pages it thinks clean).
+TEST_F(KernelWriteMemory, StaleWritesIntoFreeStagingAreWipedForTheNextChunk) {
+  Options o = options();
+  o.reserve_bytes = kSmallReserve;
+  Result<Arena> made = Arena::create(o);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  Result<Chunk> a = arena.allocate(64);
+  ASSERT_TRUE(Ok(a));
+  write_fn(*a, 0x61);
+  ASSERT_TRUE(Ok(arena.seal(*a)));
+  const std::span<std::byte> stale = a->rw();
+  std::memset(stale.data() + 100, 0x90, 200);  // after the seal: a bug
+  Result<Chunk> b = arena.allocate(64);
+  ASSERT_TRUE(Ok(b));
+  ASSERT_EQ(b->rw().data(), stale.data()) << "staging is reused lowest first";
+  for (std::size_t i = 0; i < b->rw().size(); ++i)
+    ASSERT_EQ(b->rw()[i],
+              trap_byte_at(reinterpret_cast<std::uintptr_t>(&b->rw()[i])))
+        << "byte " << i << " of the new chunk's staging";
+  write_fn(*b, 0x62);
+  ASSERT_TRUE(Ok(arena.seal(*b)));
+  EXPECT_EQ(call(b->rx()), 0x62u);
+  EXPECT_EQ(call(a->rx()), 0x61u);
+}
+
 // The farthest pair of a staging page and a code page: what a 32-bit
 // displacement from code to read-write data placed in staging (LLVM's
 // JITLink adapter does that) must span.

@@ -63,8 +63,8 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     const std::size_t per_lane = std::bit_ceil((pages + lanes - 1) / lanes);
     lane_shift_ = static_cast<unsigned>(std::countr_zero(per_lane));
     lane_count_ = (pages + per_lane - 1) / per_lane;
-    if (Result<void> r =
-            staging_.allocate(pages, shift, lane_shift_, lane_count_);
+    if (Result<void> r = staging_.allocate(pages, shift, lane_shift_,
+                                           lane_count_, trap_page_);
         !r)
       return r;
     // The first lane's memfd now, so that a host refusing memfds refuses

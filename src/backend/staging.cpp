@@ -13,8 +13,9 @@
 namespace wxa::detail {
 
 Result<void> StagingPool::allocate(std::size_t pages, unsigned shift,
-                                   unsigned lane_shift,
-                                   std::size_t lanes) noexcept {
+                                   unsigned lane_shift, std::size_t lanes,
+                                   const std::byte* traps) noexcept {
+  traps_ = traps;
   pages_ = pages;
   shift_ = shift;
   lane_shift_ = lane_shift;
@@ -107,10 +108,13 @@ std::byte* StagingPool::take(std::uint32_t head, std::uint32_t pages) noexcept {
 
 void StagingPool::fill(std::uint32_t head, std::uint32_t pages) noexcept {
   const std::uint32_t s = stage_of_[head] - 1;
+  const std::size_t ps = std::size_t{1} << shift_;
   for (std::uint32_t k = 0; k < pages; ++k) {
-    if (!clean_[s + k])
-      fill_traps(base_ + (std::size_t{s + k} << shift_),
-                 std::size_t{1} << shift_);
+    std::byte* page = base_ + (std::size_t{s + k} << shift_);
+    // Reading a clean page costs about what filling it does, but no byte a
+    // stale pointer wrote into it meanwhile survives.
+    if (!clean_[s + k] || std::memcmp(page, traps_, ps) != 0)
+      fill_traps(page, ps);
     clean_[s + k] = 0;  // the owner writes it from now on
   }
 }

@@ -44,9 +44,10 @@ class StagingPool {
   /// The records for the staging of `pages` code pages of 1 << shift bytes
   /// in `lanes` lanes of 1 << lane_shift pages, all free. Errors:
   /// out_of_memory. Makes no system call.
+  /// `traps`: a page of trap instructions, kept for the pool's life.
   [[nodiscard]] Result<void> allocate(std::size_t pages, unsigned shift,
-                                      unsigned lane_shift,
-                                      std::size_t lanes) noexcept;
+                                      unsigned lane_shift, std::size_t lanes,
+                                      const std::byte* traps) noexcept;
   /// Reserves the staging memory right next to `code` (the code view,
   /// `pages` pages long), else anywhere within 32-bit reach of all of it,
   /// else (only where the two together are too large for that) anywhere;
@@ -65,7 +66,9 @@ class StagingPool {
                                 std::uint32_t pages) noexcept;
   /// Traps over the staging of a new chunk wherever it may hold anything
   /// else (pages given back read as zeros, pages written and not cleaned
-  /// hold old bytes). The chunk's owner calls it, without the arena's lock.
+  /// hold old bytes, and a page cleaned by a seal may have been written
+  /// since through a stale writable pointer: it is checked, and filled if
+  /// so). The chunk's owner calls it, without the arena's lock.
   void fill(std::uint32_t head, std::uint32_t pages) noexcept;
   /// The chunk's staging holds other bytes than traps (an unsealed chunk's
   /// code was copied in).
@@ -116,6 +119,7 @@ class StagingPool {
   std::size_t parts_ = 1;    // one per lane
   std::size_t part_pages_ = 0, pool_pages_ = 0;
   std::byte* base_ = nullptr;
+  const std::byte* traps_ = nullptr;    // a page of them
   MetaArray<std::uint32_t> stage_of_;   // chunk head -> staging page + 1
   MetaArray<std::uint32_t> owner_;      // staging page -> chunk head + 1
   MetaArray<std::uint64_t> free_bits_;  // 1 = staging page used
