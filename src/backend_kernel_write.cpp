@@ -85,44 +85,75 @@ class KernelWriteBackend final : public PageBackend {
     // The first lane's memfd now, so that a host refusing memfds refuses
     // the backend at once; the others when their first page is opened.
     if (Result<void> r = make_lane(0, n); !r) return r;
+    // Staging: twice the reservation (address space only: it costs no
+    // memory until written). Mapped read+write once: never executable. Its
+    // first half is a pool reused lowest address first, so staging stays
+    // warm, in one part per lane (a chunk is staged in its lane's part);
+    // its second half mirrors the code page by page, so a chunk always has
+    // staging even when the pool is too fragmented to hold it in one piece.
+    // A JIT may keep read-write data there and reach it from code with
+    // 32-bit PC-relative fixups (include/wxarena/adapters/), so the pool
+    // half is placed right above the code: a lane's code and its part of
+    // the pool are then one reservation's size apart. Without an anchor the
+    // staging is reserved first and the code right below it; with one, the
+    // code where the anchor asks and the staging right above it if that is
+    // free, else within reach of the code, else anywhere.
+    const std::size_t staging = 2 * bytes();
+    const std::uintptr_t page = std::uintptr_t{1} << shift_;
+    // A reservation's guards: one page each side (pal.hpp).
+    const std::uintptr_t fenced = bytes() + 2 * page;
+    Result<std::byte*> rx = Error(Errc::unreachable_anchor);
+    if (hi <= lo) {
+      Result<std::byte*> st = pal.reserve(staging, 0, 0, n);
+      if (!st) {
+        Error e = st.error();
+        destroy(n);
+        return e;
+      }
+      stage_base_ = *st;
+      const std::uintptr_t top = reinterpret_cast<std::uintptr_t>(*st) - page;
+      if (top > fenced)
+        rx = pal.reserve_view(shm_[0], bytes(), top - fenced, top,
+                              Access::read_execute, n);
+      if (!rx && rx.error().code() == Errc::unreachable_anchor)
+        rx = pal.reserve_view(shm_[0], bytes(), 0, 0, Access::read_execute, n);
+    } else {
+      rx = pal.reserve_view(shm_[0], bytes(), lo, hi, Access::read_execute, n);
+    }
     // The executable view's address range; pages are mapped into it as they
     // are opened (set_access), from their lane's memfd, read+execute.
-    Result<std::byte*> rx =
-        pal.reserve_view(shm_[0], bytes(), lo, hi, Access::read_execute, n);
     if (!rx) {
       Error e = rx.error();
       destroy(n);
       return e;
     }
     rx_base_ = *rx;
-
-    // Staging: twice the reservation (address space only: it costs no
-    // memory until written), within rel32 reach of the code where the
-    // address space allows, so that a JIT may keep read-write data there
-    // and reach it from code (see include/wxarena/adapters/). Mapped
-    // read+write once: never executable. Its first half is a pool reused
-    // lowest address first, so staging stays warm, in one part per lane
-    // (a chunk is staged in its lane's part); its second half mirrors
-    // the code page by page, so a chunk always has staging even when the
-    // pool is too fragmented to hold it in one piece.
-    const auto code = reinterpret_cast<std::uintptr_t>(rx_base_);
-    const std::uintptr_t reach = (std::uintptr_t{1} << 31) - 1;
-    const std::uintptr_t slo =
-        code + bytes() > reach ? code + bytes() - reach : 0;
-    const std::size_t staging = 2 * bytes();
-    const std::uintptr_t shi =
-        code > std::numeric_limits<std::uintptr_t>::max() - reach
-            ? std::numeric_limits<std::uintptr_t>::max()
-            : code + reach;
-    Result<std::byte*> st = pal.reserve(staging, slo, shi, n);
-    if (!st && st.error().code() == Errc::unreachable_anchor)
-      st = pal.reserve(staging, 0, 0, n);
-    if (!st) {
-      Error e = st.error();
-      destroy(n);
-      return e;
+    if (!stage_base_) {
+      const auto code = reinterpret_cast<std::uintptr_t>(rx_base_);
+      const std::uintptr_t above = code + bytes() + page;
+      Result<std::byte*> st = Error(Errc::unreachable_anchor);
+      if (above <
+          std::numeric_limits<std::uintptr_t>::max() - staging - 2 * page)
+        st = pal.reserve(staging, above, above + staging + 2 * page, n);
+      if (!st && st.error().code() == Errc::unreachable_anchor) {
+        const std::uintptr_t reach = (std::uintptr_t{1} << 31) - 1;
+        const std::uintptr_t slo =
+            code + bytes() > reach ? code + bytes() - reach : 0;
+        const std::uintptr_t shi =
+            code > std::numeric_limits<std::uintptr_t>::max() - reach
+                ? std::numeric_limits<std::uintptr_t>::max()
+                : code + reach;
+        st = pal.reserve(staging, slo, shi, n);
+      }
+      if (!st && st.error().code() == Errc::unreachable_anchor)
+        st = pal.reserve(staging, 0, 0, n);
+      if (!st) {
+        Error e = st.error();
+        destroy(n);
+        return e;
+      }
+      stage_base_ = *st;
     }
-    stage_base_ = *st;
     if (Result<void> r =
             pal.protect(stage_base_, staging, Access::read_write, n);
         !r) {
