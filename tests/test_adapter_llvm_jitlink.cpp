@@ -188,22 +188,27 @@ std::string message(llvm::Error error) {
 /// An LLJIT whose object layer is JITLink on `memory` with EH frames
 /// registered, resolving libc and libstdc++ from the process.
 llvm::Expected<std::unique_ptr<orc::LLJIT>> make_jit(
-    JitLinkMemoryManager& memory) {
-  auto jit = orc::LLJITBuilder()
-                 .setObjectLinkingLayerCreator(
-                     [&memory](orc::ExecutionSession& es, const llvm::Triple&)
-                         -> llvm::Expected<std::unique_ptr<orc::ObjectLayer>> {
-                       auto layer = std::make_unique<orc::ObjectLinkingLayer>(
-                           es, memory);
-                       // As LLJIT's own JITLink layer does: the unwinder reads
-                       // the frames at their target address, in read-only data.
-                       layer->addPlugin(
-                           std::make_unique<orc::EHFrameRegistrationPlugin>(
-                               es, std::make_unique<
-                                       jitlink::InProcessEHFrameRegistrar>()));
-                       return layer;
-                     })
-                 .create();
+    JitLinkMemoryManager& memory, bool read_only_sections = false) {
+  auto jit =
+      orc::LLJITBuilder()
+          .setObjectLinkingLayerCreator(
+              [&memory, read_only_sections](orc::ExecutionSession& es,
+                                            const llvm::Triple&)
+                  -> llvm::Expected<std::unique_ptr<orc::ObjectLayer>> {
+                auto layer =
+                    std::make_unique<orc::ObjectLinkingLayer>(es, memory);
+                // As LLJIT's own JITLink layer does: the unwinder reads
+                // the frames at their target address, in read-only data.
+                layer->addPlugin(std::make_unique<
+                                 orc::EHFrameRegistrationPlugin>(
+                    es,
+                    std::make_unique<jitlink::InProcessEHFrameRegistrar>()));
+                if (read_only_sections)
+                  layer->addPlugin(
+                      std::make_unique<wxa::llvm::ReadOnlySectionsPlugin>());
+                return layer;
+              })
+          .create();
   if (!jit) return jit.takeError();
   auto process = orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
       (*jit)->getDataLayout().getGlobalPrefix());
@@ -863,6 +868,46 @@ TEST_P(JitLinkDefaultOptionsTest, RealIrLinksRunsAndStaysInReach) {
     EXPECT_TRUE(wxa::test::writable_and_executable().empty());
   }
   EXPECT_EQ(memory.live_allocations(), 0u);
+}
+
+// LLVM 14's ELF reader makes string literals, constant tables and unwind
+// tables Read|Write; with ReadOnlySectionsPlugin they are sealed read-only
+// (and the code still runs). Without it they stay writable.
+TEST_P(JitLinkDefaultOptionsTest, ReadOnlySectionsPluginSealsConstants) {
+  wxa::Options options;
+  if (GetParam() != Backend::automatic) {
+    WXA_SKIP_IF_UNAVAILABLE(GetParam());
+    options.backend = GetParam();
+  }
+  wxa::Result<Arena> arena = Arena::create(options);
+  ASSERT_TRUE(Ok(arena));
+  JitLinkMemoryManager memory(*arena);
+  for (bool plugin : {false, true}) {
+    auto jit = make_jit(memory, plugin);
+    ASSERT_TRUE(static_cast<bool>(jit)) << message(jit.takeError());
+    auto module = parse_module(kStrings);
+    ASSERT_TRUE(static_cast<bool>(module)) << message(module.takeError());
+    ASSERT_TRUE(Succeeded((*jit)->addIRModule(std::move(*module))));
+    auto symbol = (*jit)->lookup("name_of");
+    ASSERT_TRUE(static_cast<bool>(symbol)) << message(symbol.takeError());
+    auto* name_of = orc::ExecutorAddr(symbol->getAddress())
+                        .toPtr<const char* (*)(std::int32_t)>();
+    const char* hello = name_of(0);
+    EXPECT_EQ(std::string(hello), "hello, reach\n");
+    EXPECT_EQ(std::string(name_of(1)), "other");
+    wxa::Result<wxa::ChunkInfo> info = arena->find(hello);
+    ASSERT_TRUE(Ok(info));
+    EXPECT_EQ(info->state, plugin ? State::read_only : State::writable);
+    EXPECT_TRUE(audit_arena(*arena));
+  }
+  using Plugin = wxa::llvm::ReadOnlySectionsPlugin;
+  for (const char* name : {".rodata", ".rodata.str1.1", ".rodata.cst16",
+                           ".data.rel.ro", ".data.rel.ro.local", ".eh_frame",
+                           ".gcc_except_table", ".gcc_except_table._Z1fv"})
+    EXPECT_TRUE(Plugin::read_only(name)) << name;
+  for (const char* name : {".data", ".bss", ".rodatax", ".data.rel",
+                           ".data.rel.local", ".text", ".eh_frame_hdrx", ""})
+    EXPECT_FALSE(Plugin::read_only(name)) << name;
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, JitLinkDefaultOptionsTest,

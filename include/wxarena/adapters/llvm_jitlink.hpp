@@ -56,6 +56,7 @@
 
 #include <llvm/ExecutionEngine/JITLink/JITLink.h>
 #include <llvm/ExecutionEngine/JITLink/JITLinkMemoryManager.h>
+#include <llvm/ExecutionEngine/Orc/ObjectLinkingLayer.h>
 #include <llvm/ExecutionEngine/Orc/Shared/AllocationActions.h>
 #include <llvm/Support/Error.h>
 
@@ -448,6 +449,59 @@ class JitLinkMemoryManager final
   mutable std::mutex mutex_;
   Record live_;  // list head: live_.next is the newest
   std::size_t live_count_ = 0;
+};
+
+/// An ObjectLinkingLayer plugin that gives read-only data the protection
+/// its ELF section has. LLVM 14's ELF JITLink makes every section that is
+/// not executable Read|Write, whatever its flags: string literals and
+/// constants (.rodata*), relocated constant tables (.data.rel.ro*), unwind
+/// tables (.eh_frame) and exception tables (.gcc_except_table*) would stay
+/// writable for the life of the code (only the GOT JITLink builds is read-
+/// only). Before the layout, this marks those sections Read: JITLink still
+/// writes and fixes them up in working memory, and the memory manager seals
+/// them read-only with the code (JitLinkMemoryManager: Seal::read_only, in
+/// the arena's reservation beside the code; LLVM's InProcessMemoryManager:
+/// mprotect). Sections are matched by name, as the linker's default
+/// script does; a name a compiler uses for writable data never matches.
+///
+///   layer->addPlugin(std::make_unique<wxa::llvm::ReadOnlySectionsPlugin>());
+class ReadOnlySectionsPlugin final
+    : public ::llvm::orc::ObjectLinkingLayer::Plugin {
+ public:
+  /// Whether an ELF section of this name holds data that is only read once
+  /// linked.
+  [[nodiscard]] static bool read_only(::llvm::StringRef name) noexcept {
+    auto is = [&name](::llvm::StringRef prefix) {
+      return name == prefix ||
+             (name.startswith(prefix) && name[prefix.size()] == '.');
+    };
+    return is(".rodata") || is(".data.rel.ro") || is(".eh_frame") ||
+           is(".gcc_except_table");
+  }
+
+  void modifyPassConfig(::llvm::orc::MaterializationResponsibility&,
+                        ::llvm::jitlink::LinkGraph& graph,
+                        ::llvm::jitlink::PassConfiguration& config) override {
+    if (!graph.getTargetTriple().isOSBinFormatELF()) return;
+    config.PrePrunePasses.push_back([](::llvm::jitlink::LinkGraph& g) {
+      using ::llvm::operator|;  // MemProt's (LLVM_MARK_AS_BITMASK_ENUM)
+      using ::llvm::jitlink::MemProt;
+      for (::llvm::jitlink::Section& section : g.sections())
+        if (section.getMemProt() == (MemProt::Read | MemProt::Write) &&
+            read_only(section.getName()))
+          section.setMemProt(MemProt::Read);
+      return ::llvm::Error::success();
+    });
+  }
+  ::llvm::Error notifyFailed(
+      ::llvm::orc::MaterializationResponsibility&) override {
+    return ::llvm::Error::success();
+  }
+  ::llvm::Error notifyRemovingResources(::llvm::orc::ResourceKey) override {
+    return ::llvm::Error::success();
+  }
+  void notifyTransferringResources(::llvm::orc::ResourceKey,
+                                   ::llvm::orc::ResourceKey) override {}
 };
 
 }  // namespace wxa::llvm
