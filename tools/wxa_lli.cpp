@@ -15,6 +15,8 @@
 // exit() is defined here to end main() and return to that).
 #include <llvm/ExecutionEngine/JITLink/EHFrameSupport.h>
 #include <llvm/ExecutionEngine/JITLink/JITLinkMemoryManager.h>
+#include <llvm/ExecutionEngine/ObjectCache.h>
+#include <llvm/ExecutionEngine/Orc/CompileUtils.h>
 #include <llvm/ExecutionEngine/Orc/Core.h>
 #include <llvm/ExecutionEngine/Orc/ExecutionUtils.h>
 #include <llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h>
@@ -25,10 +27,13 @@
 #include <llvm/IRReader/IRReader.h>
 #include <llvm/Support/CodeGen.h>
 #include <llvm/Support/Error.h>
+#include <llvm/Support/FileSystem.h>
+#include <llvm/Support/Format.h>
 #include <llvm/Support/MemoryBuffer.h>
 #include <llvm/Support/SourceMgr.h>
 #include <llvm/Support/TargetSelect.h>
 #include <llvm/Support/raw_ostream.h>
+#include <llvm/Support/xxhash.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -64,6 +69,11 @@ constexpr char kUsage[] =
     "the\n"
     "                   library's, wxa::Options{}.reserve_bytes)\n"
     "  --stats          print the arena's stats after main() returns\n"
+    "  --segments       print each linked graph's sections: protection,\n"
+    "                   address, size\n"
+    "  --cache=DIR      keep the program's compiled object in DIR and link\n"
+    "                   it from there next time (what is timed is then the\n"
+    "                   link, not the compile)\n"
     "  --time           print the time to materialize main and to run it,\n"
     "                   peak RSS and the process's VMAs\n"
     "Exit status: main()'s, or 2 when the program cannot be loaded or "
@@ -72,7 +82,8 @@ constexpr char kUsage[] =
 struct Args {
   std::optional<wxa::Backend> backend = wxa::Backend::automatic;  // none: llvm
   std::size_t reserve = wxa::Options{}.reserve_bytes;
-  bool stats = false, time = false;
+  bool stats = false, time = false, segments = false;
+  std::string cache;  // empty: no object cache
   std::string program;
   std::vector<std::string> rest;  // main's arguments after argv[0]
 };
@@ -140,6 +151,14 @@ bool parse_args(int argc, char** argv, Args& args) {
         std::fprintf(stderr, "wxa-lli: bad size in '%s'\n", argv[i]);
         return false;
       }
+    } else if (a.rfind("--cache=", 0) == 0) {
+      args.cache = std::string(a.substr(8));
+      if (args.cache.empty()) {
+        std::fprintf(stderr, "wxa-lli: --cache needs a directory\n");
+        return false;
+      }
+    } else if (a == "--segments") {
+      args.segments = true;
     } else if (a == "--stats") {
       args.stats = true;
     } else if (a == "--time") {
@@ -250,6 +269,80 @@ double ms_since(std::chrono::steady_clock::time_point t) {
       .count();
 }
 
+// --- the object cache -------------------------------------------------------
+// The program's module compiled once, kept in a file named by a hash of the
+// program's bytes and the target; other modules (the platform's) are
+// compiled each time.
+
+class ObjectFileCache final : public llvm::ObjectCache {
+ public:
+  ObjectFileCache(std::string module_id, std::string path)
+      : module_id_(std::move(module_id)), path_(std::move(path)) {}
+
+  void notifyObjectCompiled(const llvm::Module* m,
+                            llvm::MemoryBufferRef object) override {
+    if (m->getModuleIdentifier() != module_id_) return;
+    // Written aside and renamed: runs side by side never see half a file.
+    const std::string tmp = path_ + ".tmp" + std::to_string(getpid());
+    {
+      std::error_code ec;
+      llvm::raw_fd_ostream out(tmp, ec);
+      if (ec) {
+        llvm::errs() << "wxa-lli: cannot write " << tmp << ": " << ec.message()
+                     << "\n";
+        return;
+      }
+      out << object.getBuffer();
+    }
+    if (std::error_code ec = llvm::sys::fs::rename(tmp, path_))
+      llvm::errs() << "wxa-lli: cannot write " << path_ << ": " << ec.message()
+                   << "\n";
+  }
+
+  std::unique_ptr<llvm::MemoryBuffer> getObject(
+      const llvm::Module* m) override {
+    if (m->getModuleIdentifier() != module_id_) return nullptr;
+    auto buffer = llvm::MemoryBuffer::getFile(path_);
+    if (!buffer) return nullptr;
+    return std::move(*buffer);
+  }
+
+ private:
+  std::string module_id_, path_;
+};
+
+// --- --segments -------------------------------------------------------------
+
+// Prints each graph's sections once they have addresses: what JITLink asked
+// the memory manager for, and where it went.
+class SegmentPrinter final : public orc::ObjectLinkingLayer::Plugin {
+ public:
+  void modifyPassConfig(orc::MaterializationResponsibility&,
+                        jitlink::LinkGraph&,
+                        jitlink::PassConfiguration& config) override {
+    config.PostAllocationPasses.push_back([](jitlink::LinkGraph& graph) {
+      for (jitlink::Section& section : graph.sections()) {
+        const jitlink::SectionRange range(section);
+        if (range.empty()) continue;
+        llvm::errs() << "wxa-lli: " << graph.getName() << ": "
+                     << section.getName() << " " << section.getMemProt()
+                     << " at "
+                     << llvm::format_hex(range.getStart().getValue(), 14)
+                     << ", " << range.getSize() << " bytes\n";
+      }
+      return llvm::Error::success();
+    });
+  }
+  llvm::Error notifyFailed(orc::MaterializationResponsibility&) override {
+    return llvm::Error::success();
+  }
+  llvm::Error notifyRemovingResources(orc::ResourceKey) override {
+    return llvm::Error::success();
+  }
+  void notifyTransferringResources(orc::ResourceKey,
+                                   orc::ResourceKey) override {}
+};
+
 // atexit() as glibc's libc_nonshared.a defines it, over the __cxa_atexit
 // and __dso_handle that LLJIT's generic platform defines in the JIT: the
 // handlers are recorded in the JIT and run at deinitialize(), in reverse
@@ -282,10 +375,16 @@ llvm::Error add_atexit(orc::LLJIT& jit) {
 int run(const Args& args, std::unique_ptr<jitlink::JITLinkMemoryManager> own,
         jitlink::JITLinkMemoryManager& memory, const wxa::Arena* arena) {
   const auto start = std::chrono::steady_clock::now();
+  auto bytes = llvm::MemoryBuffer::getFile(args.program);
+  if (!bytes) {
+    std::fprintf(stderr, "wxa-lli: cannot read %s: %s\n", args.program.c_str(),
+                 bytes.getError().message().c_str());
+    return 2;
+  }
   auto context = std::make_unique<llvm::LLVMContext>();
   llvm::SMDiagnostic diagnostic;
   std::unique_ptr<llvm::Module> module =
-      llvm::parseIRFile(args.program, diagnostic, *context);
+      llvm::parseIR((*bytes)->getMemBufferRef(), diagnostic, *context);
   if (!module) {
     diagnostic.print("wxa-lli", llvm::errs());
     return 2;
@@ -300,9 +399,30 @@ int run(const Args& args, std::unique_ptr<jitlink::JITLinkMemoryManager> own,
   target->setCodeModel(llvm::CodeModel::Small);
   target->setRelocationModel(llvm::Reloc::PIC_);
 
+  std::unique_ptr<ObjectFileCache> cache;
+  if (!args.cache.empty()) {
+    const std::string key =
+        (*bytes)->getBuffer().str() + '\0' + target->getTargetTriple().str() +
+        '\0' + target->getCPU() + '\0' + target->getFeatures().getString();
+    char name[32];
+    std::snprintf(name, sizeof name, "/%016llx.o",
+                  static_cast<unsigned long long>(llvm::xxHash64(key)));
+    cache = std::make_unique<ObjectFileCache>(module->getModuleIdentifier(),
+                                              args.cache + name);
+  }
+
   auto jit =
       orc::LLJITBuilder()
           .setJITTargetMachineBuilder(std::move(*target))
+          .setCompileFunctionCreator(
+              [&cache](orc::JITTargetMachineBuilder builder)
+                  -> llvm::Expected<
+                      std::unique_ptr<orc::IRCompileLayer::IRCompiler>> {
+                auto machine = builder.createTargetMachine();
+                if (!machine) return machine.takeError();
+                return std::make_unique<orc::TMOwningSimpleCompiler>(
+                    std::move(*machine), cache.get());
+              })
           .setObjectLinkingLayerCreator(
               [&](orc::ExecutionSession& es, const llvm::Triple&)
                   -> llvm::Expected<std::unique_ptr<orc::ObjectLayer>> {
@@ -318,6 +438,12 @@ int run(const Args& args, std::unique_ptr<jitlink::JITLinkMemoryManager> own,
                                  orc::EHFrameRegistrationPlugin>(
                     es,
                     std::make_unique<jitlink::InProcessEHFrameRegistrar>()));
+                // Read-only data sealed read-only (LLVM 14 asks for
+                // read-write).
+                layer->addPlugin(
+                    std::make_unique<wxa::llvm::ReadOnlySectionsPlugin>());
+                if (args.segments)
+                  layer->addPlugin(std::make_unique<SegmentPrinter>());
                 return layer;
               })
           .create();
