@@ -240,27 +240,46 @@ def run(program, backend, policy):
     return 0
 
 
-def bench(program):
-    """One line per memory manager: materialize and run times, peak RSS and
-    the process's VMAs, as wxa-lli --time reports them (compile included:
-    no object cache)."""
+def bench(program, repeats=5):
+    """docs/benchmarks.md's table: for LLVM's own JITLink memory manager and
+    each wxarena backend, the time to materialize main (compile and link,
+    then link only from the object cache) and to run the first workload
+    step, peak RSS and the process's VMAs at the end, as wxa-lli --time
+    reports them; medians of `repeats` runs for the link-only rows."""
     bitcode, native, objects, work = prepare(program)
     args, stdin = workload(program, work)[0]
-    t = time.perf_counter()
     expect = run_step([native, *args], stdin)
-    print(f"{program} native: run {1000 * (time.perf_counter() - t):.1f} ms")
-    for backend in ("llvm", "protect", "dual_map", "kernel_write"):
-        for cached in (False, True):
+    print(f"{program}: {' '.join(args)}" + (f" < {os.path.basename(stdin)}"
+                                            if stdin else ""))
+    print("| memory | materialize | run | total | peak RSS | VMAs | output |")
+    print("|---|---|---|---|---|---|---|")
+    pattern = re.compile(r"materialize ([\d.]+) ms, run ([\d.]+) ms, peak RSS "
+                         r"(\d+) KiB, (\d+) VMAs")
+    for cached in (False, True):
+        for backend in ("llvm", "protect", "dual_map", "kernel_write"):
             cmd = [env("WXA_LLI"), "--backend=" + backend, "--time"]
             if cached:
                 cmd.append("--cache=" + objects)
-            got = run_step([*cmd, bitcode, *args], stdin)
-            line = [l for l in got.stderr.decode().splitlines()
-                    if l.startswith("wxa-lli: materialize")]
-            same = got.stdout == expect.stdout
-            print(f"{program} {backend} {'linked' if cached else 'compiled'}:"
-                  f" {line[0][9:] if line else got.stderr.decode()[-300:]}"
-                  f"{'' if same else ' OUTPUT DIFFERS'}")
+            rows = []
+            for _ in range(repeats if cached else 1):
+                got = run_step([*cmd, bitcode, *args], stdin)
+                m = pattern.search(got.stderr.decode())
+                if not m:
+                    print(f"| {backend} | failed: "
+                          f"{got.stderr.decode()[-200:]!r} |")
+                    break
+                rows.append((float(m[1]), float(m[2]), int(m[3]), int(m[4]),
+                             got.stdout == expect.stdout))
+            if not rows:
+                continue
+            rows.sort(key=lambda r: r[0] + r[1])
+            mat, run_ms, rss, vmas, same = rows[len(rows) // 2]
+            name = ("LLVM InProcessMemoryManager" if backend == "llvm"
+                    else f"wxarena {backend}")
+            how = "link only" if cached else "compile + link"
+            print(f"| {name} ({how}) | {mat:.1f} ms | {run_ms:.1f} ms | "
+                  f"{mat + run_ms:.1f} ms | {rss / 1024:.1f} MiB | {vmas} | "
+                  f"{'identical' if same and all(r[4] for r in rows) else 'DIFFERS'} |")
     return 0
 
 
