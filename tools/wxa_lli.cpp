@@ -74,8 +74,8 @@ constexpr char kUsage[] =
     "  --cache=DIR      keep the program's compiled object in DIR and link\n"
     "                   it from there next time (what is timed is then the\n"
     "                   link, not the compile)\n"
-    "  --time           print the time to materialize main and to run it,\n"
-    "                   peak RSS and the process's VMAs\n"
+    "  --time           print the time to materialize main and to run it\n"
+    "                   (wall and CPU), peak RSS and the process's VMAs\n"
     "Exit status: main()'s, or 2 when the program cannot be loaded or "
     "linked.\n";
 
@@ -215,6 +215,18 @@ std::size_t process_vmas() {
   std::size_t n = 0;
   for (std::string line; std::getline(maps, line);) ++n;
   return n;
+}
+
+// CPU time of the process (user + system), in ms: what a phase cost, less
+// sensitive than the wall clock to other processes on the machine.
+double cpu_ms() {
+  struct rusage usage {};
+  if (getrusage(RUSAGE_SELF, &usage) != 0) return -1;
+  auto ms = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) * 1e3 +
+           static_cast<double>(t.tv_usec) / 1e3;
+  };
+  return ms(usage.ru_utime) + ms(usage.ru_stime);
 }
 
 long peak_rss_kib() {
@@ -375,6 +387,7 @@ llvm::Error add_atexit(orc::LLJIT& jit) {
 int run(const Args& args, std::unique_ptr<jitlink::JITLinkMemoryManager> own,
         jitlink::JITLinkMemoryManager& memory, const wxa::Arena* arena) {
   const auto start = std::chrono::steady_clock::now();
+  const double start_cpu = cpu_ms();
   auto bytes = llvm::MemoryBuffer::getFile(args.program);
   if (!bytes) {
     std::fprintf(stderr, "wxa-lli: cannot read %s: %s\n", args.program.c_str(),
@@ -471,6 +484,8 @@ int run(const Args& args, std::unique_ptr<jitlink::JITLinkMemoryManager> own,
   // Constructors (llvm.global_ctors), linked on demand like main.
   if (llvm::Error e = (*jit)->initialize(dylib)) return fail(std::move(e));
   const double materialize_ms = ms_since(start);
+  const double run_cpu = cpu_ms();
+  const double materialize_cpu = run_cpu - start_cpu;
 
   std::vector<std::string> strings;
   strings.push_back(args.program);
@@ -489,12 +504,14 @@ int run(const Args& args, std::unique_ptr<jitlink::JITLinkMemoryManager> own,
   }
   std::fflush(nullptr);
   const double run_ms = ms_since(run_start);
+  const double run_cpu_ms = cpu_ms() - run_cpu;
 
   if (args.time)
     std::fprintf(stderr,
-                 "wxa-lli: materialize %.1f ms, run %.1f ms, peak RSS %ld "
-                 "KiB, %zu VMAs\n",
-                 materialize_ms, run_ms, peak_rss_kib(), process_vmas());
+                 "wxa-lli: materialize %.1f ms (cpu %.1f ms), run %.1f ms "
+                 "(cpu %.1f ms), peak RSS %ld KiB, %zu VMAs\n",
+                 materialize_ms, materialize_cpu, run_ms, run_cpu_ms,
+                 peak_rss_kib(), process_vmas());
   if (args.stats && arena) print_stats(arena->stats());
   return status;
 }

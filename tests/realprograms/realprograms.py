@@ -8,7 +8,7 @@
 #
 #   realprograms.py run PROGRAM BACKEND POLICY   one meson test
 #   realprograms.py prepare PROGRAM              fetch and build only
-#   realprograms.py bench PROGRAM                the docs/benchmarks.md table
+#   realprograms.py bench PROGRAM...             docs/benchmarks.md's tables
 #
 # Tools and the cache directory come from the environment (tests/meson.build):
 # WXA_LLI, WXA_SECCOMP_RUN (optional), CLANG, LLVM_LINK, NPM, WXA_RP_CACHE.
@@ -240,46 +240,55 @@ def run(program, backend, policy):
     return 0
 
 
-def bench(program, repeats=5):
+def bench(program, repeats=3):
     """docs/benchmarks.md's table: for LLVM's own JITLink memory manager and
     each wxarena backend, the time to materialize main (compile and link,
     then link only from the object cache) and to run the first workload
-    step, peak RSS and the process's VMAs at the end, as wxa-lli --time
-    reports them; medians of `repeats` runs for the link-only rows."""
+    step, wall and CPU, peak RSS and the process's VMAs at the end, as
+    wxa-lli --time reports them: medians of `repeats` runs, the memory
+    managers taking turns."""
     bitcode, native, objects, work = prepare(program)
     args, stdin = workload(program, work)[0]
     expect = run_step([native, *args], stdin)
-    print(f"{program}: {' '.join(args)}" + (f" < {os.path.basename(stdin)}"
-                                            if stdin else ""))
-    print("| memory | materialize | run | total | peak RSS | VMAs | output |")
-    print("|---|---|---|---|---|---|---|")
-    pattern = re.compile(r"materialize ([\d.]+) ms, run ([\d.]+) ms, peak RSS "
-                         r"(\d+) KiB, (\d+) VMAs")
+    print(f"\n{program}: {' '.join(args)}" + (f" < {os.path.basename(stdin)}"
+                                              if stdin else ""))
+    print("| memory | materialize | run | total | total CPU | peak RSS "
+          "| VMAs | output |")
+    print("|---|--:|--:|--:|--:|--:|--:|---|")
+    pattern = re.compile(r"materialize ([\d.]+) ms \(cpu ([\d.]+) ms\), run "
+                         r"([\d.]+) ms \(cpu ([\d.]+) ms\), peak RSS (\d+) "
+                         r"KiB, (\d+) VMAs")
+    backends = ("llvm", "protect", "dual_map", "kernel_write")
     for cached in (False, True):
-        for backend in ("llvm", "protect", "dual_map", "kernel_write"):
-            cmd = [env("WXA_LLI"), "--backend=" + backend, "--time"]
-            if cached:
-                cmd.append("--cache=" + objects)
-            rows = []
-            for _ in range(repeats if cached else 1):
+        rows = {b: [] for b in backends}
+        for _ in range(repeats):
+            for backend in backends:
+                cmd = [env("WXA_LLI"), "--backend=" + backend, "--time"]
+                if cached:
+                    cmd.append("--cache=" + objects)
                 got = run_step([*cmd, bitcode, *args], stdin)
                 m = pattern.search(got.stderr.decode())
                 if not m:
                     print(f"| {backend} | failed: "
                           f"{got.stderr.decode()[-200:]!r} |")
-                    break
-                rows.append((float(m[1]), float(m[2]), int(m[3]), int(m[4]),
-                             got.stdout == expect.stdout))
-            if not rows:
+                    continue
+                rows[backend].append((float(m[1]), float(m[3]),
+                                      float(m[2]) + float(m[4]), int(m[5]),
+                                      int(m[6]), got.stdout == expect.stdout))
+        for backend in backends:
+            r = rows[backend]
+            if not r:
                 continue
-            rows.sort(key=lambda r: r[0] + r[1])
-            mat, run_ms, rss, vmas, same = rows[len(rows) // 2]
+            median = lambda i: sorted(x[i] for x in r)[len(r) // 2]
+            mat, run_ms, cpu = median(0), median(1), median(2)
+            total = sorted(x[0] + x[1] for x in r)[len(r) // 2]
             name = ("LLVM InProcessMemoryManager" if backend == "llvm"
                     else f"wxarena {backend}")
             how = "link only" if cached else "compile + link"
-            print(f"| {name} ({how}) | {mat:.1f} ms | {run_ms:.1f} ms | "
-                  f"{mat + run_ms:.1f} ms | {rss / 1024:.1f} MiB | {vmas} | "
-                  f"{'identical' if same and all(r[4] for r in rows) else 'DIFFERS'} |")
+            same = all(x[5] for x in r)
+            print(f"| {name} ({how}) | {mat:.0f} ms | {run_ms:.0f} ms | "
+                  f"{total:.0f} ms | {cpu:.0f} ms | {r[-1][3] / 1024:.1f} MiB "
+                  f"| {r[-1][4]} | {'identical' if same else 'DIFFERS'} |")
     return 0
 
 
@@ -290,8 +299,14 @@ def main(argv):
         if len(argv) == 3 and argv[1] == "prepare" and argv[2] in PACKAGES:
             prepare(argv[2])
             return 0
-        if len(argv) == 3 and argv[1] == "bench" and argv[2] in PACKAGES:
-            return bench(argv[2])
+        if (len(argv) >= 3 and argv[1] == "bench"
+                and all(p in PACKAGES for p in argv[2:])):
+            print(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}, Linux "
+                  f"{os.uname().release}, {os.cpu_count()} CPUs, load "
+                  f"average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            for program in argv[2:]:
+                bench(program)
+            return 0
     except Skip as why:
         print(f"SKIP: {why}")
         return SKIP
