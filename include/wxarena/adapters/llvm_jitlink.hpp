@@ -23,6 +23,11 @@
 //   RW-          left writable          rw()             rw()
 //   RWX          refused: permission_denied
 //
+// LLVM 14's ELF reader asks R-- only for the GOT JITLink builds: string
+// literals, constants, jump tables, .data.rel.ro and unwind tables come as
+// RW- unless ReadOnlySectionsPlugin (at the end of this file) marks them
+// R-- before the layout.
+//
 // Read-write data runs at its writable view: on dual_map and kernel_write a
 // writable chunk's rx() is not writable (on protect rw() == rx()). Segments
 // of one class and deallocation policy share one chunk, each aligned as it
