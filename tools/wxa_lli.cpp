@@ -12,7 +12,8 @@
 // before the JIT, the manager and the arena go away (glibc keeps atexit()
 // out of libc.so: LLJIT's generic platform defines atexit and
 // __cxa_atexit in the JIT and runs what they record at deinitialize();
-// exit() is defined here to end main() and return to that).
+// exit() is defined here to end main() and return to that; exit() on
+// another thread than main()'s ends the process without them).
 #include <llvm/ExecutionEngine/JITLink/EHFrameSupport.h>
 #include <llvm/ExecutionEngine/JITLink/JITLinkMemoryManager.h>
 #include <llvm/ExecutionEngine/ObjectCache.h>
@@ -182,12 +183,14 @@ bool parse_args(int argc, char** argv, Args& args) {
 
 // --- exit() ------------------------------------------------------------------
 // The program's exit() ends main() here, so that its atexit handlers run
-// (LLJIT's deinitialize) before the JIT and the arena are destroyed. Only
-// C frames lie between run_main's setjmp and the longjmp.
+// (LLJIT's deinitialize) before the JIT and the arena are destroyed. The
+// program's frames are abandoned as exit() abandons them (no automatic
+// object is destroyed); only they lie between run_main's setjmp and the
+// longjmp.
 
 std::jmp_buf g_exit_jump;
 int g_exit_status = 0;
-bool g_in_main = false;
+thread_local bool g_in_main = false;  // only main()'s thread jumps back
 
 extern "C" [[noreturn]] void wxa_lli_exit(int status) {
   if (g_in_main) {
@@ -195,7 +198,8 @@ extern "C" [[noreturn]] void wxa_lli_exit(int status) {
     g_exit_status = status;
     std::longjmp(g_exit_jump, 1);
   }
-  std::exit(status);  // from a handler or destructor: the process ends
+  // From another thread, a handler or a destructor: the process ends.
+  std::exit(status);
 }
 
 using MainFn = int(int, char**, char**);
