@@ -79,15 +79,18 @@ def fetch(cache, program):
                        "registry")
         try:
             r = subprocess.run([npm, "pack", f"{name}@{version}",
-                                "--pack-destination", cache, "--silent"],
+                                "--pack-destination", cache, "--loglevel=error"],
                                capture_output=True, timeout=180, cwd=cache)
         except subprocess.TimeoutExpired:
             raise Skip(f"the npm registry did not answer for {name}@{version} "
                        "within 180 s")
         if r.returncode != 0 or not os.path.exists(tgz):
+            lines = r.stderr.decode(errors="replace").splitlines()
+            why = next((l for l in lines if "request to" in l or "ENOTFOUND"
+                        in l or "ECONNREFUSED" in l),
+                       lines[0] if lines else f"npm exit status {r.returncode}")
             raise Skip(f"the npm registry cannot be reached for {name}@"
-                       f"{version}: "
-                       + r.stderr.decode(errors="replace").strip()[-500:])
+                       f"{version}: {why.strip()}")
     if sha256(tgz) != digest:
         os.remove(tgz)
         raise RuntimeError(f"{tgz}: sha256 differs from the pinned {digest}")
