@@ -29,22 +29,38 @@ void StagingPool::set_lanes(unsigned lane_shift, std::size_t count) noexcept {
   for (std::size_t l = 0; l < count; ++l) low_[l] = (l << lane_shift_) / 64;
 }
 
+Result<void> StagingPool::reserve(Pal& pal, SyscallCounts& n) noexcept {
+  pal_ = &pal;
+  Result<std::byte*> st = pal.reserve(2 * bytes(), 0, 0, n);
+  if (!st) return st.error();
+  base_ = *st;
+  return {};
+}
+
 Result<void> StagingPool::map(Pal& pal, const std::byte* code, bool name,
                               SyscallCounts& n) noexcept {
   pal_ = &pal;
-  const auto at = reinterpret_cast<std::uintptr_t>(code);
-  const std::uintptr_t reach = (std::uintptr_t{1} << 31) - 1;
-  const std::uintptr_t lo = at + bytes() > reach ? at + bytes() - reach : 0;
   const std::size_t staging = 2 * bytes();
-  const std::uintptr_t hi =
-      at > std::numeric_limits<std::uintptr_t>::max() - reach
-          ? std::numeric_limits<std::uintptr_t>::max()
-          : at + reach;
-  Result<std::byte*> st = pal.reserve(staging, lo, hi, n);
-  if (!st && st.error().code() == Errc::unreachable_anchor)
-    st = pal.reserve(staging, 0, 0, n);
-  if (!st) return st.error();
-  base_ = *st;
+  if (!base_) {
+    constexpr std::uintptr_t kMax = std::numeric_limits<std::uintptr_t>::max();
+    const auto at = reinterpret_cast<std::uintptr_t>(code);
+    // A reservation's guards: one page each side (pal.hpp).
+    const std::uintptr_t page = std::uintptr_t{1} << shift_;
+    const std::uintptr_t above = at + bytes() + page;
+    Result<std::byte*> st = Error(Errc::unreachable_anchor);
+    if (above < kMax - staging - 2 * page)
+      st = pal.reserve(staging, above, above + staging + 2 * page, n);
+    if (!st && st.error().code() == Errc::unreachable_anchor) {
+      const std::uintptr_t reach = (std::uintptr_t{1} << 31) - 1;
+      const std::uintptr_t lo = at + bytes() > reach ? at + bytes() - reach : 0;
+      const std::uintptr_t hi = at > kMax - reach ? kMax : at + reach;
+      st = pal.reserve(staging, lo, hi, n);
+    }
+    if (!st && st.error().code() == Errc::unreachable_anchor)
+      st = pal.reserve(staging, 0, 0, n);
+    if (!st) return st.error();
+    base_ = *st;
+  }
   if (Result<void> r = pal.protect(base_, staging, Access::read_write, n); !r)
     return r;
   if (name && pal.capabilities().vma_naming) {

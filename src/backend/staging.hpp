@@ -37,10 +37,18 @@ class StagingPool {
                                       unsigned shift) noexcept;
   /// Splits the pool into `count` lanes of 1 << lane_shift pages.
   void set_lanes(unsigned lane_shift, std::size_t count) noexcept;
-  /// Reserves the staging memory, within rel32 reach of `code` (the code
-  /// view, pages() pages long) where the address space allows, so that a
-  /// JIT may keep read-write data there and reach it from code; names it
-  /// when `name`. On failure, what it reserved stays until unmap().
+  /// Reserves the staging memory anywhere, before the code is placed (the
+  /// code then goes right below it: see map()).
+  [[nodiscard]] Result<void> reserve(Pal& pal, SyscallCounts& n) noexcept;
+  /// Where reserve() put the staging memory (nullptr before).
+  [[nodiscard]] std::byte* base() const noexcept { return base_; }
+  /// Reserves the staging memory unless reserve() did: right above `code`
+  /// (the code view, pages() pages long) where that is free, else within
+  /// rel32 reach of it, else anywhere; then makes it read+write and names
+  /// it when `name`. A JIT may keep read-write data in staging and reach it
+  /// from code with 32-bit PC-relative fixups (include/wxarena/adapters/),
+  /// so a lane's code and its part of the pool are best one reservation
+  /// apart. On failure, what it reserved stays until unmap().
   [[nodiscard]] Result<void> map(Pal& pal, const std::byte* code, bool name,
                                  SyscallCounts& n) noexcept;
   /// Unmaps the staging memory (idempotent).
