@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -122,8 +123,9 @@ std::size_t read_max_map_count() noexcept {
   return v ? v : 65530;
 }
 
-int memfd_create_flags(bool exec_flag) noexcept {
-  return static_cast<int>(MFD_CLOEXEC | (exec_flag ? MFD_EXEC : 0U));
+int memfd_create_flags(bool exec_flag, bool sealing = false) noexcept {
+  return static_cast<int>(MFD_CLOEXEC | (exec_flag ? MFD_EXEC : 0U) |
+                          (sealing ? MFD_ALLOW_SEALING : 0U));
 }
 
 // kernel_write's whole mechanism, tried for real on a memfd page `fd`
@@ -383,14 +385,33 @@ Result<SharedHandle> Pal::create_shared(std::size_t bytes, const char* label,
     return Error(Errc::not_supported);
   ++n.memfd;
   int fd = static_cast<int>(::syscall(
-      SYS_memfd_create, label, memfd_create_flags(caps.memfd_exec_flag)));
+      SYS_memfd_create, label, memfd_create_flags(caps.memfd_exec_flag, true)));
   if (fd < 0) return error_from_errno(errno);
-  ++n.other;
+  // Another process of the same user may reopen the memfd through
+  // /proc/<pid>/fd/<n> (a reopen checks the inode's mode, not the
+  // descriptor's, and needs only ptrace read access, which Yama allows):
+  // no write permission from the first moment, no permission at all once
+  // the read-only descriptor below is open. The library's own descriptors
+  // keep the access they were opened with. A same-user process can still
+  // chmod the inode back (it owns it): see docs/security.md.
   int err = 0;
-  if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0)
-    err = errno;
-  else if (!track_for_fork(fd))
-    err = EMFILE;
+  ++n.other;
+  if (::fchmod(fd, S_IRUSR) != 0) err = errno;
+  // Its size is fixed for good: nobody can truncate it under running code
+  // (SIGBUS) or grow it; nobody can add a seal (F_SEAL_WRITE would stop
+  // the library's own writes). Holes may still be punched (fallocate
+  // checks only the write seals), which is how the backends free pages.
+  if (!err) {
+    ++n.other;
+    if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) err = errno;
+  }
+  if (!err) {
+    ++n.other;
+    if (::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) !=
+        0)
+      err = errno;
+  }
+  if (!err && !track_for_fork(fd)) err = EMFILE;
   if (err) {
     ++n.other;
     (void)::close(fd);  // already failing; the first error is reported
@@ -407,6 +428,19 @@ Result<SharedHandle> Pal::create_shared(std::size_t bytes, const char* label,
     ++n.other;
     (void)::close(ro);  // a full table: carry on without it
     ro = -1;
+  }
+  ++n.other;
+  if (::fchmod(fd, 0) != 0) {
+    err = errno;
+    if (ro >= 0) {
+      untrack_for_fork(ro);
+      ++n.other;
+      (void)::close(ro);
+    }
+    untrack_for_fork(fd);
+    ++n.other;
+    (void)::close(fd);
+    return error_from_errno(err);
   }
   return SharedHandle{fd, ro, fork_generation()};
 }
