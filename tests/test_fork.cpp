@@ -1,24 +1,34 @@
 // SPDX-License-Identifier: MIT
-// Fork safety with a real fork(): a child can call the parent's sealed code but
-// cannot write it, and the parent's arena stays consistent whatever the child
-// does.
+// Fork safety with real forks of every flavour (fork(), _Fork(), the raw
+// system call, clone() without CLONE_VM) and from a threaded parent: a child
+// can call the parent's sealed code but cannot change it, never waits on a
+// lock taken before the fork, and the parent's arena stays consistent
+// whatever the child does.
 //
 // The children report through _exit codes only (no gtest assertion runs in a
 // child); the parent decodes them. Faults expected in a child are provoked in
 // a grandchild, whose death by SIGSEGV the child checks.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <thread>
+#include <utility>
 
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "support/backends.hpp"
@@ -50,8 +60,9 @@ enum ChildExit : int {
   kPrivateWriteLost = 17,  // the child's own write did not read back
   kPatchFailed = 18,       // the child could not patch its copy
   kPipe = 19,
-  kOtherError = 20,    // the arena failed in the child with another error
-  kChildMutated = 21,  // a refused call in the child still changed something
+  kOtherError = 20,       // the arena failed in the child with another error
+  kChildMutated = 21,     // a refused call in the child still changed something
+  kChildCallWorked = 22,  // a call in the child was not refused
 };
 
 const char* describe(int code) {
@@ -81,8 +92,15 @@ const char* describe(int code) {
              "wrong_process";
     case kChildMutated:
       return "a call refused in the child still changed the child's arena";
+    case kChildArenaRefused:
+      return "the child was refused with wrong_process";
+    case kChildCallWorked:
+      return "an arena call in the child succeeded instead of being refused "
+             "with wrong_process";
     case kChildOk:
       return "the child patched (its copy of) the code";
+    case 128 + SIGALRM:
+      return "the child hung in an arena call (killed by its alarm)";
     default:
       return "unexpected exit code";
   }
@@ -427,6 +445,258 @@ TEST(ForkProtect, ChildWritesItsPrivateCopyOnly) {
   ASSERT_EQ(code, kChildOk) << describe(code) << " (child exit " << code << ")";
   check_parent_after(s);
 }
+
+// --- Every fork flavour ------------------------------------------------------
+//
+// glibc runs pthread_atfork handlers in the child of fork() only: a child
+// made by _Fork(), by the fork system call itself, or by clone() without
+// CLONE_VM runs none. The library must see such a child as another process
+// all the same, on every call.
+
+enum class Flavour { fork, underscore_fork, raw_syscall, clone_no_vm };
+
+const char* flavour_name(Flavour f) {
+  switch (f) {
+    case Flavour::fork:
+      return "fork";
+    case Flavour::underscore_fork:
+      return "_Fork";
+    case Flavour::raw_syscall:
+      return "syscall_fork";
+    case Flavour::clone_no_vm:
+      return "clone_without_vm";
+  }
+  return "?";
+}
+
+struct CloneArg {
+  int (*run)(void*);
+  void* ctx;
+};
+
+// Runs f() in a child made the way `flavour` says and returns its exit code
+// (or 128 + signal, or -1 when the child could not be made).
+template <class F>
+int in_child_made_by(Flavour flavour, F f) {
+  std::fflush(nullptr);
+  auto run = [](void* p) -> int { return (*static_cast<F*>(p))(); };
+  pid_t pid = -1;
+  switch (flavour) {
+    case Flavour::fork:
+      pid = ::fork();
+      break;
+    case Flavour::underscore_fork:
+      pid = ::_Fork();  // glibc 2.34: no atfork handler runs
+      break;
+    case Flavour::raw_syscall:
+#ifdef SYS_fork
+      pid = static_cast<pid_t>(::syscall(SYS_fork));
+#else  // AArch64 has clone only: the same call fork() makes, minus glibc
+      pid = static_cast<pid_t>(::syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0));
+#endif
+      break;
+    case Flavour::clone_no_vm: {
+      // A copy of the address space (no CLONE_VM): the child runs `run` on
+      // its own copy of this stack and exits with what it returns.
+      static constexpr std::size_t kStack = 256 * 1024;
+      std::vector<std::byte> stack(kStack);
+      pid = ::clone(run, stack.data() + kStack, SIGCHLD, &f);
+      break;
+    }
+  }
+  if (pid == 0) ::_exit(run(&f));
+  if (pid < 0) return -1;
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -2;
+}
+
+// In a child: every call of the arena is refused with wrong_process and
+// changes nothing; the inherited code still runs. The attack of the issue:
+// patch the parent's function to return 7.
+int attack_from_child(ForkScene& s) {
+  ::alarm(30);  // a hang is a failure too (128 + SIGALRM)
+  Arena& arena = *s.arena;
+  auto refused_ok = [](const Error& e) {
+    return e == Errc::wrong_process ? kChildArenaRefused : kOtherError;
+  };
+  std::byte seven[16];
+  if (!write_fn(seven, 7)) return kPatchFailed;
+  if (Result<void> r = arena.patch(s.sealed.rx(), seven); r)
+    return kChildCallWorked;
+  else if (refused_ok(r.error()) != kChildArenaRefused)
+    return kOtherError;
+  if (Result<Chunk> r = arena.allocate(64); r)
+    return kChildCallWorked;
+  else if (r.error() != Errc::wrong_process)
+    return kOtherError;
+  if (Result<void> r = arena.seal(s.writable); r)
+    return kChildCallWorked;
+  else if (r.error() != Errc::wrong_process)
+    return kOtherError;
+  if (Result<Chunk> r = arena.unseal(s.sealed.rx()); r)
+    return kChildCallWorked;
+  else if (r.error() != Errc::wrong_process)
+    return kOtherError;
+  if (Result<void> r = arena.release(s.sealed.rx()); r)
+    return kChildCallWorked;
+  else if (r.error() != Errc::wrong_process)
+    return kOtherError;
+  if (Result<void> r = arena.trim(); r)
+    return kChildCallWorked;
+  else if (r.error() != Errc::wrong_process)
+    return kOtherError;
+  {
+    Batch batch(arena);
+    batch.patch(s.sealed.rx(), seven);
+    if (Result<CommitReport> r = batch.commit(); r)
+      return kChildCallWorked;
+    else if (r.error() != Errc::wrong_process)
+      return kOtherError;
+    batch.clear();
+  }
+  if (call(s.sealed.rx()) != 42) return kWrongValue;
+  // Dropping the arena in the child gives back the child's mappings and
+  // descriptors only: no hole punched in, nothing written to the parent's
+  // code (the parent checks).
+  { Arena gone = std::move(*s.arena); }
+  return kChildArenaRefused;
+}
+
+class ForkFlavour
+    : public ::testing::TestWithParam<std::tuple<Backend, Flavour>> {
+ protected:
+  void SetUp() override { WXA_SKIP_IF_UNAVAILABLE(std::get<0>(GetParam())); }
+};
+
+// Every call in the child is refused with wrong_process, whatever made the
+// child, on every backend; the parent's function still returns 42.
+TEST_P(ForkFlavour, ChildIsRefusedAndParentCodeUnchanged) {
+  const auto [backend, flavour] = GetParam();
+  ForkScene s;
+  ASSERT_NO_FATAL_FAILURE(make_scene(backend, s));
+  const int code =
+      in_child_made_by(flavour, [&]() -> int { return attack_from_child(s); });
+  ASSERT_GE(code, 0) << "cannot make a child with " << flavour_name(flavour)
+                     << ": " << std::strerror(errno);
+  EXPECT_EQ(code, kChildArenaRefused)
+      << describe(code) << " (child exit " << code << ", made by "
+      << flavour_name(flavour) << ")";
+  check_parent_after(s);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, ForkFlavour,
+    ::testing::Combine(::testing::Values(Backend::protect, Backend::dual_map,
+                                         Backend::kernel_write),
+                       ::testing::Values(Flavour::fork,
+                                         Flavour::underscore_fork,
+                                         Flavour::raw_syscall,
+                                         Flavour::clone_no_vm)),
+    [](const ::testing::TestParamInfo<std::tuple<Backend, Flavour>>& info) {
+      return std::string(to_string(std::get<0>(info.param))) + "_" +
+             flavour_name(std::get<1>(info.param));
+    });
+
+// --- A fork from a threaded parent
+// --------------------------------------------
+//
+// Two threads publish into the arena while the main thread forks: a child
+// may be made while one of them holds the arena's lock, and that thread does
+// not exist in the child. Every child must be refused at once, never wait.
+
+class ForkThreaded : public ::testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override { WXA_SKIP_IF_UNAVAILABLE(GetParam()); }
+};
+
+TEST_P(ForkThreaded, ChildrenOfAPublishingParentAreRefusedNotHung) {
+  Options o;
+  o.backend = GetParam();
+  o.reserve_bytes = std::size_t{16} << 20;
+  Result<Arena> made = Arena::create(o);
+  ASSERT_TRUE(made) << made.error().to_string();
+  Arena& arena = *made;
+  Result<Chunk> target = arena.allocate(64);
+  ASSERT_TRUE(target) << target.error().to_string();
+  ASSERT_TRUE(write_fn(target->rw(), 42));
+  ASSERT_TRUE(arena.seal(*target));
+  const void* fn = target->rx();
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  auto publish = [&](std::uint32_t value) {
+    while (!stop.load(std::memory_order_relaxed)) {
+      Result<Chunk> c = arena.allocate(64);
+      if (!c || !write_fn(c->rw(), value) || !arena.seal(*c) ||
+          call(c->rx()) != static_cast<int>(value) || !arena.release(*c)) {
+        failures.fetch_add(1);
+        return;
+      }
+    }
+  };
+  std::thread a(publish, 1u), b(publish, 2u);
+
+  constexpr int kForks = 100;
+  std::vector<pid_t> children;
+  std::fflush(nullptr);
+  for (int i = 0; i < kForks; ++i) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      // A hung child dies of its alarm: the parent sees 128 + SIGALRM.
+      ::alarm(20);
+      std::byte seven[16];
+      (void)write_fn(seven, 7);
+      int code = kChildArenaRefused;
+      if (Result<Chunk> r = arena.allocate(64); r)
+        code = kChildCallWorked;
+      else if (r.error() != Errc::wrong_process)
+        code = kOtherError;
+      if (Result<void> r = arena.patch(fn, seven); r)
+        code = kChildCallWorked;
+      else if (r.error() != Errc::wrong_process)
+        code = kOtherError;
+      { Arena gone = std::move(arena); }  // nor may dropping it wait
+      ::_exit(code);
+    }
+    if (pid < 0) break;
+    children.push_back(pid);
+  }
+  stop.store(true);
+  a.join();
+  b.join();
+  EXPECT_EQ(failures.load(), 0) << "a publishing thread failed";
+  ASSERT_EQ(children.size(), std::size_t{kForks}) << std::strerror(errno);
+
+  std::map<int, int> outcomes;  // child exit code -> how many
+  for (pid_t pid : children) {
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    const int code = WIFEXITED(status)     ? WEXITSTATUS(status)
+                     : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
+                                           : -2;
+    ++outcomes[code];
+  }
+  std::string seen;
+  for (const auto& [code, count] : outcomes)
+    seen += "\n  " + std::to_string(count) + " x " + describe(code) + " (" +
+            std::to_string(code) + ")";
+  EXPECT_EQ(outcomes[kChildArenaRefused], kForks)
+      << "children of a publishing parent:" << seen;
+  EXPECT_EQ(call(fn), 42);
+  EXPECT_TRUE(test::audit_arena(arena));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, ForkThreaded,
+                         ::testing::Values(Backend::protect, Backend::dual_map,
+                                           Backend::kernel_write),
+                         [](const ::testing::TestParamInfo<Backend>& info) {
+                           return std::string(to_string(info.param));
+                         });
 
 }  // namespace
 }  // namespace wxa
