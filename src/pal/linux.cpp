@@ -73,6 +73,11 @@ int read_gaps(MapsGap* gaps, int cap, SyscallCounts& n) noexcept {
   std::size_t have = 0;
   int count = 0;
   std::uintptr_t prev_end = 0x10000;  // below vm.mmap_min_addr: never usable
+  // The end of user space with 4-level page tables (x86-64; AArch64 with
+  // 48-bit addresses reaches further, so this is safe there), less its top
+  // page, which the kernel keeps (TASK_SIZE): 64 KiB, any page size.
+  constexpr std::uintptr_t kTop =
+      (std::uintptr_t{1} << 47) - (std::uintptr_t{1} << 16);
   bool eof = false;
   while (!eof || have > 0) {
     if (!eof && have < kBuf) {
@@ -98,7 +103,9 @@ int read_gaps(MapsGap* gaps, int cap, SyscallCounts& n) noexcept {
     std::uintptr_t b = strtoull(buf, &end_ptr, 16);
     std::uintptr_t e =
         (*end_ptr == '-') ? strtoull(end_ptr + 1, nullptr, 16) : 0;
-    if (e > b) {
+    // Mappings above user space ([vsyscall] at 0xffffffffff600000) bound
+    // no gap: the addresses below them are the kernel's.
+    if (e > b && b < kTop) {
       if (b > prev_end && count < cap) gaps[count++] = {prev_end, b};
       prev_end = std::max(prev_end, e);
     }
@@ -107,7 +114,6 @@ int read_gaps(MapsGap* gaps, int cap, SyscallCounts& n) noexcept {
     have -= used;
   }
   ::close(fd);
-  constexpr std::uintptr_t kTop = std::uintptr_t{1} << 47;  // user space
   if (prev_end < kTop && count < cap) gaps[count++] = {prev_end, kTop};
   return count;
 }
