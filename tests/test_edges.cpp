@@ -222,6 +222,46 @@ TEST_P(Edges, BarrierAskedForWithoutMembarrierIsRefused) {
   EXPECT_EQ(call(c->rx()), 42u);
 }
 
+// A rollback that rewrites code (kernel_write: the old bytes copied back
+// over a failed patch) makes them visible to instruction fetch as a forward
+// write does: a flush of the rewritten range after the rewrite.
+TEST(EdgesRollback, RestoredCodeIsFlushedLikeWrittenCode) {
+  WXA_SKIP_IF_UNAVAILABLE(Backend::kernel_write);
+  if (!host().barrier)
+    GTEST_SKIP() << "no membarrier SYNC_CORE here (probe: barrier): a patch "
+                    "makes no barrier call whose failure would roll back";
+  FaultPal pal;
+  Options o;
+  o.backend = Backend::kernel_write;
+  o.reserve_bytes = kSmallReserve;
+  Result<Arena> a = detail::create_arena(o, pal);
+  ASSERT_TRUE(Ok(a));
+  Result<Chunk> c = a->allocate(64);
+  ASSERT_TRUE(Ok(c));
+  write_fn(*c, 42);
+  ASSERT_TRUE(Ok(a->seal(*c)));
+  pal.reset_counts();
+  pal.arm(1, EPERM, bit(PalCall::barrier));
+  ASSERT_FALSE(a->patch(c->rx(), fn_bytes(7)));
+  ASSERT_TRUE(pal.fired());
+  EXPECT_EQ(call(c->rx()), 42u);
+  // The log: the patch's write, its flush, the failed barrier, the write
+  // of the old bytes back, and then a flush over them.
+  const std::vector<PalEvent>& log = pal.log();
+  std::size_t last_write = log.size();
+  for (std::size_t k = 0; k < log.size(); ++k)
+    if (log[k].call == PalCall::write_shared) last_write = k;
+  ASSERT_LT(last_write, log.size()) << "no write";
+  bool flushed = false;
+  const auto* at = static_cast<const std::byte*>(c->rx());
+  for (std::size_t k = last_write + 1; k < log.size(); ++k) {
+    const auto* p = static_cast<const std::byte*>(log[k].p);
+    flushed |= log[k].call == PalCall::flush_icache && p <= at &&
+               at + 16 <= p + log[k].bytes;
+  }
+  EXPECT_TRUE(flushed) << "the restored bytes were not flushed";
+}
+
 // --- 5. Exhaustion that another backend or lane survives
 // -------------------------
 
