@@ -33,6 +33,9 @@
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18  // Linux 4.14
+#endif
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22  // Linux 5.14
 #endif
@@ -654,6 +657,61 @@ std::uint64_t fork_generation() noexcept {
   }();
   (void)registered;
   return g_fork_generation.load(std::memory_order_relaxed);
+}
+
+namespace {
+// The token page (see process_token()): mapped once per process, inherited
+// by children as zeros (MADV_WIPEONFORK, madvise(2), Linux 4.14).
+struct TokenPage {
+  std::atomic<std::uint64_t> token;
+};
+std::atomic<TokenPage*> g_token_page{nullptr};
+// The last token this process made or inherited the memory of: ordinary
+// memory, so a child starts from its parent's and goes above it.
+std::atomic<std::uint64_t> g_last_token{0};
+}  // namespace
+
+Result<std::uint64_t> process_token(SyscallCounts& n) noexcept {
+  TokenPage* page = g_token_page.load(std::memory_order_acquire);
+  if (!page) {
+    const auto size = static_cast<std::size_t>(::getpagesize());
+    ++n.mmap;
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return error_from_errno(errno);
+    ++n.madvise;
+    // EINVAL: a kernel before 4.14; children then keep this token and
+    // fork_generation() alone tells glibc's fork() children apart.
+    if (::madvise(p, size, MADV_WIPEONFORK) != 0 && errno != EINVAL) {
+      const int err = errno;
+      ++n.munmap;
+      if (::munmap(p, size) != 0) return error_from_errno(errno);
+      return error_from_errno(err);
+    }
+    auto* mine = static_cast<TokenPage*>(p);
+    if (g_token_page.compare_exchange_strong(page, mine,
+                                             std::memory_order_acq_rel)) {
+      page = mine;
+    } else {  // another thread made it first: `page` is theirs
+      ++n.munmap;
+      if (::munmap(p, size) != 0) return error_from_errno(errno);
+    }
+  }
+  std::uint64_t token = page->token.load(std::memory_order_acquire);
+  if (token == 0) {
+    // A new process (or the first call): a token above every ancestor's.
+    const std::uint64_t want = g_last_token.load(std::memory_order_relaxed) + 1;
+    if (page->token.compare_exchange_strong(token, want,
+                                            std::memory_order_acq_rel))
+      token = want;
+    g_last_token.store(token, std::memory_order_relaxed);
+  }
+  return token;
+}
+
+std::uint64_t current_process_token() noexcept {
+  const TokenPage* page = g_token_page.load(std::memory_order_acquire);
+  return page ? page->token.load(std::memory_order_relaxed) : 0;
 }
 
 Pal& system_pal() noexcept {
