@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
-// The transition fuzzer on the real kernel: harness.cpp's decoder and model
+// The transition fuzzer on the real kernel: the harness's decoder and model
 // run against real_platform(), each input mapping real memory.
 //
 // Built three ways by fuzz/meson.build: as a libFuzzer target
-// (-Dfuzzing=true), with AFL++ (afl-clang-fast++ -fsanitize=fuzzer, see the
-// README), and, with WXA_FUZZ_STANDALONE, as a plain program that replays
-// files and directories (the corpus replay test of every build).
+// (-Dfuzzing=true), with AFL++ (afl-clang-fast++ -fsanitize=fuzzer, see
+// docs/reliability.md), and, with WXA_FUZZ_STANDALONE, as a plain program
+// that replays files and directories (the corpus replay test of every
+// build).
 #include <cstddef>
 #include <cstdint>
 

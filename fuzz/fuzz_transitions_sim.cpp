@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The transition fuzzer on a simulated platform: harness.cpp's decoder and
-// model run against sim_platform() (tests/support/sim_pal.hpp), thousands of
-// inputs a second, with the same corpus as fuzz_transitions.
+// The transition fuzzer on a simulated platform: the harness's decoder and
+// model run against sim_platform() (tests/support/sim_pal.hpp), thousands
+// of inputs a second, with the same corpus as fuzz_transitions.
 //
 // WXA_SIM_CAPS switches host capabilities off for a whole run, to explore
 // hardened hosts, e.g. WXA_SIM_CAPS=anon_exec,barrier (see sim_platform.cpp).

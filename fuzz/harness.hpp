@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The transition fuzzers' shared part: the operation decoder and reference
-// model (harness.cpp), run against a Platform: the real kernel
-// (fuzz_transitions.cpp) or a simulation of it (fuzz_transitions_sim.cpp).
+// model (the files harness_internal.hpp lists), run against a Platform: the
+// real kernel (fuzz_transitions.cpp) or a simulation of it
+// (fuzz_transitions_sim.cpp).
 //
 // A Platform supplies the platform layer the arenas are created on (each
 // arena slot wraps it in its own FaultPal, which injects the failures), and

@@ -3,7 +3,8 @@
 # Writes the hand-made seed corpus of fuzz_transitions into fuzz/corpus/.
 #
 # Each seed is a short program in the byte language that the harness decodes
-# (fuzz/harness.cpp, Harness::run and the op_* functions): one byte picks the
+# (fuzz/harness.cpp's Harness::run, and the op_* functions in
+# fuzz/arena_ops.cpp and fuzz/heap_ops.cpp): one byte picks the
 # operation (low four bits, with bits 4 and 5 for patch) and the arena slot
 # (0xC0 set: slot 1), the bytes after it are that operation's parameters. Run from anywhere:
 #   python3 fuzz/make_corpus.py
@@ -282,7 +283,7 @@ SEEDS = {
         unseal(chunk(0)) + seal(rw_view(0)) + heap_create(8) + heap_create(9) +
         heap_create(11) + heap_create(1)),
     # Arena::patch and Backend::kernel_write, declared before they are
-    # implemented: the model expects what the library does (harness.cpp's
+    # implemented: the model expects what the library does (arena_ops.cpp's
     # kPatchLanded, kKernelWriteLanded).
     "patch": (
         create(KERNEL_WRITE, pages=16) + create(PROTECT, pages=16) +
