@@ -529,9 +529,9 @@ void Harness::op_patch(Slot& s) {
     want = {Errc::foreign_pointer, p, 0};
   } else if (it = chunk_at_page(s, w.page); it == s.chunks.end()) {
     want = {Errc::not_allocated, p, 0};
-  } else if (it->second.state != State::executable &&
-             it->second.state != State::read_only) {
-    // Retired chunks too: like sealing one, not a missing chunk.
+  } else if (it->second.state != State::executable) {
+    // Read-only data is not code to patch; retired chunks are refused
+    // too: like sealing one, not a missing chunk.
     want = {Errc::illegal_transition, ptr(it->first), 0};
   } else if (len == 0) {
     want = {Errc::zero_size, ptr(it->first), 0};

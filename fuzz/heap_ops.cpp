@@ -264,7 +264,15 @@ void Harness::op_heap_release(Slot& s) {
       }
     }
     if (!page) {
+      // Not on a page the heap holds: on arena pages no chunk holds (a
+      // page the heap gave back, retired or free since), a second release;
+      // elsewhere someone else's.
       want = {Errc::foreign_pointer, p, 0};
+      if (const Where w = locate(s, p, false); w.inside) {
+        auto c = chunk_at_page(s, w.page);
+        if (c == s.chunks.end() || c->second.state == State::retired)
+          want = {Errc::double_release, p, 0};
+      }
     } else {
       auto fn = page->fns.find(off);
       if (fn != page->fns.end()) {

@@ -786,11 +786,19 @@ Arena::~Arena() {
   }
 }
 
+// A moved-from arena has no implementation: every call answers
+// invalid_argument, or an empty result, instead of dereferencing null.
+namespace {
+constexpr Errc kNoArena = Errc::invalid_argument;
+}  // namespace
+
 Result<Chunk> Arena::allocate(std::size_t bytes) noexcept {
+  if (!impl_) return Error(kNoArena);
   return impl_->allocate(bytes);
 }
 
 Result<void> Arena::seal(const void* rx, Seal to) noexcept {
+  if (!impl_) return Error(kNoArena);
   const Batch::Op op{rx, to == Seal::execute ? detail::OpKind::seal_execute
                                              : detail::OpKind::seal_read_only};
   Result<CommitReport> r = impl_->commit(&op, 1, CommitFlags::none);
@@ -799,6 +807,7 @@ Result<void> Arena::seal(const void* rx, Seal to) noexcept {
 }
 
 Result<Chunk> Arena::unseal(const void* rx) noexcept {
+  if (!impl_) return Error(kNoArena);
   const Batch::Op op{rx, detail::OpKind::unseal};
   Result<CommitReport> r = impl_->commit(&op, 1, CommitFlags::none);
   if (!r) return r.error();
@@ -808,6 +817,7 @@ Result<Chunk> Arena::unseal(const void* rx) noexcept {
 }
 
 Result<void> Arena::release(const void* rx) noexcept {
+  if (!impl_) return Error(kNoArena);
   const Batch::Op op{rx, detail::OpKind::release};
   Result<CommitReport> r = impl_->commit(&op, 1, CommitFlags::none);
   if (!r) return r.error();
@@ -816,6 +826,7 @@ Result<void> Arena::release(const void* rx) noexcept {
 
 Result<void> Arena::patch(const void* at,
                           std::span<const std::byte> bytes) noexcept {
+  if (!impl_) return Error(kNoArena);
   if (bytes.size() > std::numeric_limits<std::uint32_t>::max())
     return Error(Errc::out_of_bounds, 0, at);
   const Batch::Op op{at, detail::OpKind::patch,
@@ -826,22 +837,32 @@ Result<void> Arena::patch(const void* at,
 }
 
 Result<ChunkInfo> Arena::find(const void* address) const noexcept {
+  if (!impl_) return Error(kNoArena);
   return impl_->find(address);
 }
 
-Result<void> Arena::trim() noexcept { return impl_->trim(); }
-Stats Arena::stats() const noexcept { return impl_->stats(); }
-Backend Arena::backend() const noexcept { return impl_->backend(); }
+Result<void> Arena::trim() noexcept {
+  if (!impl_) return Error(kNoArena);
+  return impl_->trim();
+}
+Stats Arena::stats() const noexcept { return impl_ ? impl_->stats() : Stats{}; }
+Backend Arena::backend() const noexcept {
+  return impl_ ? impl_->backend() : Backend::automatic;
+}
 std::size_t Arena::page_size() const noexcept {
-  return impl_->region().page_size();
+  return impl_ ? impl_->region().page_size() : 0;
 }
 std::span<const std::byte> Arena::range() const noexcept {
+  if (!impl_) return {};
   const detail::Region& r = impl_->region();
   return {r.rx_base(), r.pages() * r.page_size()};
 }
 std::span<std::byte> Arena::rw_range() const noexcept {
+  if (!impl_) return {};
   return impl_->region().ops().rw_range();
 }
-std::vector<RunInfo> Arena::runs() const { return impl_->runs(); }
+std::vector<RunInfo> Arena::runs() const {
+  return impl_ ? impl_->runs() : std::vector<RunInfo>{};
+}
 
 }  // namespace wxa

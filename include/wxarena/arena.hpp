@@ -212,7 +212,14 @@ enum class CommitFlags : std::uint8_t {
 /// runs outside it, so threads publishing different chunks copy side by
 /// side; a commit naming a chunk whose copy is under way waits for that
 /// commit to end, then applies to the states it left. Moving an arena is
-/// not thread-safe.
+/// not thread-safe. A moved-from arena answers every call with
+/// invalid_argument (or empty stats, ranges and runs).
+///
+/// In a child process (made by any kind of fork), every call that could
+/// change the arena fails with wrong_process, and so does find(): the child
+/// shares the parent's code memory (dual_map, kernel_write) or holds a copy
+/// of an arena whose lock another thread may have held at the fork. The
+/// child may still call the code it inherited, and destroy the arena.
 class Arena {
  public:
   /// Reserves the address space and probes the platform once.
@@ -348,6 +355,7 @@ class Batch {
   Op* ops_ = nullptr;
   std::size_t size_ = 0, capacity_ = 0;
   bool overflow_ = false;  // a queue allocation failed: commit reports it
+  Error refused_;          // a queued operation no commit could apply
 };
 
 }  // namespace wxa
