@@ -79,6 +79,12 @@ void ArenaImpl::give_scratch(Scratch* s) noexcept {
 }
 
 Result<void> ArenaImpl::init() noexcept {
+  // Who made the arena: a child of any kind sees another token.
+  if (Result<std::uint64_t> token = process_token(sys_); token)
+    process_token_ = *token;
+  else
+    return token.error();
+  fork_generation_ = fork_generation();
   const Capabilities& caps = pal_.capabilities();
   const std::size_t ps = caps.page_size;
   if (options_.reserve_bytes == 0) return Error(Errc::invalid_argument);
@@ -180,7 +186,6 @@ Result<void> ArenaImpl::init() noexcept {
           ? std::min<std::size_t>(options_.open_pages, kFreeRecyclePages)
           : options_.open_pages;
   if (caps.barrier) barrier_registered_ = bool(pal_.register_barrier(sys_));
-  fork_generation_ = fork_generation();
   return {};
 }
 
@@ -465,8 +470,8 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
   if (bytes > region_.pages() * ps) return Error(Errc::size_too_large);
   const std::size_t pages = (bytes + ps - 1) >> region_.page_shift();
 
+  if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
   std::unique_lock lock = acquire();
-  if (foreign_process()) return Error(Errc::wrong_process);
   Result<std::uint32_t> head = allocate_locked(pages);
   if (!head) return head.error();
   const Chunk chunk = chunk_at(*head, true);
@@ -499,8 +504,8 @@ Result<void> ArenaImpl::make_writable(std::uint32_t head,
 Result<std::size_t> ArenaImpl::allocate_pages(std::size_t most,
                                               Chunk* out) noexcept {
   if (most == 0) return Error(Errc::zero_size);
+  if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
   std::unique_lock lock = acquire();
-  if (foreign_process()) return Error(Errc::wrong_process);
   Result<std::uint32_t> first = allocate_locked(1);
   if (!first) return first.error();
   out[0] = chunk_at(*first, true);
@@ -577,6 +582,7 @@ Result<std::uint32_t> ArenaImpl::allocate_locked(std::size_t pages) noexcept {
 
 Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
   if (!p) return Error(Errc::null_pointer);
+  if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
   const std::unique_lock lock = acquire();
   const std::ptrdiff_t i = region_.index_of(p, true);
   if (i < 0) {
@@ -603,8 +609,8 @@ Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
 }
 
 Result<void> ArenaImpl::trim() noexcept {
+  if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
   const std::unique_lock lock = acquire();
-  if (foreign_process()) return Error(Errc::wrong_process);
   try {
     // Quarantine that may be reused anyway: retired (inaccessible) already,
     // so only its memory goes back.
@@ -688,8 +694,15 @@ Result<void> ArenaImpl::trim() noexcept {
 }
 
 Stats ArenaImpl::stats() const noexcept {
-  const std::unique_lock lock = acquire();
   Stats s;
+  // In a child the lock may never be free: what is known without it.
+  if (foreign_process()) {
+    s.backend = region_.backend();
+    s.page_size = region_.page_size();
+    s.reserved_bytes = region_.pages() * region_.page_size();
+    return s;
+  }
+  const std::unique_lock lock = acquire();
   s.backend = region_.backend();
   const std::size_t ps = region_.page_size();
   s.page_size = ps;
@@ -716,8 +729,9 @@ Stats ArenaImpl::stats() const noexcept {
 }
 
 std::vector<RunInfo> ArenaImpl::runs() const {
-  const std::unique_lock lock = acquire();
   std::vector<RunInfo> out;
+  if (foreign_process()) return out;  // the lock may never be free here
+  const std::unique_lock lock = acquire();
   const std::size_t n = region_.pages();
   std::size_t i = 0;
   while (i < n) {

@@ -74,8 +74,8 @@ Result<std::uint32_t> ArenaImpl::validate(const Batch::Op& op, PageState& from,
 
 Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
                                        CommitFlags flags) noexcept {
+  if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
   std::unique_lock lock = acquire();
-  if (foreign_process()) return Error(Errc::wrong_process);
   Scratch* s = take_scratch();
   if (!s) return Error(Errc::out_of_memory, kNoMemory);
   // Given back under the lock (destroyed before `lock`).

@@ -256,6 +256,9 @@ void HeapImpl::forget(Page* page) noexcept {
 
 Result<Function> HeapImpl::allocate(std::size_t bytes,
                                     std::size_t alignment) noexcept {
+  // In a child, the pages the heap holds are its parent's (or copies of
+  // them), and their writable views may not exist there.
+  if (impl_.foreign_process()) return Error(Errc::wrong_process);
   if (bytes == 0) return Error(Errc::zero_size);
   if (alignment == 0) alignment = options_.alignment;
   // (x & (x - 1)) == 0: std::has_single_bit() is a libgcc call without
@@ -301,6 +304,7 @@ Result<Function> HeapImpl::allocate(std::size_t bytes,
 }
 
 Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
+  if (impl_.foreign_process()) return Error(Errc::wrong_process);
   ops_.clear();
   try {
     ops_.reserve(pending_.size() + empty_.size());
@@ -342,6 +346,7 @@ Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
 
 Result<void> HeapImpl::release(const void* rx) noexcept {
   if (!rx) return Error(Errc::null_pointer);
+  if (impl_.foreign_process()) return Error(Errc::wrong_process);
   Page* page = page_of(rx);
   if (!page) {
     // Not on a page the heap holds. In the arena, on pages no chunk holds
