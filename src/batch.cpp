@@ -35,9 +35,10 @@ Result<std::uint32_t> ArenaImpl::validate(const Batch::Op& op, PageState& from,
     return Error(Errc::not_allocated, 0, rx);
   const std::uint32_t head = region_.head(page);
   if (op.kind == OpKind::patch) {
-    // Any address inside a sealed chunk; the bytes must stay inside it.
+    // Any address inside an executable chunk (arena.hpp: read-only data
+    // is not code to patch); the bytes must stay inside it.
     const void* chunk = region_.rx_page(head);
-    if (from != PageState::executable && from != PageState::read_only)
+    if (from != PageState::executable)
       return Error(Errc::illegal_transition, 0, chunk);
     if (op.size == 0) return Error(Errc::zero_size, 0, chunk);
     const auto offset = static_cast<std::size_t>(

@@ -145,8 +145,8 @@ wxa_errc wxa_seal(wxa_arena* arena, const void* rx, wxa_seal_to to,
 wxa_errc wxa_unseal(wxa_arena* arena, const void* rx, wxa_chunk* out,
                     wxa_error* err);
 wxa_errc wxa_release(wxa_arena* arena, const void* rx, wxa_error* err);
-/* Writes `size` bytes into live code at `at` (inside a sealed chunk); see
- * wxa::Arena::patch. */
+/* Writes `size` bytes into live code at `at` (inside an executable chunk);
+ * see wxa::Arena::patch. */
 wxa_errc wxa_patch(wxa_arena* arena, const void* at, const void* bytes,
                    size_t size, wxa_error* err);
 /* The chunk containing `address`; `state` and `offset` may be NULL. */
