@@ -107,6 +107,10 @@ bool Harness::create(Slot& s, const Options& o, bool use_fault) {
              f.call == PalCall::register_barrier || fell_back,
          "create: succeeded although a required platform call failed");
   if (fell_back) resolved = r->backend();
+  // Whether CommitFlags::barrier can be honoured: membarrier SYNC_CORE,
+  // registered at creation.
+  s.barrier = g_platform->pal().capabilities().barrier &&
+              !(f.fired && f.call == PalCall::register_barrier);
   s.arena.emplace(std::move(*r));
   s.options = o;
   s.pages = pages;
@@ -394,6 +398,9 @@ void Harness::op_batch(Slot& s) {
   }
   const CommitFlags flags =
       in_.below(4) == 0 ? CommitFlags::barrier : CommitFlags::none;
+  // A barrier asked for where there is none: refused before anything else.
+  if (flags == CommitFlags::barrier && !s.barrier)
+    want = {Errc::not_supported, nullptr, 0};
   note("batch of %zu -> expect %s", q.size(), id(want.code));
   arm(s);
   Result<wxa::CommitReport> r = batch.commit(flags);

@@ -76,6 +76,11 @@ Result<std::uint32_t> ArenaImpl::validate(const Batch::Op& op, PageState& from,
 Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
                                        CommitFlags flags) noexcept {
   if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
+  // The caller asks for every thread to serialise; without membarrier
+  // SYNC_CORE (or its registration) nothing here can do that: say so
+  // before anything changes rather than return without it.
+  if (flags == CommitFlags::barrier && !barrier_registered_)
+    return Error(Errc::not_supported);
   std::unique_lock lock = acquire();
   Scratch* s = take_scratch();
   if (!s) return Error(Errc::out_of_memory, kNoMemory);

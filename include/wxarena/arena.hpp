@@ -203,7 +203,10 @@ struct RunInfo {
 /// Flags for Batch::commit().
 enum class CommitFlags : std::uint8_t {
   none = 0,
-  barrier = 1,  ///< issue the cross-thread barrier even if not needed
+  /// Issue the cross-thread barrier even if not needed. Where the host has
+  /// no membarrier SYNC_CORE, the commit fails with not_supported instead
+  /// (and changes nothing): no other way makes every thread serialise.
+  barrier = 1,
 };
 
 /// An arena of executable memory. Thread safety: every member function may be
@@ -336,7 +339,8 @@ class Batch {
   /// Applies every queued transition, or none. On success the batch is
   /// emptied; on failure it is kept and the error names the first chunk at
   /// fault (Error::chunk()). Errors: those of the single operations, plus
-  /// duplicate_in_batch, vma_budget and OS errors.
+  /// duplicate_in_batch, vma_budget, not_supported (CommitFlags::barrier
+  /// without membarrier) and OS errors.
   [[nodiscard]] Result<CommitReport> commit(
       CommitFlags flags = CommitFlags::none) noexcept;
 

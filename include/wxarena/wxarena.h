@@ -62,7 +62,9 @@ typedef enum wxa_seal_to {
   WXA_SEAL_READ_ONLY
 } wxa_seal_to;
 
-/* Flags for commits and publishes. */
+/* Flags for commits and publishes. WXA_COMMIT_BARRIER: serialise every
+ * thread; WXA_NOT_SUPPORTED (nothing changed) where the host has no
+ * membarrier SYNC_CORE. */
 enum { WXA_COMMIT_BARRIER = 1 };
 
 typedef struct wxa_error {
