@@ -38,7 +38,7 @@ std::map<std::uintptr_t, ChunkM>::iterator Harness::chunk_at_page(
   return a < it->first + it->second.pages * ps_ ? it : s.chunks.end();
 }
 
-// The rules of src/batch.cpp's validate(), from the header's contract.
+// The rules of src/commit.cpp's validate(), from the header's contract.
 Verdict Harness::validate(Slot& s, const void* p, Kind kind) {
   if (!p) return {Errc::null_pointer, nullptr, 0};
   const Where w = locate(s, p, false);

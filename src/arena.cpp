@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: MIT
-// The arena: chunk allocation, quarantine, lifecycle checks, stats.
+// The arena: its creation (as steps), chunk allocation, lookups, stats and
+// runs, and the public Arena over it.
 #include <algorithm>
-#include <atomic>
-#include <bit>
 #include <limits>
 #include <new>
 
 #include "arena_impl.hpp"
+#include "error.hpp"
+#include "pal/cpu.hpp"
 
 namespace wxa {
 namespace detail {
@@ -16,23 +17,14 @@ ArenaImpl::ArenaImpl(Pal& pal, const Options& options) noexcept
 ArenaImpl::~ArenaImpl() {
   for (const Idle& idle : idle_scratch_) {
     Scratch* s = idle.scratch;
-    if (s->plan) region_.ops().destroy_plan(s->plan);  // made by it
+    // Made by the backend's content writer (only a backend with one makes
+    // plans).
+    if (s->plan) region_.ops().content_writer()->destroy_plan(s->plan);
     s->~Scratch();
     meta_free(s);
   }
   region_.destroy(sys_);
 }
-
-namespace {
-// A hint to the core that this is a spin-wait loop.
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield" ::: "memory");
-#endif
-}
-}  // namespace
 
 std::unique_lock<std::mutex> ArenaImpl::acquire() const noexcept {
   std::unique_lock lock(mutex_, std::try_to_lock);
@@ -78,6 +70,8 @@ void ArenaImpl::give_scratch(Scratch* s) noexcept {
   idle_scratch_.push_back(Idle{s, my_slot()});
 }
 
+// Creating the arena, as steps: the reservation's size, the backends to
+// try, the anchor's range, the budgets, the region, the recycling policy.
 Result<void> ArenaImpl::init() noexcept {
   // Who made the arena: a child of any kind sees another token.
   if (Result<std::uint64_t> token = process_token(sys_); token)
@@ -86,76 +80,83 @@ Result<void> ArenaImpl::init() noexcept {
     return token.error();
   fork_generation_ = fork_generation();
   const Capabilities& caps = pal_.capabilities();
-  const std::size_t ps = caps.page_size;
-  if (options_.reserve_bytes == 0) return Error(Errc::invalid_argument);
-  if (options_.reserve_bytes > (std::size_t{1} << 46))
-    return Error(Errc::size_too_large);
-  const std::size_t pages = (options_.reserve_bytes + ps - 1) / ps;
-  if (pages > std::numeric_limits<std::uint32_t>::max() / 2)
-    return Error(Errc::size_too_large);
-  const std::size_t bytes = pages * ps;
-
-  // What each backend needs, as the platform layer found it by trying.
-  const bool shared = caps.shared_memory && caps.shared_exec;
-  const bool kernel_write = shared && caps.shared_write;
-  Backend backend = options_.backend;
-  // automatic: every backend this host allows, best first. kernel_write
-  // first: no page changes protection to publish code, and no writable
-  // mapping of code exists at all; it needs only a memfd that may be
-  // mapped executable, which deny_execmem hosts allow. If the first cannot
-  // be created after all (no descriptor left, a policy the probe did not
-  // meet), the next is tried.
-  Backend candidates[3];
-  std::size_t ncandidates = 0;
-  if (backend == Backend::automatic) {
-    if (kernel_write) candidates[ncandidates++] = Backend::kernel_write;
-    if (caps.anon_exec) candidates[ncandidates++] = Backend::protect;
-    if (shared) candidates[ncandidates++] = Backend::dual_map;
-    if (ncandidates == 0) return Error(Errc::not_supported);
-  } else if (backend == Backend::protect && !caps.anon_exec) {
-    return Error(Errc::permission_denied);
-  } else if (backend == Backend::dual_map && !shared) {
-    return Error(Errc::not_supported);
-  } else if (backend == Backend::kernel_write && !kernel_write) {
-    return Error(Errc::not_supported);
-  } else if (backend != Backend::protect && backend != Backend::dual_map &&
-             backend != Backend::kernel_write) {
-    return Error(Errc::invalid_argument);
-  }
-
+  Result<std::size_t> pages = reservation_pages(caps.page_size);
+  if (!pages) return pages.error();
+  // Every backend this host allows, best first (or the one asked for), as
+  // the platform layer found what each needs by trying; if the first
+  // cannot be created after all, the next is tried.
+  const BackendFacts* candidates[kMaxBackends];
+  Result<std::size_t> ncandidates =
+      backend_candidates(options_.backend, caps, candidates);
+  if (!ncandidates) return ncandidates.error();
   std::uintptr_t lo = 0, hi = 0;
-  if (options_.anchor) {
-    // Every byte of the reservation within `reach` of the anchor.
-    const std::uintptr_t reach =
-        options_.reach ? options_.reach : (std::uintptr_t{1} << 31) - ps;
-    if (reach < bytes) return Error(Errc::unreachable_anchor);
-    const auto anchor = reinterpret_cast<std::uintptr_t>(options_.anchor);
-    lo = anchor > reach ? anchor - reach + 1 : ps;
-    hi = anchor + reach < anchor ? std::numeric_limits<std::uintptr_t>::max()
-                                 : anchor + reach;
-  }
-
+  if (Result<void> r = anchor_range(*pages * caps.page_size, lo, hi); !r)
+    return r;
   vma_budget_ = options_.vma_budget
                     ? options_.vma_budget
                     : std::max<std::size_t>(caps.max_map_count / 4, 16);
   if (options_.open_pages == 0) options_.open_pages = 1;
+  if (Result<void> r = make_region(candidates, *ncandidates, *pages, lo, hi);
+      !r)
+    return r;
+  try {
+    unused_.emplace(0, static_cast<std::uint32_t>(*pages));
+    idle_scratch_.reserve(4);
+  } catch (const std::bad_alloc&) {
+    return Error(Errc::out_of_memory, kNoMemory);
+  }
+  set_recycling();
+  if (caps.barrier) barrier_registered_ = bool(pal_.register_barrier(sys_));
+  return {};
+}
 
-  if (ncandidates == 0) candidates[ncandidates++] = backend;
+Result<std::size_t> ArenaImpl::reservation_pages(
+    std::size_t page_size) const noexcept {
+  if (options_.reserve_bytes == 0) return Error(Errc::invalid_argument);
+  if (options_.reserve_bytes > (std::size_t{1} << 46))
+    return Error(Errc::size_too_large);
+  const std::size_t pages =
+      (options_.reserve_bytes + page_size - 1) / page_size;
+  if (pages > std::numeric_limits<std::uint32_t>::max() / 2)
+    return Error(Errc::size_too_large);
+  return pages;
+}
+
+Result<void> ArenaImpl::anchor_range(std::size_t bytes, std::uintptr_t& lo,
+                                     std::uintptr_t& hi) const noexcept {
+  if (!options_.anchor) return {};
+  // Every byte of the reservation within `reach` of the anchor.
+  const std::size_t ps = pal_.capabilities().page_size;
+  const std::uintptr_t reach =
+      options_.reach ? options_.reach : (std::uintptr_t{1} << 31) - ps;
+  if (reach < bytes) return Error(Errc::unreachable_anchor);
+  const auto anchor = reinterpret_cast<std::uintptr_t>(options_.anchor);
+  lo = anchor > reach ? anchor - reach + 1 : ps;
+  hi = anchor + reach < anchor ? std::numeric_limits<std::uintptr_t>::max()
+                               : anchor + reach;
+  return {};
+}
+
+Result<void> ArenaImpl::make_region(const BackendFacts** candidates,
+                                    std::size_t count, std::size_t pages,
+                                    std::uintptr_t lo,
+                                    std::uintptr_t hi) noexcept {
   // A VMA budget too small for a backend's own mappings rules it out; for
   // automatic, the next one may fit.
   std::size_t fits = 0;
-  for (std::size_t k = 0; k < ncandidates; ++k)
-    if (initial_vmas(candidates[k]) <= vma_budget_)
+  for (std::size_t k = 0; k < count; ++k)
+    if (candidates[k]->initial_vmas <= vma_budget_)
       candidates[fits++] = candidates[k];
   if (fits == 0) return Error(Errc::invalid_argument);
   if (options_.lanes > PageBackend::kLaneLimit)
     return Error(Errc::invalid_argument);
   const std::size_t lanes =
-      options_.lanes ? options_.lanes
-                     : std::min<std::size_t>(caps.cpus, kDefaultMaxLanes);
+      options_.lanes
+          ? options_.lanes
+          : std::min<std::size_t>(pal_.capabilities().cpus, kDefaultMaxLanes);
   Result<void> made;
   for (std::size_t k = 0; k < fits; ++k) {
-    made = region_.init(pal_, candidates[k], pages, lo, hi,
+    made = region_.init(pal_, *candidates[k], pages, lo, hi,
                         options_.name_mappings, lanes, sys_);
     if (made || made.error().code() == Errc::out_of_memory ||
         made.error().code() == Errc::unreachable_anchor)
@@ -163,20 +164,18 @@ Result<void> ArenaImpl::init() noexcept {
   }
   if (!made) return made;
   if (vma_budget_ < region_.vmas()) return Error(Errc::invalid_argument);
-  try {
-    unused_.emplace(0, static_cast<std::uint32_t>(pages));
-    idle_scratch_.reserve(4);
-  } catch (const std::bad_alloc&) {
-    return Error(Errc::out_of_memory, kNoMemory);
-  }
-  // Where recycling changes protection (protect, dual_map), quarantined
-  // pages come back open_pages at a time, one call per coalesced run.
-  // Where retired and open pages look the same to the kernel (kernel_write:
-  // trapped code, mapped read+execute), recycling makes no call, and pages
-  // come back in small groups instead: recently written pages are reused
-  // while they are still in the caches, rather than the arena cycling
-  // through open_pages of fresh ones, and a barrier (needed once per
-  // group, when its first address is reused) stays rare.
+  return {};
+}
+
+void ArenaImpl::set_recycling() noexcept {
+  // Where recycling changes protection, quarantined pages come back
+  // open_pages at a time, one call per coalesced run. Where retired and
+  // open pages look the same to the kernel (trapped code, mapped
+  // read+execute), recycling makes no call, and pages come back in small
+  // groups instead: recently written pages are reused while they are
+  // still in the caches, rather than the arena cycling through open_pages
+  // of fresh ones, and a barrier (needed once per group, when its first
+  // address is reused) stays rare.
   bool recycling_is_free = true;
   for (int v = 0; v < region_.views(); ++v)
     recycling_is_free &= region_.access(PageState::retired, View(v)) ==
@@ -185,8 +184,6 @@ Result<void> ArenaImpl::init() noexcept {
       recycling_is_free
           ? std::min<std::size_t>(options_.open_pages, kFreeRecyclePages)
           : options_.open_pages;
-  if (caps.barrier) barrier_registered_ = bool(pal_.register_barrier(sys_));
-  return {};
 }
 
 Chunk ArenaImpl::chunk_at(std::size_t head, bool writable) const noexcept {
@@ -195,273 +192,6 @@ Chunk ArenaImpl::chunk_at(std::size_t head, bool writable) const noexcept {
   return Chunk(writable ? region_.ops().staged(static_cast<std::uint32_t>(head))
                         : nullptr,
                region_.rx_page(head), bytes);
-}
-
-namespace {
-// A thread's slot: the lowest one free when it first commits, or allocates
-// from an arena with lanes, given back when it exits, so that threads alive
-// at the same time hold different slots, hence different lanes (as long as
-// there are lanes enough) and scratch of their own, however many threads
-// came and went before them.
-class LaneSlot {
- public:
-  LaneSlot() noexcept {
-    for (std::size_t w = 0; w < kWords; ++w) {
-      std::uint64_t bits = g_used[w].load(std::memory_order_relaxed);
-      while (~bits) {
-        const int b = std::countr_one(bits);
-        if (g_used[w].compare_exchange_weak(bits, bits | (1ull << b),
-                                            std::memory_order_relaxed)) {
-          index = w * 64 + static_cast<std::size_t>(b);
-          return;
-        }
-      }
-    }
-    // More threads than slots: the rest share lanes in turn.
-    index = g_next.fetch_add(1, std::memory_order_relaxed);
-  }
-  ~LaneSlot() {
-    if (index < kWords * 64)
-      g_used[index / 64].fetch_and(~(1ull << (index % 64)),
-                                   std::memory_order_relaxed);
-  }
-  LaneSlot(const LaneSlot&) = delete;
-  LaneSlot& operator=(const LaneSlot&) = delete;
-
-  std::size_t index = 0;
-
- private:
-  static constexpr std::size_t kWords = 4;
-  static inline std::atomic<std::uint64_t> g_used[kWords] = {};
-  static inline std::atomic<std::size_t> g_next{0};
-};
-}  // namespace
-
-std::size_t ArenaImpl::my_slot() noexcept {
-  thread_local const LaneSlot slot;
-  return slot.index;
-}
-
-ArenaImpl::LanePages ArenaImpl::my_lane() const noexcept {
-  const std::size_t lanes = region_.lanes();
-  if (lanes <= 1) return {0, region_.pages()};
-  const std::size_t per_lane = region_.lane_pages();
-  const std::size_t lo = my_slot() % lanes * per_lane;
-  return {lo, std::min(lo + per_lane, region_.pages())};
-}
-
-std::ptrdiff_t ArenaImpl::take_open(std::size_t pages, bool lane) noexcept {
-  if (lane) {
-    // In this thread's lane: the first open run there that holds the
-    // chunk, counting one that reaches into the lane from below.
-    const auto [first, hi] = my_lane();
-    const auto lo = static_cast<std::uint32_t>(first);
-    auto it = open_.lower_bound(lo);
-    if (it != open_.begin()) {
-      auto below = std::prev(it);
-      const std::size_t end = std::size_t{below->first} + below->second;
-      if (end >= std::size_t{lo} + pages) {
-        try {
-          carve_front(open_, split_run(open_, below, lo),
-                      static_cast<std::uint32_t>(pages));
-          return lo;
-        } catch (const std::bad_alloc&) {
-          // Nothing changed: any other fit will do.
-        }
-      }
-    }
-    for (; it != open_.end() && it->first < hi; ++it) {
-      if (it->second >= pages) {
-        std::uint32_t a = it->first;
-        carve_front(open_, it, static_cast<std::uint32_t>(pages));
-        return a;
-      }
-    }
-    return -1;
-  }
-  // First fit by address: consecutive allocations come out adjacent, so a
-  // batch of them seals with one call.
-  for (auto it = open_.begin(); it != open_.end(); ++it) {
-    if (it->second >= pages) {
-      std::uint32_t a = it->first;
-      carve_front(open_, it, static_cast<std::uint32_t>(pages));
-      return a;
-    }
-  }
-  return -1;
-}
-
-Result<void> ArenaImpl::open_at(RunMap::iterator it, std::uint32_t a,
-                                std::uint32_t n) noexcept {
-  // Pages from the middle of the run: split it at `a` first, the only step
-  // that may need memory; a failure below joins the halves again.
-  RunMap::iterator before = unused_.end();
-  if (a != it->first) {
-    try {
-      const RunMap::iterator tail = split_run(unused_, it, a);
-      before = it;
-      it = tail;
-    } catch (const std::bad_alloc&) {
-      return Error(Errc::out_of_memory, kNoMemory);
-    }
-  }
-  auto rejoin = [&]() noexcept {
-    if (before == unused_.end()) return;
-    before->second += it->second;
-    unused_.erase(it);
-  };
-  region_.set_state(a, a + n, PageState::open, 0);
-  if (over_budget()) {
-    region_.set_state(a, a + n, PageState::unused, 0);
-    rejoin();
-    return Error(Errc::vma_budget);
-  }
-  std::size_t calls = 0;
-  Result<void> r = region_.change(
-      a, a + n, [](std::size_t) { return PageState::unused; },
-      [](std::size_t) { return PageState::open; }, calls, sys_);
-  protection_calls_ += calls;
-  if (!r) {
-    region_.set_state(a, a + n, PageState::unused, 0);
-    rejoin();
-    return Error(r.error().code(), r.error().sys_errno());
-  }
-  carve_front(unused_, it, n);
-  insert_run(open_, a, n);  // merges with open neighbours
-  return {};
-}
-
-Result<void> ArenaImpl::open_more(std::size_t pages, bool lane) noexcept {
-  if (lane) {
-    // In this thread's lane: an unused run with room for the chunk from
-    // where it enters the lane; open_pages of it, not past the lane's end,
-    // become open.
-    const auto [lo, hi] = my_lane();
-    auto it = unused_.lower_bound(static_cast<std::uint32_t>(lo));
-    if (it != unused_.begin() &&
-        std::size_t{std::prev(it)->first} + std::prev(it)->second > lo)
-      --it;
-    for (; it != unused_.end() && it->first < hi; ++it) {
-      const std::size_t s = std::max<std::size_t>(it->first, lo);
-      const std::size_t e = std::size_t{it->first} + it->second;
-      if (e - s < pages) continue;
-      const std::size_t n =
-          std::clamp(std::min(options_.open_pages, hi - s), pages, e - s);
-      return open_at(it, static_cast<std::uint32_t>(s),
-                     static_cast<std::uint32_t>(n));
-    }
-    return Error(Errc::exhausted);
-  }
-  // An unused run that holds the chunk by itself: its front, at least
-  // open_pages of it, becomes open.
-  for (auto it = unused_.begin(); it != unused_.end(); ++it) {
-    if (it->second < pages) continue;
-    return open_at(it, it->first,
-                   static_cast<std::uint32_t>(std::min<std::size_t>(
-                       it->second, std::max(pages, options_.open_pages))));
-  }
-  // Otherwise a span of free pages may hold it, split between open and
-  // unused runs (after trim(), or where open pages were taken and freed
-  // again): the first span long enough, walked in address order over both
-  // maps. Opening its unused parts up to the chunk's end merges the span
-  // into one open run. Each unused part costs a call; if one fails, those
-  // opened before it stay open (free pages, consistently listed).
-  std::uint32_t start = 0, end = 0;
-  bool found = false;
-  for (auto o = open_.begin(), u = unused_.begin();
-       !found && (o != open_.end() || u != unused_.end());) {
-    const bool take_unused =
-        o == open_.end() || (u != unused_.end() && u->first < o->first);
-    const auto& run = take_unused ? *u++ : *o++;
-    if (run.first != end) start = run.first;
-    end = run.first + run.second;
-    found = end - start >= pages;
-  }
-  if (!found) return Error(Errc::exhausted);
-  const std::size_t stop = start + pages;
-  for (auto it = unused_.lower_bound(start);
-       it != unused_.end() && it->first < stop;) {
-    auto next = std::next(it);  // stays valid: open_at() moves only `it`
-    const std::size_t n = std::min<std::size_t>(
-        it->second, std::max(stop - it->first, options_.open_pages));
-    if (Result<void> r = open_at(it, it->first, static_cast<std::uint32_t>(n));
-        !r)
-      return r;
-    it = next;
-  }
-  return {};
-}
-
-std::size_t ArenaImpl::eligible_pages() const noexcept {
-  std::size_t pages = 0;
-  for (const Quarantined& q : quarantine_) {
-    if (!passed(q)) break;
-    pages += q.pages;
-  }
-  return pages;
-}
-
-Result<void> ArenaImpl::recycle() noexcept {
-  // Entries that enough later releases or allocations have passed, oldest
-  // first.
-  std::size_t eligible = 0;
-  while (eligible < quarantine_.size() && passed(quarantine_[eligible]))
-    ++eligible;
-  if (eligible == 0) return {};
-  std::sort(quarantine_.begin(), quarantine_.begin() + eligible,
-            [](const Quarantined& x, const Quarantined& y) {
-              return x.head < y.head;
-            });
-  std::size_t done = 0;
-  Result<void> result;
-  while (done < eligible) {
-    // Coalesce address-adjacent entries into one run: one call for all.
-    std::size_t end = done + 1;
-    std::uint32_t a = quarantine_[done].head;
-    std::uint32_t b = a + quarantine_[done].pages;
-    while (end < eligible && quarantine_[end].head == b)
-      b += quarantine_[end++].pages;
-    region_.set_state(a, b, PageState::open, 0);
-    if (over_budget()) {
-      for (std::size_t k = done; k < end; ++k)
-        region_.set_state(quarantine_[k].head,
-                          quarantine_[k].head + quarantine_[k].pages,
-                          PageState::retired, quarantine_[k].head);
-      result = Error(Errc::vma_budget);
-      break;
-    }
-    std::size_t calls = 0;
-    Result<void> r = region_.change(
-        a, b, [](std::size_t) { return PageState::retired; },
-        [](std::size_t) { return PageState::open; }, calls, sys_);
-    protection_calls_ += calls;
-    if (!r) {
-      for (std::size_t k = done; k < end; ++k)
-        region_.set_state(quarantine_[k].head,
-                          quarantine_[k].head + quarantine_[k].pages,
-                          PageState::retired, quarantine_[k].head);
-      result = Error(r.error().code(), r.error().sys_errno());
-      break;
-    }
-    // Stale code must never run again: traps until new code is written.
-    region_.trap_fill(a, b);
-    chunks_[static_cast<int>(State::retired)] -= end - done;  // free now
-    try {
-      insert_run(open_, a, b - a);
-    } catch (const std::bad_alloc&) {
-      // The pages stay open, unlisted.
-      result = Error(Errc::out_of_memory, kNoMemory);
-      done = end;
-      break;
-    }
-    done = end;
-  }
-  quarantine_.erase(quarantine_.begin(), quarantine_.begin() + done);
-  // What is left of the eligible prefix went out of order: restore it.
-  std::sort(
-      quarantine_.begin(), quarantine_.end(),
-      [](const Quarantined& x, const Quarantined& y) { return x.seq < y.seq; });
-  return result;
 }
 
 Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
@@ -586,7 +316,7 @@ Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
   const std::unique_lock lock = acquire();
   const std::ptrdiff_t i = region_.index_of(p, true);
   if (i < 0) {
-    // Writable memory no chunk holds now (kernel_write's staging).
+    // Writable memory no chunk holds now (staging, where there is some).
     const std::span<std::byte> rw = region_.ops().rw_range();
     const auto* b = static_cast<const std::byte*>(p);
     if (b >= rw.data() && b < rw.data() + rw.size())
@@ -606,91 +336,6 @@ Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
   info.offset =
       static_cast<std::size_t>(static_cast<const std::byte*>(p) - base);
   return info;
-}
-
-Result<void> ArenaImpl::trim() noexcept {
-  if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
-  const std::unique_lock lock = acquire();
-  try {
-    // Quarantine that may be reused anyway: retired (inaccessible) already,
-    // so only its memory goes back.
-    std::size_t eligible = 0;
-    while (eligible < quarantine_.size() && passed(quarantine_[eligible])) {
-      const Quarantined& q = quarantine_[eligible];
-      // Retired pages that are still mapped (kernel_write: trapped code)
-      // become inaccessible first; elsewhere this makes no call.
-      std::size_t calls = 0;
-      region_.set_state(q.head, q.head + q.pages, PageState::unused, 0);
-      Result<void> r =
-          over_budget()
-              ? Result<void>(Error(Errc::vma_budget))
-              : region_.change(
-                    q.head, q.head + q.pages,
-                    [](std::size_t) { return PageState::retired; },
-                    [](std::size_t) { return PageState::unused; }, calls, sys_);
-      protection_calls_ += calls;
-      if (r) r = region_.decommit(q.head, q.head + q.pages, sys_);
-      if (!r) {
-        // What was given back stays given back; the rest stays retired
-        // (if the pages are already inaccessible, retired is still true of
-        // them: they never run again and come back through recycle()).
-        region_.set_state(q.head, q.head + q.pages, PageState::retired, q.head);
-        if (calls) {
-          std::size_t back = 0;
-          if (!region_.change(
-                  q.head, q.head + q.pages,
-                  [](std::size_t) { return PageState::unused; },
-                  [](std::size_t) { return PageState::retired; }, back, sys_))
-            fatal("cannot restore retired pages", region_.rx_page(q.head), 0);
-          protection_calls_ += back;
-        }
-        quarantine_.erase(quarantine_.begin(), quarantine_.begin() + eligible);
-        return r;
-      }
-      insert_run(unused_, q.head, q.pages);
-      --chunks_[static_cast<int>(State::retired)];
-      ++eligible;
-    }
-    quarantine_.erase(quarantine_.begin(), quarantine_.begin() + eligible);
-
-    const bool revoke_first = region_.ops().revoke_before_decommit();
-    while (!open_.empty()) {
-      auto it = open_.begin();
-      const std::uint32_t a = it->first, n = it->second;
-      // Drop the contents first: if making the pages inaccessible then
-      // fails, they are still consistently open (and empty). Where a
-      // dropped page would read as zeros that execute (a memfd mapped
-      // executable), the pages become inaccessible first instead.
-      if (!revoke_first) {
-        if (Result<void> r = region_.decommit(a, a + n, sys_); !r) return r;
-      }
-      region_.set_state(a, a + n, PageState::unused, 0);
-      if (over_budget()) {
-        region_.set_state(a, a + n, PageState::open, 0);
-        return Error(Errc::vma_budget);
-      }
-      std::size_t calls = 0;
-      Result<void> r = region_.change(
-          a, a + n, [](std::size_t) { return PageState::open; },
-          [](std::size_t) { return PageState::unused; }, calls, sys_);
-      protection_calls_ += calls;
-      if (!r) {
-        region_.set_state(a, a + n, PageState::open, 0);
-        return Error(r.error().code(), r.error().sys_errno());
-      }
-      open_.erase(it);
-      insert_run(unused_, a, n);
-      // Inaccessible and unlisted as open now: if giving the memory back
-      // fails, the pages are consistently unused (and still committed).
-      if (revoke_first) {
-        if (Result<void> d = region_.decommit(a, a + n, sys_); !d) return d;
-      }
-    }
-    if (Result<void> r = region_.ops().trim(sys_); !r) return r;
-  } catch (const std::bad_alloc&) {
-    return Error(Errc::out_of_memory, kNoMemory);
-  }
-  return {};
 }
 
 Stats ArenaImpl::stats() const noexcept {
@@ -745,9 +390,9 @@ std::vector<RunInfo> ArenaImpl::runs() const {
     r.state = to_public(s);
     r.open = s == PageState::open;
     r.rx_access = region_.access(s, View::rx);
-    r.rw_access = region_.ops().views() == 2 ? region_.access(s, View::rw)
-                  : region_.backend() == Backend::protect ? r.rx_access
-                                                          : Access::none;
+    r.rw_access = region_.ops().views() == 2       ? region_.access(s, View::rw)
+                  : region_.ops().facts().rw_is_rx ? r.rx_access
+                                                   : Access::none;
     out.push_back(r);
     i = j;
   }

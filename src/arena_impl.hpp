@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: MIT
 // ArenaImpl: chunk allocation, lifecycle rules, quarantine, locking, stats
-// and the batch commit engine behind wxa::Arena and wxa::Batch.
+// and the batch commit behind wxa::Arena and wxa::Batch. Its members are
+// defined in arena.cpp (creation, allocation, lookups, stats),
+// free_space.cpp (lanes, free runs, recycling, trim) and commit.cpp (the
+// commit, whose steps are the class Commit in commit.hpp).
 //
 // Layering: layers 4 and 5. Includes region.hpp (layer 3) and below. The
 // fault-injection tests reach in here through detail::create_arena().
@@ -14,6 +17,7 @@
 #include "meta.hpp"
 #include "pal/pal.hpp"
 #include "region.hpp"
+#include "run_map.hpp"
 #include "wxarena/arena.hpp"
 
 namespace wxa {
@@ -37,6 +41,8 @@ struct Batch::Op {
 };
 
 namespace detail {
+
+class Commit;
 
 /// Where recycling makes no system call, how many quarantined pages come
 /// back together at most (see ArenaImpl::init()).
@@ -72,6 +78,9 @@ class ArenaImpl {
   [[nodiscard]] Chunk chunk_at(std::size_t head, bool writable) const noexcept;
 
  private:
+  friend class Commit;
+  using Op = Batch::Op;  // for Commit, which Batch does not befriend
+
   struct Quarantined {
     std::uint32_t head, pages;
     std::uint64_t seq;        // releases_ when released
@@ -102,6 +111,24 @@ class ArenaImpl {
     Scratch* scratch;
     std::size_t slot;  // my_slot() of the thread that used it last
   };
+
+  // init()'s steps: the reservation's pages; the range an anchor allows
+  // (lo, hi untouched without one); the region, made with the first of
+  // `candidates` that fits the VMA budget and can be made; how many
+  // quarantined pages come back together.
+  [[nodiscard]] Result<std::size_t> reservation_pages(
+      std::size_t page_size) const noexcept;
+  [[nodiscard]] Result<void> anchor_range(std::size_t bytes, std::uintptr_t& lo,
+                                          std::uintptr_t& hi) const noexcept;
+  [[nodiscard]] Result<void> make_region(const BackendFacts** candidates,
+                                         std::size_t count, std::size_t pages,
+                                         std::uintptr_t lo,
+                                         std::uintptr_t hi) noexcept;
+  void set_recycling() noexcept;
+  // trim()'s steps: quarantine that may be reused gives its memory back,
+  // then the open pages do. May throw std::bad_alloc.
+  [[nodiscard]] Result<void> trim_quarantine();
+  [[nodiscard]] Result<void> trim_open();
 
   [[nodiscard]] Result<std::uint32_t> validate(const Batch::Op& op,
                                                PageState& from,
@@ -150,10 +177,13 @@ class ArenaImpl {
   [[nodiscard]] bool over_budget() const noexcept {
     return region_.vmas() > vma_budget_;
   }
-  // Applies a batch, with the lock held. Where the backend writes content
-  // and `lock` is given, the lock is let go while the kernel copies (the
-  // batch's chunks are marked kInFlight meanwhile). Sets `busy`, changing
-  // nothing, when a chunk is in another commit's flight.
+  // Sorts a commit's items by address; a chunk named twice is a caller
+  // error (duplicate_in_batch).
+  [[nodiscard]] Result<void> sort_items(MetaVector<Item>& items) const;
+  // Applies a batch, with the lock held (a Commit does). Where the backend
+  // writes content and `lock` is given, the lock is let go while the kernel
+  // copies (the batch's chunks are marked kInFlight meanwhile). Sets `busy`,
+  // changing nothing, when a chunk is in another commit's flight.
   [[nodiscard]] Result<CommitReport> commit_locked(
       const Batch::Op* ops, std::size_t n, CommitFlags flags, Scratch& s,
       std::unique_lock<std::mutex>* lock, bool& busy);

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
-// Messages for error codes, states and backends.
+// Messages for error codes, states and backends, and make_error().
 #include <cstdio>
 #include <cstring>
 #include <string>
 
+#include "error.hpp"
 #include "pal/pal.hpp"
 #include "wxarena/arena.hpp"
 #include "wxarena/result.hpp"
@@ -120,6 +121,10 @@ std::string_view to_string(Access access) noexcept {
 }
 
 namespace detail {
+Error make_error(const Error& cause, const void* chunk) noexcept {
+  return Error(cause.code(), cause.sys_errno(), chunk);
+}
+
 void bad_result_access(const Error& error) noexcept {
   char what[160];
   std::snprintf(what, sizeof what, "value() of a Result holding an error: %.*s",

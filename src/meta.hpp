@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Metadata containers: STL containers whose memory comes from meta_alloc.
+// Metadata containers: STL containers and arrays whose memory comes from
+// meta_alloc.
 //
 // Layering: layer 1 helpers over the platform layer's allocator. Metadata
 // never lives inside code pages.
@@ -7,6 +8,7 @@
 
 #include <cstddef>
 #include <map>
+#include <memory>
 #include <new>
 #include <vector>
 
@@ -39,5 +41,19 @@ using MetaVector = std::vector<T, MetaAllocator<T>>;
 template <class K, class V>
 using MetaMap =
     std::map<K, V, std::less<K>, MetaAllocator<std::pair<const K, V>>>;
+
+/// An array in metadata memory, freed with it (meta_free).
+struct MetaFree {
+  void operator()(void* p) const noexcept { meta_free(p); }
+};
+template <class T>
+using MetaArray = std::unique_ptr<T[], MetaFree>;
+
+/// `count` zeroed elements of a trivial type, or an empty array when the
+/// allocation fails.
+template <class T>
+[[nodiscard]] MetaArray<T> meta_zeroed(std::size_t count) noexcept {
+  return MetaArray<T>(static_cast<T*>(meta_calloc(count, sizeof(T))));
+}
 
 }  // namespace wxa::detail

@@ -16,10 +16,10 @@ Region::~Region() {
   meta_free(revoked_);
 }
 
-Result<void> Region::init(Pal& pal, Backend backend, std::size_t pages,
-                          std::uintptr_t lo, std::uintptr_t hi,
-                          bool name_mappings, std::size_t lanes,
-                          SyscallCounts& n) noexcept {
+Result<void> Region::init(Pal& pal, const BackendFacts& backend,
+                          std::size_t pages, std::uintptr_t lo,
+                          std::uintptr_t hi, bool name_mappings,
+                          std::size_t lanes, SyscallCounts& n) noexcept {
   pal_ = &pal;
   pages_ = pages;
   page_size_ = pal.capabilities().page_size;
@@ -46,7 +46,7 @@ Result<void> Region::init(Pal& pal, Backend backend, std::size_t pages,
   for (std::size_t& c : counts_) c = 0;
   counts_[static_cast<int>(PageState::unused)] = pages;
 
-  ops_ = make_backend(backend);
+  ops_ = backend.make();
   if (!ops_) return Error(Errc::out_of_memory, kNoMemory);
   ops_->set_lanes(lanes);
   if (Result<void> r = ops_->init(pal, pages, shift_, lo, hi, name_mappings, n);

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 // Region: one reservation, its page state map and its VMA count, over the
-// backend that carries out what the states say (backend.hpp).
+// backend that carries out what the states say (backend/backend.hpp).
 //
-// Layering: layer 3. Includes backend.hpp, the platform layer (pal/) and
-// metadata helpers only. The region knows which state every page is in and
+// Layering: layer 3. Includes backend/backend.hpp, the platform layer (pal/)
+// and metadata helpers only. The region knows which state every page is in and
 // moves runs of pages between states with the fewest calls, asking its
 // backend what each view must show; it knows nothing of chunks' lifecycle
 // rules, quarantine or locking (that is the arena's).
@@ -13,7 +13,8 @@
 #include <cstdint>
 #include <span>
 
-#include "backend.hpp"
+#include "backend/backend.hpp"
+#include "error.hpp"
 #include "meta.hpp"
 #include "pal/pal.hpp"
 #include "wxarena/arena.hpp"
@@ -51,20 +52,20 @@ class Region {
 
   /// Reserves `pages` pages with the given backend, optionally within
   /// [lo, hi). All pages start `unused`.
-  [[nodiscard]] Result<void> init(Pal& pal, Backend backend, std::size_t pages,
-                                  std::uintptr_t lo, std::uintptr_t hi,
-                                  bool name_mappings, std::size_t lanes,
-                                  SyscallCounts& n) noexcept;
+  [[nodiscard]] Result<void> init(Pal& pal, const BackendFacts& backend,
+                                  std::size_t pages, std::uintptr_t lo,
+                                  std::uintptr_t hi, bool name_mappings,
+                                  std::size_t lanes, SyscallCounts& n) noexcept;
   /// Unmaps everything (idempotent). Failures here cannot be reported.
   void destroy(SyscallCounts& n) noexcept;
 
   [[nodiscard]] Backend backend() const noexcept {
-    return ops_ ? ops_->kind() : Backend::automatic;
+    return ops_ ? ops_->kind() : Backend{};
   }
   [[nodiscard]] PageBackend& ops() const noexcept { return *ops_; }
   /// True when the memory is shared with fork() children (a memfd).
   [[nodiscard]] bool shared() const noexcept {
-    return backend() == Backend::dual_map || backend() == Backend::kernel_write;
+    return ops_->facts().shared_memory;
   }
   [[nodiscard]] std::size_t pages() const noexcept { return pages_; }
   [[nodiscard]] std::size_t page_size() const noexcept { return page_size_; }
@@ -74,7 +75,7 @@ class Region {
     return ops_->rx_base() + (i << shift_);
   }
   /// The address standing for page i in the writable range, or nullptr
-  /// where writable bytes do not follow page offsets (kernel_write).
+  /// where writable bytes do not follow page offsets (they are staged).
   [[nodiscard]] std::byte* rw_page(std::size_t i) const noexcept {
     return ops_->rw_page(i);
   }
@@ -255,7 +256,7 @@ Result<void> Region::change_access(std::size_t a, std::size_t b, Cur cur,
           ++calls;
           Result<void> r = ops_->set_access(v, i, j, target, n);
           if (!r) {
-            Error e(r.error().code(), r.error().sys_errno(), rx_page(i));
+            Error e = make_error(r.error(), rx_page(i));
             undo();
             return e;
           }

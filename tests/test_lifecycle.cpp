@@ -11,7 +11,7 @@
 #include <tuple>
 #include <vector>
 
-#include "backend.hpp"
+#include "pal/cpu.hpp"
 #include "support/arena_util.hpp"
 #include "support/maps.hpp"
 #include "support/memory_fault.hpp"

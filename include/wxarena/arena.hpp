@@ -2,8 +2,8 @@
 // The Arena: one reservation of address space handing out page-aligned code
 // chunks under strict W^X, and the Batch that changes their permissions.
 //
-// Layering: includes only result.hpp. Everything here is noexcept; errors are
-// returned as Result / Error (see result.hpp).
+// Layering: includes only result.hpp and types.hpp. Everything here is
+// noexcept; errors are returned as Result / Error (see result.hpp).
 #pragma once
 
 #include <cstddef>
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "wxarena/result.hpp"
+#include "wxarena/types.hpp"
 
 namespace wxa {
 
@@ -29,19 +30,6 @@ Result<Arena> create_arena(const Options& options, Pal& pal) noexcept;
 ArenaImpl& impl_of(Arena& arena) noexcept;
 }  // namespace detail
 
-/// How chunks get their permissions.
-enum class Backend : std::uint8_t {
-  automatic,     ///< probe once: kernel_write where a memfd may be mapped
-                 ///< executable, else protect, else dual_map, else
-                 ///< Errc::not_supported
-  protect,       ///< one private anonymous mapping, flipped with mprotect
-  dual_map,      ///< a memfd with a separate executable view and writable
-                 ///< views that exist only while a chunk is writable
-  kernel_write,  ///< a memfd mapped once read+execute and never writable:
-                 ///< chunks are written in staging memory and the kernel
-                 ///< copies them in (pwritev) at commit
-};
-
 /// The tracked state of a chunk (see the lifecycle in DESIGN.md).
 enum class State : std::uint8_t {
   free,        ///< not allocated
@@ -54,12 +42,7 @@ enum class State : std::uint8_t {
 /// What seal() turns a writable chunk into.
 enum class Seal : std::uint8_t { execute, read_only };
 
-/// The kernel protection wxarena expects on a page of one view.
-enum class Access : std::uint8_t { none, read, read_write, read_execute };
-
-[[nodiscard]] std::string_view to_string(Backend backend) noexcept;
 [[nodiscard]] std::string_view to_string(State state) noexcept;
-[[nodiscard]] std::string_view to_string(Access access) noexcept;
 
 /// Arena configuration. Every field has a usable default.
 struct Options {
@@ -142,17 +125,6 @@ struct ChunkInfo {
   Chunk chunk;  ///< rw() is non-empty only in State::writable
   State state = State::free;
   std::size_t offset = 0;  ///< of the queried address within the chunk
-};
-
-/// System calls made by an arena, by kind. Failed calls count too.
-struct SyscallCounts {
-  std::uint64_t mmap = 0, munmap = 0, mprotect = 0, madvise = 0, memfd = 0,
-                membarrier = 0, other = 0;
-  std::uint64_t write = 0;  ///< pwritev into the code's memfd (kernel_write)
-  [[nodiscard]] std::uint64_t total() const noexcept {
-    return mmap + munmap + mprotect + madvise + memfd + membarrier + other +
-           write;
-  }
 };
 
 /// What one Batch::commit() did.

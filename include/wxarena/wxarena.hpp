@@ -6,3 +6,4 @@
 #include "wxarena/code_heap.hpp"
 #include "wxarena/perf_map.hpp"
 #include "wxarena/result.hpp"
+#include "wxarena/types.hpp"

@@ -24,6 +24,7 @@
 #include <initializer_list>
 #include <mutex>
 
+#include "pal/common.hpp"
 #include "pal/pal.hpp"
 #include "wxa_config.h"
 
@@ -226,31 +227,6 @@ Capabilities probe() noexcept {
   long q = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
   caps.barrier = q >= 0 && (q & MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE);
   return caps;
-}
-
-void write_all(int fd, const char* s, std::size_t len) noexcept {
-  while (len > 0) {
-    ssize_t w = ::write(fd, s, len);
-    if (w <= 0) {
-      if (w < 0 && errno == EINTR) continue;
-      return;  // nothing more can be done on the way to abort()
-    }
-    s += w;
-    len -= static_cast<std::size_t>(w);
-  }
-}
-
-std::size_t format_hex(char* out, std::uintptr_t v) noexcept {
-  char tmp[2 + 16];
-  std::size_t n = 0;
-  do {
-    tmp[n++] = "0123456789abcdef"[v & 15];
-    v >>= 4;
-  } while (v);
-  out[0] = '0';
-  out[1] = 'x';
-  for (std::size_t i = 0; i < n; ++i) out[2 + i] = tmp[n - 1 - i];
-  return n + 2;
 }
 
 }  // namespace
@@ -719,56 +695,11 @@ Pal& system_pal() noexcept {
   return pal;
 }
 
-Error error_from_errno(int err, const void* chunk) noexcept {
-  switch (err) {
-    case ENOMEM:
-      return Error(Errc::out_of_memory, err, chunk);
-    case EACCES:
-    case EPERM:
-      return Error(Errc::permission_denied, err, chunk);
-    case EINVAL:
-      return Error(Errc::invalid_argument, err, chunk);
-    case ENOSYS:
-    case EOPNOTSUPP:
-      return Error(Errc::not_supported, err, chunk);
-    default:
-      return Error(Errc::os_error, err, chunk);
-  }
-}
-
 void os_error_text(int err, char* out, std::size_t cap) noexcept {
   char msg[128];
   // The GNU strerror_r returns the message; the buffer may go unused.
   std::snprintf(out, cap, "errno %d: %s", err,
                 strerror_r(err, msg, sizeof msg));
-}
-
-void fatal(const char* what, const void* address, int err) noexcept {
-  char buf[512];
-  std::size_t len = 0;
-  auto put = [&](const char* s) {
-    while (*s && len < sizeof buf - 1) buf[len++] = *s++;
-  };
-  put("wxarena: fatal: ");
-  put(what);
-  if (address) {
-    put(" at ");
-    if (len + 20 < sizeof buf)
-      len += format_hex(buf + len, reinterpret_cast<std::uintptr_t>(address));
-  }
-  if (err) {
-    put(" (errno ");
-    if (len + 20 < sizeof buf) {
-      char num[16];
-      int k = 0;
-      for (int v = err; v > 0 && k < 15; v /= 10) num[k++] = char('0' + v % 10);
-      while (k > 0) buf[len++] = num[--k];
-    }
-    put(")");
-  }
-  put("\n");
-  write_all(2, buf, len);
-  ::abort();
 }
 
 // --- perf map ----------------------------------------------------------------
@@ -807,19 +738,19 @@ Result<void> append_perf_map(const char* text, std::size_t len) noexcept {
   return {};
 }
 
-// --- metadata allocation ---------------------------------------------------
+// --- what pal/common.cpp builds on -------------------------------------------
 
-namespace {
+const char* const kOsErrorName = "errno";
 
-struct MiFunctions {
-  void* (*malloc)(std::size_t) = nullptr;
-  void* (*calloc)(std::size_t, std::size_t) = nullptr;
-  void (*free)(void*) = nullptr;
-};
+std::ptrdiff_t write_stderr_some(const char* s, std::size_t len) noexcept {
+  const ssize_t w = ::write(2, s, len);
+  if (w < 0 && errno == EINTR) return 0;
+  return w > 0 ? w : -1;
+}
 
-const MiFunctions& mi() noexcept {
-  static const MiFunctions f = [] {
-    MiFunctions r;
+const MetaFunctions& loaded_meta_functions() noexcept {
+  static const MetaFunctions f = [] {
+    MetaFunctions r;
 #if WXA_HAVE_MIMALLOC
     // RTLD_LOCAL keeps the library's malloc/free out of the global symbol
     // scope, so the host's malloc is not replaced; only mi_* are used.
@@ -830,34 +761,12 @@ const MiFunctions& mi() noexcept {
       r.calloc = reinterpret_cast<void* (*)(std::size_t, std::size_t)>(
           ::dlsym(h, "mi_calloc"));
       r.free = reinterpret_cast<void (*)(void*)>(::dlsym(h, "mi_free"));
-      if (!r.malloc || !r.calloc || !r.free) r = MiFunctions{};
+      if (!r.malloc || !r.calloc || !r.free) r = MetaFunctions{};
     }
 #endif
     return r;
   }();
   return f;
 }
-
-}  // namespace
-
-void* meta_alloc(std::size_t bytes) noexcept {
-  const MiFunctions& f = mi();
-  return f.malloc ? f.malloc(bytes) : ::malloc(bytes);
-}
-
-void* meta_calloc(std::size_t count, std::size_t size) noexcept {
-  const MiFunctions& f = mi();
-  return f.calloc ? f.calloc(count, size) : ::calloc(count, size);
-}
-
-void meta_free(void* p) noexcept {
-  const MiFunctions& f = mi();
-  if (f.free)
-    f.free(p);
-  else
-    ::free(p);
-}
-
-bool meta_uses_mimalloc() noexcept { return mi().malloc != nullptr; }
 
 }  // namespace wxa::detail

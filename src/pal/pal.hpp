@@ -2,17 +2,21 @@
 // The platform contract: every OS call wxarena makes goes through Pal.
 //
 // Layering: layer 2 (see DESIGN.md). Includes only the public result and
-// arena types; nothing above this folder calls the OS. A Pal counts every
-// system call it makes (failed ones too) in the SyscallCounts it is handed.
-// Tests plug in a fake Pal (derived from the real one) to inject failures.
+// value types (wxarena/types.hpp); nothing above this folder calls the OS.
+// One file per OS family implements it (linux.cpp, windows.cpp) over a
+// shared middle (common.cpp: fatal, formatting, errno translation,
+// metadata allocation); processor-specific bits are in cpu.hpp. A Pal counts
+// every system call it makes (failed ones too) in the SyscallCounts it is
+// handed. Tests plug in a fake Pal (derived from the real one) to inject
+// failures.
 #pragma once
 
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
 
-#include "wxarena/arena.hpp"
 #include "wxarena/result.hpp"
+#include "wxarena/types.hpp"
 
 namespace wxa::detail {
 

@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "pal/common.hpp"
 #include "pal/pal.hpp"
 
 namespace wxa::detail {
@@ -196,29 +197,6 @@ Result<void> protect_none(void* p, std::size_t bytes,
     at = stop;
   }
   return {};
-}
-
-void write_all(HANDLE h, const char* s, std::size_t len) noexcept {
-  while (len > 0) {
-    DWORD w = 0;
-    if (!::WriteFile(h, s, static_cast<DWORD>(len), &w, nullptr) || w == 0)
-      return;  // nothing more can be done on the way to abort()
-    s += w;
-    len -= w;
-  }
-}
-
-std::size_t format_hex(char* out, std::uintptr_t v) noexcept {
-  char tmp[2 + 16];
-  std::size_t k = 0;
-  do {
-    tmp[k++] = "0123456789abcdef"[v & 15];
-    v >>= 4;
-  } while (v);
-  out[0] = '0';
-  out[1] = 'x';
-  for (std::size_t i = 0; i < k; ++i) out[2 + i] = tmp[k - 1 - i];
-  return k + 2;
 }
 
 }  // namespace
@@ -403,7 +381,7 @@ Result<void> Pal::write_shared(SharedHandle, std::size_t, const WritePiece*,
                                std::size_t, SyscallCounts&) noexcept {
   // No system call writes a section without a writable view of it
   // (WriteProcessMemory changes the page's protection for the copy), so
-  // Backend::kernel_write does not exist here: capabilities().shared_write
+  // no backend that needs this is offered here: capabilities().shared_write
   // is false.
   return Error(Errc::not_supported);
 }
@@ -450,26 +428,6 @@ Pal& system_pal() noexcept {
   return pal;
 }
 
-Error error_from_errno(int err, const void* chunk) noexcept {
-  // The C runtime's errno values (the library's own errors and the fault
-  // injection tests use them); the OS's own errors go through
-  // error_from_last().
-  switch (err) {
-    case ENOMEM:
-      return Error(Errc::out_of_memory, err, chunk);
-    case EACCES:
-    case EPERM:
-      return Error(Errc::permission_denied, err, chunk);
-    case EINVAL:
-      return Error(Errc::invalid_argument, err, chunk);
-    case ENOSYS:
-    case EOPNOTSUPP:
-      return Error(Errc::not_supported, err, chunk);
-    default:
-      return Error(Errc::os_error, err, chunk);
-  }
-}
-
 void os_error_text(int err, char* out, std::size_t cap) noexcept {
   char msg[128] = {};
   const DWORD len = ::FormatMessageA(
@@ -480,34 +438,6 @@ void os_error_text(int err, char* out, std::size_t cap) noexcept {
                    msg[k - 1] == ' ' || msg[k - 1] == '.'))
     msg[--k] = '\0';
   std::snprintf(out, cap, "error %d: %s", err, k ? msg : "unknown error");
-}
-
-void fatal(const char* what, const void* address, int err) noexcept {
-  char buf[512];
-  std::size_t len = 0;
-  auto put = [&](const char* s) {
-    while (*s && len < sizeof buf - 1) buf[len++] = *s++;
-  };
-  put("wxarena: fatal: ");
-  put(what);
-  if (address) {
-    put(" at ");
-    if (len + 20 < sizeof buf)
-      len += format_hex(buf + len, reinterpret_cast<std::uintptr_t>(address));
-  }
-  if (err) {
-    put(" (error ");
-    if (len + 20 < sizeof buf) {
-      char num[16];
-      int k = 0;
-      for (int v = err; v > 0 && k < 15; v /= 10) num[k++] = char('0' + v % 10);
-      while (k > 0) buf[len++] = num[--k];
-    }
-    put(")");
-  }
-  put("\n");
-  write_all(::GetStdHandle(STD_ERROR_HANDLE), buf, len);
-  ::abort();
 }
 
 // --- perf map ----------------------------------------------------------------
@@ -522,12 +452,21 @@ Result<void> append_perf_map(const char*, std::size_t) noexcept {
 
 // --- metadata allocation -----------------------------------------------------
 
-// No mimalloc on Windows builds: the C runtime's heap holds the metadata.
-void* meta_alloc(std::size_t bytes) noexcept { return ::malloc(bytes); }
-void* meta_calloc(std::size_t count, std::size_t size) noexcept {
-  return ::calloc(count, size);
+const char* const kOsErrorName = "error";
+
+std::ptrdiff_t write_stderr_some(const char* s, std::size_t len) noexcept {
+  DWORD w = 0;
+  if (!::WriteFile(::GetStdHandle(STD_ERROR_HANDLE), s, static_cast<DWORD>(len),
+                   &w, nullptr) ||
+      w == 0)
+    return -1;
+  return static_cast<std::ptrdiff_t>(w);
 }
-void meta_free(void* p) noexcept { ::free(p); }
-bool meta_uses_mimalloc() noexcept { return false; }
+
+// No mimalloc on Windows builds: the C runtime's heap holds the metadata.
+const MetaFunctions& loaded_meta_functions() noexcept {
+  static const MetaFunctions none;
+  return none;
+}
 
 }  // namespace wxa::detail

@@ -2,14 +2,14 @@
 // The protect backend: one private anonymous reservation whose pages are
 // flipped with mprotect, read+write while writable, read+execute when
 // sealed. Writable bytes are the pages themselves (rw() == rx()).
-#include "backend.hpp"
+#include "backend/backend.hpp"
 
 namespace wxa::detail {
 namespace {
 
 class ProtectBackend final : public PageBackend {
  public:
-  Backend kind() const noexcept override { return Backend::protect; }
+  const BackendFacts& facts() const noexcept override;
 
   Result<void> init(Pal& pal, std::size_t pages, unsigned shift,
                     std::uintptr_t lo, std::uintptr_t hi, bool name,
@@ -86,9 +86,23 @@ class ProtectBackend final : public PageBackend {
 
 }  // namespace
 
-PageBackend* new_protect_backend() noexcept {
-  void* mem = meta_alloc(sizeof(ProtectBackend));
-  return mem ? ::new (mem) ProtectBackend : nullptr;
+extern const BackendFacts kProtectFacts;
+const BackendFacts kProtectFacts{
+    .kind = Backend::protect,
+    // Private anonymous memory must be allowed to gain execute: a policy
+    // forbids it (SELinux deny_execmem, Arbitrary Code Guard).
+    .refusal =
+        [](const Capabilities& caps) noexcept {
+          return caps.anon_exec ? Errc::ok : Errc::permission_denied;
+        },
+    .initial_vmas = 1,  // the reservation
+    .shared_memory = false,
+    .rw_is_rx = true,
+    .make = &new_backend<ProtectBackend>,
+};
+
+const BackendFacts& ProtectBackend::facts() const noexcept {
+  return kProtectFacts;
 }
 
 }  // namespace wxa::detail

@@ -1,81 +1,63 @@
 // SPDX-License-Identifier: MIT
 // The backend contract: how a run of pages moves between page states, what
-// each view must show, what it costs in VMAs, and how a commit's bytes reach
-// the code. Stated once here; one file per backend implements it:
+// each view must show, what it costs in VMAs, and the facts each backend
+// states about itself. Stated once here; one file per backend implements it:
 //
-//   backend_protect.cpp       one private mapping flipped with mprotect
-//   backend_dual_map.cpp      a memfd with an executable view and writable
-//                             views that exist only while a chunk is writable
-//   backend_kernel_write.cpp  a memfd mapped once read+execute and never
-//                             writable; the kernel copies code in (pwritev)
+//   protect.cpp       one private mapping flipped with mprotect
+//   dual_map.cpp      a memfd with an executable view and writable views
+//                     that exist only while a chunk is writable
+//   kernel_write.cpp  a memfd mapped once read+execute and never writable;
+//                     the kernel copies code in (pwritev), from staging
+//                     memory (staging.hpp)
+//   registry.cpp      the list of backends, best first, and making one
+//
+// A backend through which a commit's bytes reach the code (kernel_write)
+// also implements ContentWriter (content_writer.hpp), found through
+// PageBackend::content_writer().
 //
 // Layering: layer 3 (see DESIGN.md). Includes the platform layer (pal/) and
 // metadata helpers only. A backend knows nothing of chunks' lifecycle rules,
 // quarantine, budgets or locking: the region keeps the page state map and the
-// VMA count, the arena and its commit engine decide what changes, and ask the
-// backend to carry it out.
+// VMA count, the arena and its commit decide what changes, and ask the
+// backend to carry it out. Nothing outside this folder, the C API and the
+// error names names a backend kind.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <span>
 
+#include "backend/content_writer.hpp"
+#include "backend/page_state.hpp"
 #include "meta.hpp"
+#include "pal/cpu.hpp"
 #include "pal/pal.hpp"
 #include "wxarena/arena.hpp"
 
 namespace wxa::detail {
 
-/// The state of one page. `unused` and `open` are both free: `open` pages
-/// are already prepared (writable in protect and dual_map, mapped in
-/// kernel_write), waiting to be handed out without a system call.
-enum class PageState : std::uint8_t {
-  unused,      // inaccessible, nothing committed
-  open,        // free, prepared
-  writable,    // in a writable chunk
-  executable,  // in an executable chunk
-  read_only,   // in a read-only chunk
-  retired,     // released, in quarantine; never runnable as its old code
-};
+class PageBackend;
 
-inline constexpr int kPageStates = 6;
-
-/// The public State a page state shows as.
-constexpr State to_public(PageState s) noexcept {
-  switch (s) {
-    case PageState::writable:
-      return State::writable;
-    case PageState::executable:
-      return State::executable;
-    case PageState::read_only:
-      return State::read_only;
-    case PageState::retired:
-      return State::retired;
-    default:
-      return State::free;
-  }
-}
-
-/// One view of the reserved pages. Every backend has `rx` (where code runs
-/// and chunks are named); dual_map also has `rw`, a second mapping of the
-/// same pages at the same offsets.
-enum class View : std::uint8_t { rx = 0, rw = 1 };
-
-/// One chunk whose bytes a commit changes (kernel_write only: the other
-/// backends' chunks are written in place by their owner).
-struct ContentItem {
-  std::uint32_t head, pages;
-  PageState from, to;
-  /// A patch: `size` bytes at `data` go to `offset` within the chunk.
-  const std::byte* data = nullptr;
-  std::uint32_t offset = 0, size = 0;
-};
-
-/// A commit's writes into the code, as a backend that writes content plans
-/// them (opaque to the arena).
-class ContentPlan {
- public:
-  virtual ~ContentPlan() = default;
+/// What a backend states about itself, before it is made and after: the
+/// arena and the region ask these instead of switching on its kind. One
+/// per backend file; the registry lists them.
+struct BackendFacts {
+  Backend kind;
+  /// Errc::ok when the host allows the backend (its capabilities as the
+  /// platform layer found them by trying), else the error an explicit
+  /// request for it gets.
+  Errc (*refusal)(const Capabilities& caps) noexcept;
+  /// The VMAs its reservation occupies before any page is used.
+  std::size_t initial_vmas;
+  /// The memory is shared with fork() children (a memfd): only the process
+  /// that made the arena may change it.
+  bool shared_memory;
+  /// The writable view is the executable one: writable bytes are the pages
+  /// themselves (their rw view's protection is the rx view's).
+  bool rw_is_rx;
+  /// Allocates (meta_alloc) and constructs one, or nullptr.
+  PageBackend* (*make)() noexcept;
 };
 
 /// The contract. Page indices count from the start of the reservation;
@@ -85,7 +67,15 @@ class PageBackend {
  public:
   virtual ~PageBackend() = default;
 
-  [[nodiscard]] virtual Backend kind() const noexcept = 0;
+  /// What the backend states about itself (its kind among them).
+  [[nodiscard]] virtual const BackendFacts& facts() const noexcept = 0;
+  [[nodiscard]] Backend kind() const noexcept { return facts().kind; }
+  /// The content-writing protocol, where the backend has it (a commit's
+  /// bytes reach the code through it), or nullptr: the owner writes the
+  /// pages themselves.
+  [[nodiscard]] virtual ContentWriter* content_writer() noexcept {
+    return nullptr;
+  }
 
   // --- the reservation ------------------------------------------------------
 
@@ -179,63 +169,8 @@ class PageBackend {
   /// view; kernel_write trapped them when they were retired).
   virtual void trap_fill(std::size_t a, std::size_t b) noexcept = 0;
 
-  // --- the commit
-  // -------------------------------------------------------------
+  // --- the commit ----------------------------------------------------------
 
-  /// True when a commit's bytes reach the code through a content plan
-  /// (below) rather than by the pages changing protection under the writer.
-  [[nodiscard]] virtual bool writes_content() const noexcept { return false; }
-  /// True when plan_content(), write_planned() and finish_content() touch
-  /// only the plan's own chunks and what never changes after init(), so
-  /// the arena may call them without its lock once those chunks are marked
-  /// in flight.
-  [[nodiscard]] virtual bool plans_without_lock() const noexcept {
-    return false;
-  }
-  /// Turns a commit's items into a plan of writes: staged chunks that are
-  /// sealed, traps over chunks that are retired or stop being read-only
-  /// data, patches. `plan` is reused from commit to commit (made here when
-  /// null; freed with destroy_plan()). Allocates; runs before any system
-  /// call of the commit, under the arena's lock unless plans_without_lock().
-  [[nodiscard]] virtual Result<void> plan_content(ContentPlan*& plan,
-                                                  const ContentItem* items,
-                                                  std::size_t count) noexcept {
-    (void)plan;
-    (void)items;
-    (void)count;
-    return {};
-  }
-  /// Copies a plan's bytes into the code. Runs without the arena's lock
-  /// where plans_without_lock() says so: it touches only the plan and the
-  /// pages of the plan's chunks, which no other commit may name meanwhile.
-  /// On failure what was written is restored before it returns.
-  [[nodiscard]] virtual Result<void> write_planned(ContentPlan& plan,
-                                                   SyscallCounts& n) noexcept {
-    (void)plan;
-    (void)n;
-    return {};
-  }
-  /// After write_planned(), with or without the lock as it: the backend's
-  /// own records of what the plan's pages hold (kept per page, so touching
-  /// only those), and fresh pages mapped in. On failure the writes are
-  /// undone before it returns (undo_content(), here without the lock).
-  /// After success, undo_content() (then under the lock) restores it all.
-  [[nodiscard]] virtual Result<void> finish_content(ContentPlan& plan,
-                                                    const ContentItem* items,
-                                                    std::size_t count,
-                                                    SyscallCounts& n) noexcept {
-    (void)plan;
-    (void)items;
-    (void)count;
-    (void)n;
-    return {};
-  }
-  /// Restores what a finished plan changed; a failure is fatal.
-  virtual void undo_content(ContentPlan& plan, SyscallCounts& n) noexcept {
-    (void)plan;
-    (void)n;
-  }
-  virtual void destroy_plan(ContentPlan* plan) noexcept { (void)plan; }
   /// Makes new code in [a, b) visible to instruction fetch (before it is
   /// executable for protect and dual_map, after the content is written for
   /// kernel_write).
@@ -264,28 +199,24 @@ class PageBackend {
   }
 };
 
-/// The VMAs a backend's reservation occupies before any page is used.
-[[nodiscard]] std::size_t initial_vmas(Backend kind) noexcept;
-
-/// Makes the backend of a kind (not automatic) in metadata memory, or
-/// returns nullptr when that fails. Free with destroy_backend().
-[[nodiscard]] PageBackend* make_backend(Backend kind) noexcept;
+/// The most backends the registry holds.
+inline constexpr std::size_t kMaxBackends = 3;
+/// The backends to try for `wanted`, best first, into out[] (room for
+/// kMaxBackends): every one the host allows for Backend::automatic, else
+/// the one asked for. Errors: not_supported (none allowed, or the one
+/// asked for is not), permission_denied (a policy forbids it),
+/// invalid_argument (no such backend).
+[[nodiscard]] Result<std::size_t> backend_candidates(
+    Backend wanted, const Capabilities& caps,
+    const BackendFacts** out) noexcept;
+/// BackendFacts::make for a backend class B: allocates (meta_alloc) and
+/// constructs one, or returns nullptr.
+template <class B>
+[[nodiscard]] PageBackend* new_backend() noexcept {
+  void* mem = meta_alloc(sizeof(B));
+  return mem ? ::new (mem) B : nullptr;
+}
+/// Frees a backend made by BackendFacts::make.
 void destroy_backend(PageBackend* backend) noexcept;
-
-/// Fills `bytes` at p with this machine's trap instruction (x86-64 int3,
-/// AArch64 brk #0).
-void fill_traps(std::byte* p, std::size_t bytes) noexcept;
-
-// Free runs of pages by start index, coalesced (metadata helpers).
-using RunMap = MetaMap<std::uint32_t, std::uint32_t>;
-/// Inserts [a, a+len) into `runs`, merging with neighbours. May throw
-/// std::bad_alloc (only when no neighbour merges).
-void insert_run(RunMap& runs, std::uint32_t a, std::uint32_t len);
-/// Removes the first `len` pages of the run at `it`.
-void carve_front(RunMap& runs, RunMap::iterator it, std::uint32_t len) noexcept;
-// Splits the run at `it` at page `a` (inside it) into two adjacent runs and
-// returns the one starting at `a` (`it` itself if it starts there). May
-// throw std::bad_alloc, before anything changed.
-RunMap::iterator split_run(RunMap& runs, RunMap::iterator it, std::uint32_t a);
 
 }  // namespace wxa::detail

@@ -5,14 +5,14 @@
 // while it is open or writable. A page is never mapped executable by
 // mprotect, only by mapping the memfd, and inaccessible means no view at
 // all (an anonymous placeholder holds the address).
-#include "backend.hpp"
+#include "backend/backend.hpp"
 
 namespace wxa::detail {
 namespace {
 
 class DualMapBackend final : public PageBackend {
  public:
-  Backend kind() const noexcept override { return Backend::dual_map; }
+  const BackendFacts& facts() const noexcept override;
 
   Result<void> init(Pal& pal, std::size_t pages, unsigned shift,
                     std::uintptr_t lo, std::uintptr_t hi, bool,
@@ -126,9 +126,23 @@ class DualMapBackend final : public PageBackend {
 
 }  // namespace
 
-PageBackend* new_dual_map_backend() noexcept {
-  void* mem = meta_alloc(sizeof(DualMapBackend));
-  return mem ? ::new (mem) DualMapBackend : nullptr;
+extern const BackendFacts kDualMapFacts;
+const BackendFacts kDualMapFacts{
+    .kind = Backend::dual_map,
+    // A memfd that may be mapped executable.
+    .refusal =
+        [](const Capabilities& caps) noexcept {
+          return caps.shared_memory && caps.shared_exec ? Errc::ok
+                                                        : Errc::not_supported;
+        },
+    .initial_vmas = 2,  // its two views
+    .shared_memory = true,
+    .rw_is_rx = false,
+    .make = &new_backend<DualMapBackend>,
+};
+
+const BackendFacts& DualMapBackend::facts() const noexcept {
+  return kDualMapFacts;
 }
 
 }  // namespace wxa::detail

@@ -13,32 +13,25 @@
 // hot path, so no TLB shootdown is ever paid to publish code, and fresh
 // pages are mapped in with one MADV_POPULATE_READ instead of a fault each.
 //
-// Everything this backend does is in this file; the contract it implements
-// is in backend.hpp.
+// Everything this backend does is in this file and its staging pool's
+// (staging.cpp); the contracts it implements are in backend.hpp and
+// content_writer.hpp.
 #include <algorithm>
 #include <bit>
 #include <cstring>
 #include <limits>
 #include <new>
 
-#include "backend.hpp"
+#include "backend/backend.hpp"
+#include "backend/staging.hpp"
 
 namespace wxa::detail {
 namespace {
 
-class KernelWriteBackend final : public PageBackend {
+class KernelWriteBackend final : public PageBackend, public ContentWriter {
  public:
-  ~KernelWriteBackend() override {
-    meta_free(stage_of_);
-    meta_free(owner_);
-    meta_free(populated_);
-    meta_free(written_);
-    meta_free(extent_);
-    meta_free(free_bits_);
-    meta_free(trap_page_);
-  }
-
-  Backend kind() const noexcept override { return Backend::kernel_write; }
+  const BackendFacts& facts() const noexcept override;
+  ContentWriter* content_writer() noexcept override { return this; }
 
   void set_lanes(std::size_t lanes) noexcept override { want_lanes_ = lanes; }
   std::size_t lane_pages() const noexcept override {
@@ -55,24 +48,15 @@ class KernelWriteBackend final : public PageBackend {
     if (!caps.shared_memory || !caps.shared_exec || !caps.shared_write)
       return Error(Errc::not_supported);
 
-    words_ = (pages + 63) / 64;
-    stage_of_ =
-        static_cast<std::uint32_t*>(meta_calloc(pages, sizeof(std::uint32_t)));
-    owner_ = static_cast<std::uint32_t*>(
-        meta_calloc(2 * pages, sizeof(std::uint32_t)));
-    populated_ = static_cast<std::uint8_t*>(meta_calloc(pages, 1));
-    written_ = static_cast<std::uint8_t*>(meta_calloc(pages, 1));
-    extent_ =
-        static_cast<std::uint32_t*>(meta_calloc(pages, sizeof(std::uint32_t)));
-    free_bits_ = static_cast<std::uint64_t*>(
-        meta_calloc(words_, sizeof(std::uint64_t)));  // 1 = staging page used
-    trap_page_ = static_cast<std::byte*>(meta_alloc(trap_bytes()));
-    if (!stage_of_ || !owner_ || !populated_ || !free_bits_ || !written_ ||
-        !extent_ || !trap_page_)
+    populated_ = meta_zeroed<std::uint8_t>(pages);
+    written_ = meta_zeroed<std::uint8_t>(pages);
+    extent_ = meta_zeroed<std::uint32_t>(pages);
+    trap_page_ =
+        MetaArray<std::byte>(static_cast<std::byte*>(meta_alloc(trap_bytes())));
+    if (!populated_ || !written_ || !extent_ || !trap_page_)
       return Error(Errc::out_of_memory, kNoMemory);
-    fill_traps(trap_page_, trap_bytes());
-    // Pages past the end count as used, so a search never hands them out.
-    if (pages % 64) free_bits_[words_ - 1] = ~std::uint64_t{0} << (pages % 64);
+    if (Result<void> r = staging_.allocate(pages, shift); !r) return r;
+    fill_traps(trap_page_.get(), trap_bytes());
 
     // Lanes of a power-of-two number of pages, at least kMinLanePages.
     std::size_t lanes = std::clamp<std::size_t>(want_lanes_, 1, kLaneLimit);
@@ -80,8 +64,7 @@ class KernelWriteBackend final : public PageBackend {
     const std::size_t per_lane = std::bit_ceil((pages + lanes - 1) / lanes);
     lane_shift_ = static_cast<unsigned>(std::countr_zero(per_lane));
     lane_count_ = (pages + per_lane - 1) / per_lane;
-    for (std::size_t l = 0; l < lane_count_; ++l)
-      low_[l] = (l << lane_shift_) / 64;
+    staging_.set_lanes(lane_shift_, lane_count_);
     // The first lane's memfd now, so that a host refusing memfds refuses
     // the backend at once; the others when their first page is opened.
     if (Result<void> r = make_lane(0, n); !r) return r;
@@ -96,54 +79,22 @@ class KernelWriteBackend final : public PageBackend {
     }
     rx_base_ = *rx;
 
-    // Staging: twice the reservation (address space only: it costs no
-    // memory until written), within rel32 reach of the code where the
-    // address space allows, so that a JIT may keep read-write data there
-    // and reach it from code (see include/wxarena/adapters/). Mapped
-    // read+write once: never executable. Its first half is a pool reused
-    // lowest address first, so staging stays warm, in one part per lane
-    // (a chunk is staged in its lane's part); its second half mirrors
-    // the code page by page, so a chunk always has staging even when the
-    // pool is too fragmented to hold it in one piece.
-    const auto code = reinterpret_cast<std::uintptr_t>(rx_base_);
-    const std::uintptr_t reach = (std::uintptr_t{1} << 31) - 1;
-    const std::uintptr_t slo =
-        code + bytes() > reach ? code + bytes() - reach : 0;
-    const std::size_t staging = 2 * bytes();
-    const std::uintptr_t shi =
-        code > std::numeric_limits<std::uintptr_t>::max() - reach
-            ? std::numeric_limits<std::uintptr_t>::max()
-            : code + reach;
-    Result<std::byte*> st = pal.reserve(staging, slo, shi, n);
-    if (!st && st.error().code() == Errc::unreachable_anchor)
-      st = pal.reserve(staging, 0, 0, n);
-    if (!st) {
-      Error e = st.error();
-      destroy(n);
-      return e;
-    }
-    stage_base_ = *st;
-    if (Result<void> r =
-            pal.protect(stage_base_, staging, Access::read_write, n);
-        !r) {
+    // Staging, near the code (see staging.hpp).
+    if (Result<void> r = staging_.map(pal, rx_base_, name, n); !r) {
       destroy(n);
       return r;
-    }
-    if (name && caps.vma_naming) {
-      // Best effort: a name only helps people read /proc/<pid>/maps.
-      (void)pal.name(stage_base_, staging, "wxarena-staging", n);
     }
     return {};
   }
 
   void destroy(SyscallCounts& n) noexcept override {
     if (rx_base_) (void)pal_->unmap_view(rx_base_, bytes(), n);
-    if (stage_base_) (void)pal_->unmap(stage_base_, 2 * bytes(), n);
+    staging_.unmap(n);
     for (SharedHandle& h : shm_) {
       if (h.valid()) (void)pal_->close_shared(h, n);
       h = SharedHandle{};
     }
-    rx_base_ = stage_base_ = nullptr;
+    rx_base_ = nullptr;
   }
 
   // --- what the kernel shows ------------------------------------------------
@@ -167,7 +118,7 @@ class KernelWriteBackend final : public PageBackend {
   Result<void> set_access(View, std::size_t a, std::size_t b, Access want,
                           SyscallCounts& n) noexcept override {
     const std::size_t len = (b - a) << shift_;
-    std::memset(populated_ + a, 0, b - a);
+    std::memset(populated_.get() + a, 0, b - a);
     if (want == Access::none) return pal_->reset(rx_page(a), len, n);
     // Read-only data: removing execute is an mprotect (never refused by a
     // deny_execmem policy). Gaining execute is always a mapping of the
@@ -184,8 +135,8 @@ class KernelWriteBackend final : public PageBackend {
 
   Result<void> decommit(std::size_t a, std::size_t b,
                         SyscallCounts& n) noexcept override {
-    std::memset(populated_ + a, 0, b - a);
-    std::memset(written_ + a, 0, b - a);  // holes again: zeros
+    std::memset(populated_.get() + a, 0, b - a);
+    std::memset(written_.get() + a, 0, b - a);  // holes again: zeros
     for (std::size_t x = a; x < b;) {
       const std::size_t lane = x >> lane_shift_;
       const std::size_t y = std::min(b, (lane + 1) << lane_shift_);
@@ -208,14 +159,7 @@ class KernelWriteBackend final : public PageBackend {
 
   Result<std::byte*> stage(std::uint32_t head, std::uint32_t pages,
                            bool keep_code) noexcept override {
-    std::ptrdiff_t s = take_staging(head, pages);
-    // No run of the pool's part holds it: the chunk's own page in the mirror
-    // half.
-    if (s < 0) s = static_cast<std::ptrdiff_t>(pages_ + head);
-    const auto si = static_cast<std::uint32_t>(s);
-    for (std::uint32_t k = 0; k < pages; ++k) owner_[si + k] = head + 1;
-    stage_of_[head] = si + 1;
-    std::byte* p = stage_base_ + (std::size_t{si} << shift_);
+    std::byte* p = staging_.take(head, pages);
     const std::size_t len = std::size_t{pages} << shift_;
     if (keep_code)
       std::memcpy(p, rx_page(head), len);  // readable in every sealed state
@@ -223,37 +167,21 @@ class KernelWriteBackend final : public PageBackend {
   }
 
   void unstage(std::uint32_t head, std::uint32_t pages) noexcept override {
-    if (!stage_of_[head]) return;
-    const std::uint32_t s = stage_of_[head] - 1;
-    for (std::uint32_t k = 0; k < pages; ++k) owner_[s + k] = 0;
-    stage_of_[head] = 0;
-    if (s >= pages_) return;  // the mirror half: nothing to give back
-    for (std::uint32_t k = 0; k < pages; ++k)
-      free_bits_[(s + k) / 64] &= ~(std::uint64_t{1} << ((s + k) % 64));
-    std::size_t& low = low_[s >> lane_shift_];
-    low = std::min<std::size_t>(low, s / 64);
+    staging_.give_back(head, pages);
   }
 
   std::byte* staged(std::uint32_t head) const noexcept override {
-    return stage_of_[head]
-               ? stage_base_ + (std::size_t{stage_of_[head] - 1} << shift_)
-               : nullptr;
+    return staging_.staged(head);
   }
 
   bool stage_needs_traps() const noexcept override { return true; }
 
   std::ptrdiff_t page_of_rw(const void* p) const noexcept override {
-    auto u = reinterpret_cast<std::uintptr_t>(p);
-    auto b = reinterpret_cast<std::uintptr_t>(stage_base_);
-    if (u < b || u - b >= 2 * bytes()) return -1;
-    const std::size_t s = (u - b) >> shift_;
-    if (!owner_[s]) return -1;
-    const std::uint32_t head = owner_[s] - 1;
-    return static_cast<std::ptrdiff_t>(head + (s - (stage_of_[head] - 1)));
+    return staging_.page_of(p);
   }
 
   std::span<std::byte> rw_range() const noexcept override {
-    return {stage_base_, 2 * bytes()};
+    return staging_.range();
   }
   std::byte* rw_page(std::size_t) const noexcept override { return nullptr; }
 
@@ -261,32 +189,12 @@ class KernelWriteBackend final : public PageBackend {
   void trap_fill(std::size_t, std::size_t) noexcept override {}
 
   Result<void> trim(SyscallCounts& n) noexcept override {
-    // Staging pages nobody holds give their memory back: the pool's free
-    // runs, and the mirror half's pages of chunks not staged there.
-    auto held = [this](std::size_t i) {
-      return i < pages_ ? used(i) : owner_[i] != 0;
-    };
-    std::size_t i = 0;
-    while (i < 2 * pages_) {
-      if (held(i)) {
-        ++i;
-        continue;
-      }
-      std::size_t j = i + 1;
-      while (j < 2 * pages_ && !held(j) && (j != pages_)) ++j;
-      if (Result<void> r =
-              pal_->decommit(stage_base_ + (i << shift_), (j - i) << shift_, n);
-          !r)
-        return r;
-      i = j;
-    }
-    return {};
+    return staging_.trim(n);
   }
 
   // --- the commit
   // -------------------------------------------------------------
 
-  bool writes_content() const noexcept override { return true; }
   bool plans_without_lock() const noexcept override { return true; }
 
   Result<void> plan_content(ContentPlan*& plan, const ContentItem* items,
@@ -328,7 +236,7 @@ class KernelWriteBackend final : public PageBackend {
     Plan& P = static_cast<Plan&>(plan);
     for (Extent& e : P.extents_) {
       std::swap(extent_[e.head], e.value);
-      std::memset(written_ + e.head, 1, e.pages);
+      std::memset(written_.get() + e.head, 1, e.pages);
     }
     // Fresh code pages are mapped in now, with one call per run, instead of
     // faulting on the first call into them.
@@ -353,7 +261,7 @@ class KernelWriteBackend final : public PageBackend {
             undo_content(P, n);
             return r.error();
           }
-          std::memset(populated_ + a, 1, b - a);
+          std::memset(populated_.get() + a, 1, b - a);
         }
         k = end - 1;
       }
@@ -422,45 +330,6 @@ class KernelWriteBackend final : public PageBackend {
     std::size_t written_groups_ = 0;  // groups written so far
   };
 
-  [[nodiscard]] bool used(std::size_t s) const noexcept {
-    return free_bits_[s / 64] >> (s % 64) & 1;
-  }
-
-  // Lowest-address first fit in the staging bitmap, within the part of the
-  // pool beside the chunk's lane: pages used last are reused first, so
-  // staging stays warm (no page fault per publish), and threads, which
-  // allocate in lanes of their own, keep to staging pages of their own
-  // (the pages they write and the kernel reads stay in their core's cache;
-  // the bitmap itself is shared, under the arena's lock).
-  std::ptrdiff_t take_staging(std::uint32_t head,
-                              std::uint32_t pages) noexcept {
-    const std::size_t lane = head >> lane_shift_;
-    const std::size_t end =
-        std::min(pages_, (lane + 1) << lane_shift_);  // word-aligned or pages_
-    std::size_t& low = low_[lane];
-    std::size_t s = low * 64;
-    while (s + pages <= end) {
-      if (used(s)) {
-        // Skip whole used words.
-        const std::size_t w = s / 64;
-        const std::uint64_t rest = ~free_bits_[w] >> (s % 64);
-        s = rest ? s + static_cast<std::size_t>(std::countr_zero(rest))
-                 : (w + 1) * 64;
-        continue;
-      }
-      std::size_t e = s + 1;
-      while (e < s + pages && !used(e)) ++e;
-      if (e == s + pages) {
-        for (std::size_t k = s; k < e; ++k)
-          free_bits_[k / 64] |= std::uint64_t{1} << (k % 64);
-        while (low * 64 < end && free_bits_[low] == ~std::uint64_t{0}) ++low;
-        return static_cast<std::ptrdiff_t>(s);
-      }
-      s = e;
-    }
-    return -1;
-  }
-
   // Trap instructions to copy from: 16 pages, so that retiring a large
   // run takes few pieces.
   [[nodiscard]] std::size_t trap_bytes() const noexcept {
@@ -468,7 +337,7 @@ class KernelWriteBackend final : public PageBackend {
   }
   // Made by init(): plans are made without the arena's lock.
   [[nodiscard]] const std::byte* trap_page() const noexcept {
-    return trap_page_;
+    return trap_page_.get();
   }
 
   // The length of `p` up to the end of its last 64-byte block that is not
@@ -481,10 +350,10 @@ class KernelWriteBackend final : public PageBackend {
     // a memcmp() call per block: a seal scans most of a fresh page.
     constexpr std::size_t kBlock = 64, kWord = sizeof(std::uint64_t);
     std::uint64_t traps;
-    std::memcpy(&traps, trap_page_, kWord);
+    std::memcpy(&traps, trap_page_.get(), kWord);
     std::size_t end = len - len % kBlock;
     if (end != len) {
-      if (std::memcmp(p + end, trap_page_, len - end) != 0) return len;
+      if (std::memcmp(p + end, trap_page_.get(), len - end) != 0) return len;
     }
     while (end >= kBlock) {
       std::uint64_t diff = 0;
@@ -651,8 +520,8 @@ class KernelWriteBackend final : public PageBackend {
           P.restore_pieces_.clear();
           if (rec.saved == kTraps) {
             for (std::size_t at = 0; at < seg; at += trap_bytes())
-              P.restore_pieces_.push_back(
-                  WritePiece{trap_page_, std::min(trap_bytes(), seg - at)});
+              P.restore_pieces_.push_back(WritePiece{
+                  trap_page_.get(), std::min(trap_bytes(), seg - at)});
           } else {
             P.restore_pieces_.push_back(
                 WritePiece{&P.saved_[rec.saved + done].value, seg});
@@ -707,28 +576,40 @@ class KernelWriteBackend final : public PageBackend {
   unsigned lane_shift_ = 0;  // pages per lane: 1 << lane_shift_
   std::size_t lane_count_ = 1;
   SharedHandle shm_[kLaneLimit];
-  std::byte* stage_base_ = nullptr;
-  std::uint32_t* stage_of_ = nullptr;  // chunk head -> staging page + 1
-  std::uint32_t* owner_ = nullptr;     // staging page -> chunk head + 1
-  std::uint8_t* populated_ = nullptr;  // code page mapped in (populated)
+  StagingPool staging_;
+  MetaArray<std::uint8_t> populated_;  // code page mapped in (populated)
   // Page of the memfd written since it was last a hole: it holds traps
   // wherever it holds no code or data.
-  std::uint8_t* written_ = nullptr;
+  MetaArray<std::uint8_t> written_;
   // Chunk head -> bytes from its start that may hold code or data (the
   // rest of the chunk holds traps, or zeros where never written).
-  std::uint32_t* extent_ = nullptr;
-  std::uint64_t* free_bits_ = nullptr;
-  std::size_t words_ = 0;
-  // Per lane: the first word of its part of the pool that may have room.
-  std::size_t low_[kLaneLimit] = {};
-  std::byte* trap_page_ = nullptr;
+  MetaArray<std::uint32_t> extent_;
+  MetaArray<std::byte> trap_page_;
 };
+
+static_assert(StagingPool::kMaxLanes >= PageBackend::kLaneLimit);
 
 }  // namespace
 
-PageBackend* new_kernel_write_backend() noexcept {
-  void* mem = meta_alloc(sizeof(KernelWriteBackend));
-  return mem ? ::new (mem) KernelWriteBackend : nullptr;
+extern const BackendFacts kKernelWriteFacts;
+const BackendFacts kKernelWriteFacts{
+    .kind = Backend::kernel_write,
+    // A memfd that may be mapped executable, and that the kernel copies
+    // into while it is (see the probe in the platform layer).
+    .refusal =
+        [](const Capabilities& caps) noexcept {
+          return caps.shared_memory && caps.shared_exec && caps.shared_write
+                     ? Errc::ok
+                     : Errc::not_supported;
+        },
+    .initial_vmas = 2,  // the code view and the staging memory
+    .shared_memory = true,
+    .rw_is_rx = false,
+    .make = &new_backend<KernelWriteBackend>,
+};
+
+const BackendFacts& KernelWriteBackend::facts() const noexcept {
+  return kKernelWriteFacts;
 }
 
 }  // namespace wxa::detail
