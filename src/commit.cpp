@@ -422,10 +422,22 @@ Result<void> Commit::write_content() {
   add_counts(a_.sys_, io);
   report_.writes = static_cast<std::size_t>(io.write);
   if (!r) {
+    // The writer put back what it wrote (flushed as written); other cores
+    // get the barrier this commit would have issued.
+    resync_after_rewrite();
     rollback(removed_, false, 0);
     return make_error(r.error(), region_.rx_page(s_.items.front().head));
   }
   return {};
+}
+
+// Code rewritten by a rollback is flushed by the writer as a forward write
+// is; where the commit would have issued the barrier, so does its undoing:
+// other cores may have fetched the bytes that were taken back. Best
+// effort: the commit is failing already, and a barrier refused now leaves
+// nothing more to do (it is counted like any other).
+void Commit::resync_after_rewrite() noexcept {
+  if (barrier_ && a_.barrier_registered_) (void)a_.pal_.barrier(a_.sys_);
 }
 
 // 7. At most one cross-thread barrier per commit.
@@ -538,7 +550,10 @@ void Commit::undo_runs(std::size_t runs, int cur, int want) noexcept {
 void Commit::rollback(std::size_t removed, bool written,
                       std::size_t added) noexcept {
   undo_runs(added, 2, 1);
-  if (written) writer_->undo_content(*s_.plan, a_.sys_);
+  if (written) {
+    writer_->undo_content(*s_.plan, a_.sys_);
+    resync_after_rewrite();
+  }
   undo_runs(removed, 1, 0);
   set_all(false);
   unstage_unseals();
