@@ -97,10 +97,9 @@ bool Harness::create(Slot& s, const Options& o, bool use_fault) {
   record("create -> ok");
   expect(want == Errc::ok, "create: succeeded, model says %s", id(want));
   // automatic tries the next backend the host allows when its first choice
-  // fails to be created (not for lack of memory or of an anchored range).
+  // fails to be created (not for lack of an anchored range).
   const bool fell_back =
       o.backend == Backend::automatic && f.fired && r->backend() != resolved &&
-      f.code != Errc::out_of_memory &&
       (resolved == Backend::kernel_write ? r->backend() != Backend::automatic
                                          : r->backend() == Backend::dual_map);
   expect(!f.fired || f.call == PalCall::name ||

@@ -158,9 +158,11 @@ Result<void> ArenaImpl::make_region(const BackendFacts** candidates,
   for (std::size_t k = 0; k < fits; ++k) {
     made = region_.init(pal_, *candidates[k], pages, lo, hi,
                         options_.name_mappings, lanes, sys_);
-    if (made || made.error().code() == Errc::out_of_memory ||
-        made.error().code() == Errc::unreachable_anchor)
-      break;  // another backend would not fare better
+    // No range within reach of the anchor: another backend, needing the
+    // same range, would not find one either. Out of memory (an address
+    // space limit, say) is worth another try: backends reserve different
+    // amounts (kernel_write its staging besides the code).
+    if (made || made.error().code() == Errc::unreachable_anchor) break;
   }
   if (!made) return made;
   if (vma_budget_ < region_.vmas()) return Error(Errc::invalid_argument);
