@@ -271,15 +271,20 @@ Result<std::uint32_t> ArenaImpl::allocate_locked(std::size_t pages) noexcept {
         recycled = recycle();
         a = take_open(pages, lanes);
       }
+      // A lane without room, or whose pages cannot be opened (its memfd
+      // not made: no descriptor left, say), leaves the chunk to the other
+      // lanes' open pages; that error is the allocation's if they have
+      // none.
+      Result<void> lane_error;
       if (a < 0 && lanes) {
-        // A lane without room leaves the chunk to the other lanes; an
-        // error opening pages there is the allocation's error.
         Result<void> in_lane = open_more(pages, true);
         if (in_lane)
           a = take_open(pages, true);
         else if (in_lane.error().code() != Errc::exhausted)
-          return in_lane.error();
+          lane_error = in_lane.error();
         if (a < 0) a = take_open(pages, false);
+        // Opening more elsewhere could try the failing lane again.
+        if (a < 0 && !lane_error) return lane_error.error();
       }
       if (a < 0) {
         Result<void> opened = open_more(pages);
