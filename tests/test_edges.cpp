@@ -178,6 +178,26 @@ TEST_P(Edges, HeapDestroyAfterAPageWasReleasedBehindItsBack) {
 INSTANTIATE_TEST_SUITE_P(Backends, Edges, ::testing::ValuesIn(kAllBackends),
                          backend_name);
 
+// kernel_write: a write through a chunk's rw() after its seal lands in
+// the staging memory it had (never executable), not in its code: the
+// sealed function is unchanged. (That the write may then corrupt the next
+// chunk staged there is docs/security.md's "stale pointers".)
+TEST(EdgesStale, KernelWriteStaleRwLeavesSealedCodeAlone) {
+  WXA_SKIP_IF_UNAVAILABLE(Backend::kernel_write);
+  Options o;
+  o.backend = Backend::kernel_write;
+  o.reserve_bytes = kSmallReserve;
+  Result<Arena> a = Arena::create(o);
+  ASSERT_TRUE(Ok(a));
+  Result<Chunk> c = a->allocate(64);
+  ASSERT_TRUE(Ok(c));
+  write_fn(*c, 42);
+  ASSERT_TRUE(Ok(a->seal(*c)));
+  ASSERT_NE(write_return_imm(c->rw(), 7), 0u);  // the stale write
+  EXPECT_EQ(call(c->rx()), 42u);
+  EXPECT_TRUE(holds_fn(c->rx(), 42));
+}
+
 // An anchor whose reach covers the whole address space: any free range
 // will do (the gap between user space and [vsyscall] is not one).
 TEST(EdgesAnchor, ReachOfEverythingFindsARange) {
