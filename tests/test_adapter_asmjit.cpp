@@ -206,7 +206,7 @@ TEST_P(AsmjitAdapter, AssemblesCallsAndReleasesFunctions) {
   EXPECT_TRUE(FailsWith(arena_->find(reinterpret_cast<const void*>(factorial)),
                         Errc::not_allocated));
   EXPECT_EQ(rt_->release(factorial), ::asmjit::kErrorInvalidArgument);
-  EXPECT_EQ(rt_->last_error().code(), Errc::foreign_pointer);
+  EXPECT_EQ(rt_->last_error().code(), Errc::double_release);
   int on_stack = 0;
   EXPECT_EQ(rt_->release(&on_stack), ::asmjit::kErrorInvalidArgument);
   // The others still run.

@@ -525,8 +525,9 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     P.restore_pieces_.reserve(most);
   }
 
-  // Writes back what the first `groups` groups replaced. Fatal on failure:
-  // the code would otherwise differ from what the arena says it is.
+  // Writes back what the first `groups` groups replaced, with the cache
+  // maintenance of a forward write. Fatal on failure: the code would
+  // otherwise differ from what the arena says it is.
   void restore(Plan& P, std::size_t groups, SyscallCounts& n) noexcept {
     for (std::size_t g = 0; g < groups && g < P.undo_groups_.size(); ++g) {
       for (std::size_t u = P.undo_groups_[g].first; u < P.undo_groups_[g].end;
@@ -551,6 +552,9 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
                                   P.restore_pieces_.size(), n))
             fatal("cannot restore code after a failed commit", rx_base_ + off,
                   0);
+          // The old bytes are code again: made visible to instruction
+          // fetch as a forward write's are (flush()).
+          pal_->flush_icache(rx_base_ + off, seg);
           done += seg;
         }
       }

@@ -173,8 +173,26 @@ class Pal {
 };
 
 /// Counts fork()s in this process's ancestry line: a child sees a value
-/// its parent never had. Cheap (no system call) after the first use.
+/// its parent never had. Cheap (no system call) after the first use. Only
+/// children made by glibc's fork() see it change (an atfork handler);
+/// process_token() sees every child.
 [[nodiscard]] std::uint64_t fork_generation() noexcept;
+
+/// This process's token: non-zero, the same on every call in one process,
+/// and different from that of every ancestor it was forked from, whatever
+/// made the child (fork(), _Fork(), the system call, clone() without
+/// CLONE_VM). Linux: a word on a page marked MADV_WIPEONFORK, which the
+/// kernel gives every child as zeros; a child makes its own token on its
+/// first call (greater than every ancestor's). The page is made on the
+/// first call in the process (one mmap and one madvise, counted in `n`);
+/// no call after that. Where the kernel lacks MADV_WIPEONFORK (before
+/// 4.14) or ignores it (qemu-user), children keep the parent's token and
+/// only fork_generation() tells them apart.
+[[nodiscard]] Result<std::uint64_t> process_token(SyscallCounts& n) noexcept;
+/// process_token() if this process has made one, else 0; never a system
+/// call. An object that recorded process_token() at its creation compares
+/// the two to know whether it runs in the process that made it.
+[[nodiscard]] std::uint64_t current_process_token() noexcept;
 
 #ifndef _WIN32
 /// Registers a descriptor to be closed in every fork() child; false when
