@@ -224,6 +224,9 @@ Capabilities probe() noexcept {
     if (::close(fd) != 0) caps.shared_memory = false;
   }
 
+  // Every Linux kernel keeps an anon_vma per VMA (mm/rmap.c).
+  caps.anon_merge_by_origin = true;
+
   long q = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
   caps.barrier = q >= 0 && (q & MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE);
   return caps;

@@ -48,6 +48,16 @@ struct Capabilities {
   /// kernel_write backend's mechanism.
   bool shared_write = false;
   bool populate_read = false;  ///< MADV_POPULATE_READ (Linux 5.14)
+  /// Parts of one private anonymous mapping merge again, protection
+  /// permitting, only where the kernel's record of their anonymous memory
+  /// agrees (Linux's anon_vma). A write makes that record for the whole VMA
+  /// it lands in, so parts written while apart stay apart for good, and on
+  /// kernels without a 2025 fix (6.1 among them) a written part also never
+  /// merges back into an unwritten neighbour. A reservation written once
+  /// while it is still one VMA gives every later part the same record, and
+  /// its parts then merge by protection alone, as the region counts them
+  /// (the protect backend does this; see docs/portability.md).
+  bool anon_merge_by_origin = false;
 };
 
 /// A shared-memory object (memfd on Linux, a pagefile-backed section on
