@@ -97,16 +97,19 @@ bool Harness::create(Slot& s, const Options& o, bool use_fault) {
   record("create -> ok");
   expect(want == Errc::ok, "create: succeeded, model says %s", id(want));
   // automatic tries the next backend the host allows when its first choice
-  // fails to be created (not for lack of memory or of an anchored range).
+  // fails to be created (not for lack of an anchored range).
   const bool fell_back =
       o.backend == Backend::automatic && f.fired && r->backend() != resolved &&
-      f.code != Errc::out_of_memory &&
       (resolved == Backend::kernel_write ? r->backend() != Backend::automatic
                                          : r->backend() == Backend::dual_map);
   expect(!f.fired || f.call == PalCall::name ||
              f.call == PalCall::register_barrier || fell_back,
          "create: succeeded although a required platform call failed");
   if (fell_back) resolved = r->backend();
+  // Whether CommitFlags::barrier can be honoured: membarrier SYNC_CORE,
+  // registered at creation.
+  s.barrier = g_platform->pal().capabilities().barrier &&
+              !(f.fired && f.call == PalCall::register_barrier);
   s.arena.emplace(std::move(*r));
   s.options = o;
   s.pages = pages;
@@ -406,6 +409,9 @@ void Harness::op_batch(Slot& s) {
   }
   const CommitFlags flags =
       in_.below(4) == 0 ? CommitFlags::barrier : CommitFlags::none;
+  // A barrier asked for where there is none: refused before anything else.
+  if (flags == CommitFlags::barrier && !s.barrier)
+    want = {Errc::not_supported, nullptr, 0};
   note("batch of %zu -> expect %s", q.size(), id(want.code));
   arm(s);
   Result<wxa::CommitReport> r = batch.commit(flags);
@@ -544,9 +550,9 @@ void Harness::op_patch(Slot& s) {
     want = {Errc::foreign_pointer, p, 0};
   } else if (it = chunk_at_page(s, w.page); it == s.chunks.end()) {
     want = {Errc::not_allocated, p, 0};
-  } else if (it->second.state != State::executable &&
-             it->second.state != State::read_only) {
-    // Retired chunks too: like sealing one, not a missing chunk.
+  } else if (it->second.state != State::executable) {
+    // Read-only data is not code to patch; retired chunks are refused
+    // too: like sealing one, not a missing chunk.
     want = {Errc::illegal_transition, ptr(it->first), 0};
   } else if (len == 0) {
     want = {Errc::zero_size, ptr(it->first), 0};

@@ -224,8 +224,9 @@ struct Slot {
   std::uintptr_t rx_base = 0, rw_base = 0;
   std::size_t rw_bytes = 0;  // kernel_write: the staging pool's size
   std::size_t pages = 0;
-  bool dual = false;  // two views: dual_map, kernel_write (rw() staging)
-  bool kw = false;    // kernel_write
+  bool dual = false;     // two views: dual_map, kernel_write (rw() staging)
+  bool kw = false;       // kernel_write
+  bool barrier = false;  // CommitFlags::barrier can be honoured
   // kernel_write's lanes (Options::lanes): pages per lane, 0 for one lane.
   // A lane is a memfd of its own: mapped pages on both sides of a lane
   // edge are two VMAs.

@@ -264,7 +264,15 @@ void Harness::op_heap_release(Slot& s) {
       }
     }
     if (!page) {
+      // Not on a page the heap holds: on arena pages no chunk holds (a
+      // page the heap gave back, retired or free since), a second release;
+      // elsewhere someone else's.
       want = {Errc::foreign_pointer, p, 0};
+      if (const Where w = locate(s, p, false); w.inside) {
+        auto c = chunk_at_page(s, w.page);
+        if (c == s.chunks.end() || c->second.state == State::retired)
+          want = {Errc::double_release, p, 0};
+      }
     } else {
       auto fn = page->fns.find(off);
       if (fn != page->fns.end()) {
@@ -299,13 +307,16 @@ void Harness::op_heap_publish(Slot& s) {
     n += !page.sealed || page.live == 0;
   const CommitFlags flags =
       in_.below(4) == 0 ? CommitFlags::barrier : CommitFlags::none;
+  Verdict want;
+  if (flags == CommitFlags::barrier && !s.barrier)
+    want = {Errc::not_supported, nullptr, 0};  // no barrier to honour it
   note("heap publish (%zu chunks)", n);
   arm(s);
   Result<wxa::CommitReport> r = heap.publish(flags);
   const Fault f = disarm(s);
   const Error err = r ? Error() : r.error();
-  if (!judge("heap publish", err, Verdict{}, false, s.options.vma_budget != 0,
-             f, false))
+  if (!judge("heap publish", err, want, false, s.options.vma_budget != 0, f,
+             false))
     return;
   expect(r->chunks == n, "heap publish: %zu chunks, model %zu", r->chunks, n);
   std::vector<std::uintptr_t> released;

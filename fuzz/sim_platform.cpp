@@ -33,6 +33,8 @@ void apply_caps(wxa::detail::Capabilities& caps) {
       {"vma_naming", &wxa::detail::Capabilities::vma_naming},
       {"shared_write", &wxa::detail::Capabilities::shared_write},
       {"populate_read", &wxa::detail::Capabilities::populate_read},
+      {"anon_merge_by_origin",
+       &wxa::detail::Capabilities::anon_merge_by_origin},
   };
   std::string list = env;
   std::size_t at = 0;

@@ -73,6 +73,12 @@ void ArenaImpl::give_scratch(Scratch* s) noexcept {
 // Creating the arena, as steps: the reservation's size, the backends to
 // try, the anchor's range, the budgets, the region, the recycling policy.
 Result<void> ArenaImpl::init() noexcept {
+  // Who made the arena: a child of any kind sees another token.
+  if (Result<std::uint64_t> token = process_token(sys_); token)
+    process_token_ = *token;
+  else
+    return token.error();
+  fork_generation_ = fork_generation();
   const Capabilities& caps = pal_.capabilities();
   Result<std::size_t> pages = reservation_pages(caps.page_size);
   if (!pages) return pages.error();
@@ -101,7 +107,6 @@ Result<void> ArenaImpl::init() noexcept {
   }
   set_recycling();
   if (caps.barrier) barrier_registered_ = bool(pal_.register_barrier(sys_));
-  fork_generation_ = fork_generation();
   return {};
 }
 
@@ -153,9 +158,11 @@ Result<void> ArenaImpl::make_region(const BackendFacts** candidates,
   for (std::size_t k = 0; k < fits; ++k) {
     made = region_.init(pal_, *candidates[k], pages, lo, hi,
                         options_.name_mappings, lanes, sys_);
-    if (made || made.error().code() == Errc::out_of_memory ||
-        made.error().code() == Errc::unreachable_anchor)
-      break;  // another backend would not fare better
+    // No range within reach of the anchor: another backend, needing the
+    // same range, would not find one either. Out of memory (an address
+    // space limit, say) is worth another try: backends reserve different
+    // amounts (kernel_write its staging besides the code).
+    if (made || made.error().code() == Errc::unreachable_anchor) break;
   }
   if (!made) return made;
   if (vma_budget_ < region_.vmas()) return Error(Errc::invalid_argument);
@@ -195,8 +202,8 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
   if (bytes > region_.pages() * ps) return Error(Errc::size_too_large);
   const std::size_t pages = (bytes + ps - 1) >> region_.page_shift();
 
+  if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
   std::unique_lock lock = acquire();
-  if (foreign_process()) return Error(Errc::wrong_process);
   Result<std::uint32_t> head = allocate_locked(pages);
   if (!head) return head.error();
   const Chunk chunk = chunk_at(*head, true);
@@ -232,8 +239,8 @@ Result<void> ArenaImpl::make_writable(std::uint32_t head,
 Result<std::size_t> ArenaImpl::allocate_pages(std::size_t most,
                                               Chunk* out) noexcept {
   if (most == 0) return Error(Errc::zero_size);
+  if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
   std::unique_lock lock = acquire();
-  if (foreign_process()) return Error(Errc::wrong_process);
   Result<std::uint32_t> first = allocate_locked(1);
   if (!first) return first.error();
   out[0] = chunk_at(*first, true);
@@ -267,15 +274,20 @@ Result<std::uint32_t> ArenaImpl::allocate_locked(std::size_t pages) noexcept {
         recycled = recycle();
         a = take_open(pages, lanes);
       }
+      // A lane without room, or whose pages cannot be opened (its memfd
+      // not made: no descriptor left, say), leaves the chunk to the other
+      // lanes' open pages; that error is the allocation's if they have
+      // none.
+      Result<void> lane_error;
       if (a < 0 && lanes) {
-        // A lane without room leaves the chunk to the other lanes; an
-        // error opening pages there is the allocation's error.
         Result<void> in_lane = open_more(pages, true);
         if (in_lane)
           a = take_open(pages, true);
         else if (in_lane.error().code() != Errc::exhausted)
-          return in_lane.error();
+          lane_error = in_lane.error();
         if (a < 0) a = take_open(pages, false);
+        // Opening more elsewhere could try the failing lane again.
+        if (a < 0 && !lane_error) return lane_error.error();
       }
       if (a < 0) {
         Result<void> opened = open_more(pages);
@@ -310,6 +322,7 @@ Result<std::uint32_t> ArenaImpl::allocate_locked(std::size_t pages) noexcept {
 
 Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
   if (!p) return Error(Errc::null_pointer);
+  if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
   const std::unique_lock lock = acquire();
   const std::ptrdiff_t i = region_.index_of(p, true);
   if (i < 0) {
@@ -336,8 +349,15 @@ Result<ChunkInfo> ArenaImpl::find(const void* p) const noexcept {
 }
 
 Stats ArenaImpl::stats() const noexcept {
-  const std::unique_lock lock = acquire();
   Stats s;
+  // In a child the lock may never be free: what is known without it.
+  if (foreign_process()) {
+    s.backend = region_.backend();
+    s.page_size = region_.page_size();
+    s.reserved_bytes = region_.pages() * region_.page_size();
+    return s;
+  }
+  const std::unique_lock lock = acquire();
   s.backend = region_.backend();
   const std::size_t ps = region_.page_size();
   s.page_size = ps;
@@ -366,8 +386,9 @@ Stats ArenaImpl::stats() const noexcept {
 }
 
 std::vector<RunInfo> ArenaImpl::runs() const {
-  const std::unique_lock lock = acquire();
   std::vector<RunInfo> out;
+  if (foreign_process()) return out;  // the lock may never be free here
+  const std::unique_lock lock = acquire();
   const std::size_t n = region_.pages();
   std::size_t i = 0;
   while (i < n) {
@@ -438,11 +459,19 @@ Arena::~Arena() {
   }
 }
 
+// A moved-from arena has no implementation: every call answers
+// invalid_argument, or an empty result, instead of dereferencing null.
+namespace {
+constexpr Errc kNoArena = Errc::invalid_argument;
+}  // namespace
+
 Result<Chunk> Arena::allocate(std::size_t bytes) noexcept {
+  if (!impl_) return Error(kNoArena);
   return impl_->allocate(bytes);
 }
 
 Result<void> Arena::seal(const void* rx, Seal to) noexcept {
+  if (!impl_) return Error(kNoArena);
   const Batch::Op op{rx, to == Seal::execute ? detail::OpKind::seal_execute
                                              : detail::OpKind::seal_read_only};
   Result<CommitReport> r = impl_->commit(&op, 1, CommitFlags::none);
@@ -451,6 +480,7 @@ Result<void> Arena::seal(const void* rx, Seal to) noexcept {
 }
 
 Result<Chunk> Arena::unseal(const void* rx) noexcept {
+  if (!impl_) return Error(kNoArena);
   const Batch::Op op{rx, detail::OpKind::unseal};
   Result<CommitReport> r = impl_->commit(&op, 1, CommitFlags::none);
   if (!r) return r.error();
@@ -460,6 +490,7 @@ Result<Chunk> Arena::unseal(const void* rx) noexcept {
 }
 
 Result<void> Arena::release(const void* rx) noexcept {
+  if (!impl_) return Error(kNoArena);
   const Batch::Op op{rx, detail::OpKind::release};
   Result<CommitReport> r = impl_->commit(&op, 1, CommitFlags::none);
   if (!r) return r.error();
@@ -468,6 +499,7 @@ Result<void> Arena::release(const void* rx) noexcept {
 
 Result<void> Arena::patch(const void* at,
                           std::span<const std::byte> bytes) noexcept {
+  if (!impl_) return Error(kNoArena);
   if (bytes.size() > std::numeric_limits<std::uint32_t>::max())
     return Error(Errc::out_of_bounds, 0, at);
   const Batch::Op op{at, detail::OpKind::patch,
@@ -478,22 +510,32 @@ Result<void> Arena::patch(const void* at,
 }
 
 Result<ChunkInfo> Arena::find(const void* address) const noexcept {
+  if (!impl_) return Error(kNoArena);
   return impl_->find(address);
 }
 
-Result<void> Arena::trim() noexcept { return impl_->trim(); }
-Stats Arena::stats() const noexcept { return impl_->stats(); }
-Backend Arena::backend() const noexcept { return impl_->backend(); }
+Result<void> Arena::trim() noexcept {
+  if (!impl_) return Error(kNoArena);
+  return impl_->trim();
+}
+Stats Arena::stats() const noexcept { return impl_ ? impl_->stats() : Stats{}; }
+Backend Arena::backend() const noexcept {
+  return impl_ ? impl_->backend() : Backend::automatic;
+}
 std::size_t Arena::page_size() const noexcept {
-  return impl_->region().page_size();
+  return impl_ ? impl_->region().page_size() : 0;
 }
 std::span<const std::byte> Arena::range() const noexcept {
+  if (!impl_) return {};
   const detail::Region& r = impl_->region();
   return {r.rx_base(), r.pages() * r.page_size()};
 }
 std::span<std::byte> Arena::rw_range() const noexcept {
+  if (!impl_) return {};
   return impl_->region().ops().rw_range();
 }
-std::vector<RunInfo> Arena::runs() const { return impl_->runs(); }
+std::vector<RunInfo> Arena::runs() const {
+  return impl_ ? impl_->runs() : std::vector<RunInfo>{};
+}
 
 }  // namespace wxa

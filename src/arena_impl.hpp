@@ -213,14 +213,24 @@ class ArenaImpl {
   // Quarantined pages recycled together (see init()).
   std::size_t recycle_pages_ = 1;
   bool barrier_registered_ = false;
-  std::uint64_t fork_generation_ = 0;  // of the process that made the arena
+  // The process that made the arena: its token (see process_token()) and
+  // its count of glibc fork()s (where the kernel ignores MADV_WIPEONFORK).
+  std::uint64_t process_token_ = 0;
+  std::uint64_t fork_generation_ = 0;
 
-  // A memfd-backed arena's pages are shared with fork() children: only the
-  // process that made it may change them.
+ public:
+  // Whether this is another process than the one that made the arena: a
+  // child made by any kind of fork. Such a child shares a memfd-backed
+  // arena's pages with the parent, and may hold a copy of the arena whose
+  // lock a thread that no longer exists held at the fork; so every call is
+  // refused there, and checked before any lock is taken. Two loads, no
+  // system call.
   [[nodiscard]] bool foreign_process() const noexcept {
-    return region_.shared() && fork_generation() != fork_generation_;
+    return current_process_token() != process_token_ ||
+           fork_generation() != fork_generation_;
   }
 
+ private:
   // Free space: runs of pages by start index, coalesced.
   RunMap open_;                         // free, prepared already
   RunMap unused_;                       // free, inaccessible

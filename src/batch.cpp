@@ -18,7 +18,8 @@ Batch::Batch(Batch&& other) noexcept
       ops_(other.ops_),
       size_(other.size_),
       capacity_(other.capacity_),
-      overflow_(other.overflow_) {
+      overflow_(other.overflow_),
+      refused_(other.refused_) {
   other.ops_ = nullptr;
   other.size_ = other.capacity_ = 0;
 }
@@ -65,7 +66,8 @@ void Batch::release(const void* rx) noexcept {
 void Batch::patch(const void* at, std::span<const std::byte> bytes) noexcept {
   // The bytes are copied now: the caller's buffer may be gone at commit.
   if (bytes.size() > std::numeric_limits<std::uint32_t>::max()) {
-    overflow_ = true;
+    // Longer than any chunk: the answer Arena::patch gives, at commit.
+    if (refused_ == Errc::ok) refused_ = Error(Errc::out_of_bounds, 0, at);
     return;
   }
   std::byte* copy = nullptr;
@@ -94,6 +96,8 @@ void Batch::free_patches() noexcept {
 }
 
 Result<CommitReport> Batch::commit(CommitFlags flags) noexcept {
+  if (!arena_->impl_) return Error(Errc::invalid_argument);  // moved from
+  if (refused_ != Errc::ok) return refused_;
   if (overflow_) return Error(Errc::out_of_memory, detail::kNoMemory);
   Result<CommitReport> r = detail::impl_of(*arena_).commit(ops_, size_, flags);
   if (r) {
@@ -109,6 +113,7 @@ void Batch::clear() noexcept {
   free_patches();
   size_ = 0;
   overflow_ = false;
+  refused_ = Error();
 }
 
 }  // namespace wxa

@@ -122,8 +122,16 @@ HeapImpl::~HeapImpl() {
       ops_.push_back({reserve_[k].rx(), OpKind::release});
   } catch (const std::bad_alloc&) {
   }
-  if (!ops_.empty())
-    (void)impl_.commit(ops_.data(), ops_.size(), CommitFlags::none);
+  if (!ops_.empty()) {
+    Result<CommitReport> r =
+        impl_.commit(ops_.data(), ops_.size(), CommitFlags::none);
+    // One chunk refused (the caller released a page behind the heap's back:
+    // double_release) must not keep the others: each goes back on its own.
+    // In another process nothing may change, and nothing does.
+    if (!r && r.error() != Errc::wrong_process)
+      for (const Batch::Op& op : ops_)
+        (void)impl_.commit(&op, 1, CommitFlags::none);
+  }
   while (all_) forget(all_);
   if (leaves_)
     for (std::size_t i = 0; i < leaf_count_; ++i) meta_free(leaves_[i]);
@@ -256,6 +264,9 @@ void HeapImpl::forget(Page* page) noexcept {
 
 Result<Function> HeapImpl::allocate(std::size_t bytes,
                                     std::size_t alignment) noexcept {
+  // In a child, the pages the heap holds are its parent's (or copies of
+  // them), and their writable views may not exist there.
+  if (impl_.foreign_process()) return Error(Errc::wrong_process);
   if (bytes == 0) return Error(Errc::zero_size);
   if (alignment == 0) alignment = options_.alignment;
   // (x & (x - 1)) == 0: std::has_single_bit() is a libgcc call without
@@ -301,6 +312,7 @@ Result<Function> HeapImpl::allocate(std::size_t bytes,
 }
 
 Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
+  if (impl_.foreign_process()) return Error(Errc::wrong_process);
   ops_.clear();
   try {
     ops_.reserve(pending_.size() + empty_.size());
@@ -342,8 +354,22 @@ Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
 
 Result<void> HeapImpl::release(const void* rx) noexcept {
   if (!rx) return Error(Errc::null_pointer);
+  if (impl_.foreign_process()) return Error(Errc::wrong_process);
   Page* page = page_of(rx);
-  if (!page) return Error(Errc::foreign_pointer, 0, rx);
+  if (!page) {
+    // Not on a page the heap holds. In the arena, on pages no chunk holds
+    // now: a function whose page the heap gave back after its last one was
+    // released, so this is a second release. In a live chunk, or outside
+    // the arena: someone else's.
+    const auto* p = static_cast<const std::byte*>(rx);
+    if (p >= base_ && p < base_ + (arena_pages_ << shift_)) {
+      Result<ChunkInfo> info = impl_.find(rx);
+      if (!info && info.error() == Errc::not_allocated)
+        return Error(Errc::double_release, 0, rx);
+      if (!info && info.error() == Errc::wrong_process) return info.error();
+    }
+    return Error(Errc::foreign_pointer, 0, rx);
+  }
   const auto offset =
       static_cast<std::uint32_t>(static_cast<const std::byte*>(rx) - page->rx);
   // Functions on a page are in offset order (bump allocation).
@@ -389,6 +415,7 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
 
 Result<CodeHeap> CodeHeap::create(Arena& arena,
                                   const HeapOptions& options) noexcept {
+  if (!arena.impl_) return Error(Errc::invalid_argument);  // moved from
   void* mem = detail::meta_alloc(sizeof(detail::HeapImpl));
   if (!mem) return Error(Errc::out_of_memory, detail::kNoMemory);
   auto* impl =

@@ -37,9 +37,10 @@ Result<std::uint32_t> ArenaImpl::validate(const Batch::Op& op, PageState& from,
     return Error(Errc::not_allocated, 0, rx);
   const std::uint32_t head = region_.head(page);
   if (op.kind == OpKind::patch) {
-    // Any address inside a sealed chunk; the bytes must stay inside it.
+    // Any address inside an executable chunk (arena.hpp: read-only data
+    // is not code to patch); the bytes must stay inside it.
     const void* chunk = region_.rx_page(head);
-    if (from != PageState::executable && from != PageState::read_only)
+    if (from != PageState::executable)
       return Error(Errc::illegal_transition, 0, chunk);
     if (op.size == 0) return Error(Errc::zero_size, 0, chunk);
     const auto offset = static_cast<std::size_t>(
@@ -85,8 +86,13 @@ Result<void> ArenaImpl::sort_items(MetaVector<Item>& items) const {
 
 Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
                                        CommitFlags flags) noexcept {
+  if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
+  // The caller asks for every thread to serialise; without membarrier
+  // SYNC_CORE (or its registration) nothing here can do that: say so
+  // before anything changes rather than return without it.
+  if (flags == CommitFlags::barrier && !barrier_registered_)
+    return Error(Errc::not_supported);
   std::unique_lock lock = acquire();
-  if (foreign_process()) return Error(Errc::wrong_process);
   Scratch* s = take_scratch();
   if (!s) return Error(Errc::out_of_memory, kNoMemory);
   // Given back under the lock (destroyed before `lock`).
@@ -420,10 +426,22 @@ Result<void> Commit::write_content() {
   add_counts(a_.sys_, io);
   report_.writes = static_cast<std::size_t>(io.write);
   if (!r) {
+    // The writer put back what it wrote (flushed as written); other cores
+    // get the barrier this commit would have issued.
+    resync_after_rewrite();
     rollback(removed_, false, 0);
     return make_error(r.error(), region_.rx_page(s_.items.front().head));
   }
   return {};
+}
+
+// Code rewritten by a rollback is flushed by the writer as a forward write
+// is; where the commit would have issued the barrier, so does its undoing:
+// other cores may have fetched the bytes that were taken back. Best
+// effort: the commit is failing already, and a barrier refused now leaves
+// nothing more to do (it is counted like any other).
+void Commit::resync_after_rewrite() noexcept {
+  if (barrier_ && a_.barrier_registered_) (void)a_.pal_.barrier(a_.sys_);
 }
 
 // 7. At most one cross-thread barrier per commit.
@@ -539,7 +557,10 @@ void Commit::undo_runs(std::size_t runs, int cur, int want) noexcept {
 void Commit::rollback(std::size_t removed, bool written,
                       std::size_t added) noexcept {
   undo_runs(added, 2, 1);
-  if (written) writer_->undo_content(*s_.plan, a_.sys_);
+  if (written) {
+    writer_->undo_content(*s_.plan, a_.sys_);
+    resync_after_rewrite();
+  }
   undo_runs(removed, 1, 0);
   set_all(false);
   unstage_unseals();

@@ -57,6 +57,7 @@ class Commit {
   [[nodiscard]] auto acc(const Run& run, int phase) const noexcept;
   void undo_runs(std::size_t runs, int cur, int want) noexcept;
   void rollback(std::size_t removed, bool written, std::size_t added) noexcept;
+  void resync_after_rewrite() noexcept;
   [[nodiscard]] const void* chunk_of_page(const void* page) const noexcept;
   [[nodiscard]] Result<void> apply_pass(unsigned pass,
                                         std::size_t& done) noexcept;

@@ -52,8 +52,7 @@ std::string_view to_string(Errc code) noexcept {
     case Errc::os_error:
       return "system call failed";
     case Errc::wrong_process:
-      return "arena shared with the parent process: changes refused in a "
-             "fork() child";
+      return "arena made by another process: refused in a child process";
     case Errc::out_of_bounds:
       return "byte range not inside the chunk";
   }

@@ -286,8 +286,8 @@ Result<void> ArenaImpl::recycle() noexcept {
 }
 
 Result<void> ArenaImpl::trim() noexcept {
+  if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
   const std::unique_lock lock = acquire();
-  if (foreign_process()) return Error(Errc::wrong_process);
   try {
     if (Result<void> r = trim_quarantine(); !r) return r;
     if (Result<void> r = trim_open(); !r) return r;

@@ -206,7 +206,7 @@ TEST_P(AsmjitAdapter, AssemblesCallsAndReleasesFunctions) {
   EXPECT_TRUE(FailsWith(arena_->find(reinterpret_cast<const void*>(factorial)),
                         Errc::not_allocated));
   EXPECT_EQ(rt_->release(factorial), ::asmjit::kErrorInvalidArgument);
-  EXPECT_EQ(rt_->last_error().code(), Errc::foreign_pointer);
+  EXPECT_EQ(rt_->last_error().code(), Errc::double_release);
   int on_stack = 0;
   EXPECT_EQ(rt_->release(&on_stack), ::asmjit::kErrorInvalidArgument);
   // The others still run.
@@ -300,6 +300,45 @@ TEST_P(AsmjitAdapter, ReportsErrorsAsAsmjitErrors) {
   EXPECT_EQ(add3(4, 5, 6), 15);
   EXPECT_EQ(heap_->stats().live_functions, 1u);
   EXPECT_TRUE(audit_arena(*arena_));
+}
+
+// wxa::Options{} as a user gets it (the automatic backend, a 1 GiB
+// reservation, no anchor): functions with a jump table, a constant and a
+// call to the host through asmjit's address table run from the arena.
+TEST(AsmjitAdapterDefaults, DefaultOptionsRunCode) {
+  wxa::Result<Arena> arena = Arena::create(wxa::Options{});
+  ASSERT_TRUE(Ok(arena));
+  wxa::Result<CodeHeap> heap = CodeHeap::create(*arena);
+  ASSERT_TRUE(Ok(heap));
+  wxa::asmjit::JitRuntime rt(*heap);
+  auto add = [&rt](auto** fn, auto emit) {
+    CodeHolder code;
+    ASSERT_EQ(code.init(rt.environment()), kErrorOk);
+    x86::Assembler a(&code);
+    if constexpr (requires { emit(code, a); })
+      emit(code, a);
+    else
+      emit(a);
+    ASSERT_EQ(rt.add(fn, &code), kErrorOk) << rt.last_error().to_string();
+  };
+  int (*add3)(int, int, int) = nullptr;
+  int (*call_host)(int) = nullptr;
+  std::uint32_t (*lookup)(std::uint32_t) = nullptr;
+  add(&add3, emit_add3);
+  add(&call_host, emit_call_host);
+  add(&lookup, emit_table);
+  ASSERT_TRUE(add3 && call_host && lookup);
+  EXPECT_EQ(add3(1, 20, 300), 321);
+  EXPECT_EQ(call_host(20), 41);
+  EXPECT_EQ(lookup(3), 1007u);
+  EXPECT_EQ(arena->find(reinterpret_cast<const void*>(add3))->state,
+            State::executable);
+  EXPECT_TRUE(audit_arena(*arena));
+  EXPECT_TRUE(wxa::test::writable_and_executable().empty());
+  EXPECT_EQ(rt.release(add3), kErrorOk);
+  EXPECT_EQ(rt.release(call_host), kErrorOk);
+  EXPECT_EQ(rt.release(lookup), kErrorOk);
+  EXPECT_TRUE(audit_arena(*arena));
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, AsmjitAdapter,

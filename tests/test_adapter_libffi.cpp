@@ -191,6 +191,39 @@ TEST_P(LibffiAdapter, PrepareIntoAChunkByHand) {
   EXPECT_TRUE(audit_arena(*arena));
 }
 
+// wxa::Options{} as a user gets it (the automatic backend, a 1 GiB
+// reservation): closures and typed callbacks run from the arena, called
+// by C code.
+TEST(LibffiAdapterDefaults, DefaultOptionsRunClosures) {
+  Result<Arena> arena = Arena::create(Options{});
+  ASSERT_TRUE(Ok(arena));
+  Result<CodeHeap> heap = CodeHeap::create(*arena);
+  ASSERT_TRUE(Ok(heap));
+  ffi_cif cif;
+  ffi_type* args[] = {&ffi_type_sint, &ffi_type_sint};
+  ASSERT_EQ(ffi_prep_cif(&cif, FFI_DEFAULT_ABI, 2, &ffi_type_sint, args),
+            FFI_OK);
+  Scaled data;
+  data.scale = 3;
+  Result<ffi::Closure> closure =
+      ffi::Closure::create(*heap, &cif, &scaled_sum, &data);
+  ASSERT_TRUE(Ok(closure));
+  int k = 2;
+  Result<ffi::Callback<int(int, int)>> times =
+      ffi::Callback<int(int, int)>::create(
+          *heap, [&k](int a, int b) { return k * a + b; });
+  ASSERT_TRUE(Ok(times));
+  ASSERT_TRUE(Ok(heap->publish()));
+  EXPECT_TRUE(executable_not_writable(closure->code()));
+  int (*fn)(int, int) = closure->entry<int(int, int)>();
+  EXPECT_EQ(fn(2, 3), 15);
+  EXPECT_EQ(wxa_test_fold(fn, 3), 3 * (3 * (3 * 1 + 2) + 3));
+  EXPECT_EQ(data.calls, 4);
+  EXPECT_EQ(wxa_test_fold(times->entry(), 4), 2 * (2 * (2 * 1 + 2) + 3) + 4);
+  EXPECT_TRUE(audit_arena(*arena));
+  EXPECT_TRUE(test::writable_and_executable().empty());
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, LibffiAdapter,
                          ::testing::ValuesIn(test::kAllBackends),
                          test::backend_name);

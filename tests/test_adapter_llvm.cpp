@@ -13,12 +13,14 @@
 #include <llvm/Support/SourceMgr.h>
 #include <llvm/Support/TargetSelect.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include "support/arena_util.hpp"
 #include "support/backends.hpp"
@@ -428,6 +430,58 @@ TEST_F(LlvmAdapterTest, DestructorReleasesWhatLlvmDidNotRelease) {
   mapper_.reset();
   EXPECT_TRUE(FailsWith(arena_->find(block.base()), Errc::not_allocated));
   EXPECT_EQ(arena_->stats().chunks_in(State::executable), 0u);
+}
+
+// wxa::Options{} as a user gets it, and with Backend::protect forced but
+// everything else default (a 1 GiB reservation): on protect the program
+// links and runs, every section within the 2 GiB that x86-64's small code
+// model reaches; on the backends that write code elsewhere (what automatic
+// picks where memfds may be executable) MemoryMapper::check() refuses the
+// arena before a JIT is built (RuntimeDyld would end the process on the
+// first refused section).
+TEST(LlvmAdapterDefaults, DefaultOptionsRunOnProtectAndAreRefusedElsewhere) {
+  llvm::InitializeNativeTarget();
+  llvm::InitializeNativeTargetAsmPrinter();
+  std::vector<wxa::Options> cases(1);  // Options{}
+  if (wxa::test::unavailable_reason(Backend::protect) == nullptr) {
+    cases.emplace_back();
+    cases.back().backend = Backend::protect;
+  }
+  for (const wxa::Options& options : cases) {
+    wxa::Result<Arena> arena = Arena::create(options);
+    ASSERT_TRUE(Ok(arena));
+    SCOPED_TRACE(std::string(wxa::to_string(arena->backend())));
+    EXPECT_EQ(arena->range().size(), wxa::Options{}.reserve_bytes);
+    if (arena->backend() != Backend::protect) {
+      EXPECT_TRUE(
+          FailsWith(LlvmMemoryMapper::check(*arena), Errc::not_supported));
+      continue;
+    }
+    ASSERT_TRUE(Ok(LlvmMemoryMapper::check(*arena)));
+    LlvmMemoryMapper mapper(*arena);
+    auto jit = make_jit(mapper);
+    ASSERT_TRUE(static_cast<bool>(jit)) << message(jit.takeError());
+    auto module = parse_module(kModule);
+    ASSERT_TRUE(static_cast<bool>(module)) << message(module.takeError());
+    ASSERT_TRUE(Succeeded((*jit)->addIRModule(std::move(*module))));
+    auto prime = (*jit)->lookup("prime");
+    auto counter = (*jit)->lookup("counter");
+    auto length = (*jit)->lookup("length");
+    ASSERT_TRUE(prime && counter && length);
+    auto* p = function_at<std::int32_t(std::int32_t)>(prime->getAddress());
+    auto* c = reinterpret_cast<std::int64_t*>(counter->getAddress());
+    auto* l = function_at<std::int64_t(const char*)>(length->getAddress());
+    EXPECT_EQ(p(7), 19);
+    EXPECT_EQ(*c, 40);
+    EXPECT_EQ(l("defaults"), 8);
+    const std::uint64_t a[3] = {prime->getAddress(), counter->getAddress(),
+                                length->getAddress()};
+    EXPECT_LT(*std::max_element(a, a + 3) - *std::min_element(a, a + 3),
+              std::uint64_t{1} << 31);
+    EXPECT_TRUE(audit_arena(*arena));
+    EXPECT_TRUE(wxa::test::writable_and_executable().empty());
+    jit->reset();  // before the mapper
+  }
 }
 
 class LlvmAdapterRefuses : public ::testing::TestWithParam<Backend> {};

@@ -17,6 +17,7 @@
 #include <llvm/Support/SourceMgr.h>
 #include <llvm/Support/TargetSelect.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -187,22 +188,27 @@ std::string message(llvm::Error error) {
 /// An LLJIT whose object layer is JITLink on `memory` with EH frames
 /// registered, resolving libc and libstdc++ from the process.
 llvm::Expected<std::unique_ptr<orc::LLJIT>> make_jit(
-    JitLinkMemoryManager& memory) {
-  auto jit = orc::LLJITBuilder()
-                 .setObjectLinkingLayerCreator(
-                     [&memory](orc::ExecutionSession& es, const llvm::Triple&)
-                         -> llvm::Expected<std::unique_ptr<orc::ObjectLayer>> {
-                       auto layer = std::make_unique<orc::ObjectLinkingLayer>(
-                           es, memory);
-                       // As LLJIT's own JITLink layer does: the unwinder reads
-                       // the frames at their target address, in read-only data.
-                       layer->addPlugin(
-                           std::make_unique<orc::EHFrameRegistrationPlugin>(
-                               es, std::make_unique<
-                                       jitlink::InProcessEHFrameRegistrar>()));
-                       return layer;
-                     })
-                 .create();
+    JitLinkMemoryManager& memory, bool read_only_sections = false) {
+  auto jit =
+      orc::LLJITBuilder()
+          .setObjectLinkingLayerCreator(
+              [&memory, read_only_sections](orc::ExecutionSession& es,
+                                            const llvm::Triple&)
+                  -> llvm::Expected<std::unique_ptr<orc::ObjectLayer>> {
+                auto layer =
+                    std::make_unique<orc::ObjectLinkingLayer>(es, memory);
+                // As LLJIT's own JITLink layer does: the unwinder reads
+                // the frames at their target address, in read-only data.
+                layer->addPlugin(std::make_unique<
+                                 orc::EHFrameRegistrationPlugin>(
+                    es,
+                    std::make_unique<jitlink::InProcessEHFrameRegistrar>()));
+                if (read_only_sections)
+                  layer->addPlugin(
+                      std::make_unique<wxa::llvm::ReadOnlySectionsPlugin>());
+                return layer;
+              })
+          .create();
   if (!jit) return jit.takeError();
   auto process = orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
       (*jit)->getDataLayout().getGlobalPrefix());
@@ -755,6 +761,205 @@ TEST_P(JitLinkAdapterTest, ThreadsShareOneManager) {
   }
   EXPECT_EQ(memory_->live_allocations(), 0u);
   EXPECT_EQ(live_chunks(), 0u);
+}
+
+// --- Default options, and reach ----------------------------------------------
+
+// What a C compiler emits for string constants (private, in .rodata.str,
+// which LLVM 14's ELF reader gives Read|Write, so read-write data), a
+// table of pointers to them (.data.rel.ro), and a mutable global: each
+// reached from code with 32-bit PC-relative fixups.
+constexpr char kStrings[] = R"IR(
+@.str = private unnamed_addr constant [14 x i8] c"hello, reach\0A\00", align 1
+@.str.1 = private unnamed_addr constant [6 x i8] c"other\00", align 1
+@names = internal constant [2 x i8*] [i8* getelementptr ([14 x i8], [14 x i8]* @.str, i64 0, i64 0), i8* getelementptr ([6 x i8], [6 x i8]* @.str.1, i64 0, i64 0)]
+@calls = global i64 0
+
+declare i64 @strlen(i8*)
+
+define i8* @name_of(i32 %i) noinline {
+  %n = load i64, i64* @calls
+  %n1 = add i64 %n, 1
+  store i64 %n1, i64* @calls
+  %x = sext i32 %i to i64
+  %p = getelementptr [2 x i8*], [2 x i8*]* @names, i64 0, i64 %x
+  %s = load i8*, i8** %p
+  ret i8* %s
+}
+
+define i64 @greeting_length() noinline {
+  %l = call i64 @strlen(i8* getelementptr ([14 x i8], [14 x i8]* @.str, i64 0, i64 0))
+  ret i64 %l
+}
+)IR";
+
+// wxa::Options{} as a user gets it (Backend::automatic), and with each
+// backend forced but everything else default (a 1 GiB reservation): real
+// IR with code, strings, constants and globals links and runs, and every
+// address of the allocation lies within the 2 GiB that x86-64's 32-bit
+// PC-relative fixups reach. (With kernel_write's staging placed anywhere
+// this failed as a JITLink "out of range of Delta32 fixup".)
+class JitLinkDefaultOptionsTest : public ::testing::TestWithParam<Backend> {
+ protected:
+  static void SetUpTestSuite() {
+    llvm::InitializeNativeTarget();
+    llvm::InitializeNativeTargetAsmPrinter();
+  }
+};
+
+TEST_P(JitLinkDefaultOptionsTest, RealIrLinksRunsAndStaysInReach) {
+  wxa::Options options;  // as a user gets it
+  if (GetParam() != Backend::automatic) {
+    WXA_SKIP_IF_UNAVAILABLE(GetParam());
+    options.backend = GetParam();
+  }
+  wxa::Result<Arena> arena = Arena::create(options);
+  ASSERT_TRUE(Ok(arena));
+  EXPECT_EQ(arena->range().size(), wxa::Options{}.reserve_bytes);
+  JitLinkMemoryManager memory(*arena);
+  {
+    auto jit = make_jit(memory);
+    ASSERT_TRUE(static_cast<bool>(jit)) << message(jit.takeError());
+    for (const char* text : {kModule, kStrings}) {
+      auto module = parse_module(text);
+      ASSERT_TRUE(static_cast<bool>(module)) << message(module.takeError());
+      ASSERT_TRUE(Succeeded((*jit)->addIRModule(std::move(*module))));
+    }
+    std::uintptr_t lo = UINTPTR_MAX, hi = 0;
+    auto note = [&](const void* p) {
+      lo = std::min(lo, reinterpret_cast<std::uintptr_t>(p));
+      hi = std::max(hi, reinterpret_cast<std::uintptr_t>(p));
+    };
+    auto find = [&](const char* name) -> void* {
+      auto symbol = (*jit)->lookup(name);
+      if (!symbol) {
+        ADD_FAILURE() << name << ": " << message(symbol.takeError());
+        return nullptr;
+      }
+      return orc::ExecutorAddr(symbol->getAddress()).toPtr<void*>();
+    };
+    auto* name_of =
+        reinterpret_cast<const char* (*)(std::int32_t)>(find("name_of"));
+    auto* length =
+        reinterpret_cast<std::int64_t (*)()>(find("greeting_length"));
+    auto* bump = reinterpret_cast<std::int64_t (*)(std::int64_t)>(find("bump"));
+    auto* counter = static_cast<std::int64_t*>(find("counter"));
+    auto* calls = static_cast<std::int64_t*>(find("calls"));
+    ASSERT_TRUE(name_of && length && bump && counter && calls);
+    EXPECT_EQ(std::string(name_of(0)), "hello, reach\n");
+    EXPECT_EQ(std::string(name_of(1)), "other");
+    EXPECT_EQ(length(), 13);
+    EXPECT_EQ(*calls, 2);
+    EXPECT_EQ(bump(2), 42);
+    EXPECT_EQ(*counter, 42);
+    for (const void* p :
+         {reinterpret_cast<const void*>(name_of),
+          reinterpret_cast<const void*>(length),
+          reinterpret_cast<const void*>(bump),
+          static_cast<const void*>(name_of(0)),
+          static_cast<const void*>(counter), static_cast<const void*>(calls)})
+      note(p);
+    EXPECT_LT(hi - lo, std::uintptr_t{1} << 31)
+        << "code and data of the JIT's modules lie out of rel32 reach";
+    EXPECT_EQ(arena->find(counter)->state, State::writable);
+    EXPECT_EQ(arena->find(reinterpret_cast<const void*>(bump))->state,
+              State::executable);
+    EXPECT_TRUE(audit_arena(*arena));
+    EXPECT_TRUE(wxa::test::writable_and_executable().empty());
+  }
+  EXPECT_EQ(memory.live_allocations(), 0u);
+}
+
+// LLVM 14's ELF reader makes string literals, constant tables and unwind
+// tables Read|Write; with ReadOnlySectionsPlugin they are sealed read-only
+// (and the code still runs). Without it they stay writable.
+TEST_P(JitLinkDefaultOptionsTest, ReadOnlySectionsPluginSealsConstants) {
+  wxa::Options options;
+  if (GetParam() != Backend::automatic) {
+    WXA_SKIP_IF_UNAVAILABLE(GetParam());
+    options.backend = GetParam();
+  }
+  wxa::Result<Arena> arena = Arena::create(options);
+  ASSERT_TRUE(Ok(arena));
+  JitLinkMemoryManager memory(*arena);
+  for (bool plugin : {false, true}) {
+    auto jit = make_jit(memory, plugin);
+    ASSERT_TRUE(static_cast<bool>(jit)) << message(jit.takeError());
+    auto module = parse_module(kStrings);
+    ASSERT_TRUE(static_cast<bool>(module)) << message(module.takeError());
+    ASSERT_TRUE(Succeeded((*jit)->addIRModule(std::move(*module))));
+    auto symbol = (*jit)->lookup("name_of");
+    ASSERT_TRUE(static_cast<bool>(symbol)) << message(symbol.takeError());
+    auto* name_of = orc::ExecutorAddr(symbol->getAddress())
+                        .toPtr<const char* (*)(std::int32_t)>();
+    const char* hello = name_of(0);
+    EXPECT_EQ(std::string(hello), "hello, reach\n");
+    EXPECT_EQ(std::string(name_of(1)), "other");
+    wxa::Result<wxa::ChunkInfo> info = arena->find(hello);
+    ASSERT_TRUE(Ok(info));
+    EXPECT_EQ(info->state, plugin ? State::read_only : State::writable);
+    EXPECT_TRUE(audit_arena(*arena));
+  }
+  using Plugin = wxa::llvm::ReadOnlySectionsPlugin;
+  for (const char* name : {".rodata", ".rodata.str1.1", ".rodata.cst16",
+                           ".data.rel.ro", ".data.rel.ro.local", ".eh_frame",
+                           ".gcc_except_table", ".gcc_except_table._Z1fv"})
+    EXPECT_TRUE(Plugin::read_only(name)) << name;
+  for (const char* name : {".data", ".bss", ".rodatax", ".data.rel",
+                           ".data.rel.local", ".text", ".eh_frame_hdrx", ""})
+    EXPECT_FALSE(Plugin::read_only(name)) << name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, JitLinkDefaultOptionsTest,
+                         ::testing::Values(Backend::automatic, Backend::protect,
+                                           Backend::dual_map,
+                                           Backend::kernel_write),
+                         wxa::test::backend_name);
+
+// With a reservation of 3 GiB the writable views (dual_map) and the staging
+// (kernel_write) lie a reservation away from the code, out of reach: the
+// allocation is refused by the manager, with a message that names the
+// reach and the fix, instead of a JITLink fixup error; nothing stays
+// allocated. On protect an allocation's chunks are adjacent: it links.
+TEST_P(JitLinkAdapterTest, OutOfReachIsRefusedNamingTheReachAndTheFix) {
+  if (llvm::Triple(llvm::sys::getProcessTriple()).getArch() !=
+      llvm::Triple::x86_64)
+    GTEST_SKIP() << "the layout below is out of reach on x86-64 only";
+  wxa::Options options;
+  options.backend = GetParam();
+  options.reserve_bytes = std::size_t{3} << 30;
+  wxa::Result<Arena> arena = Arena::create(options);
+  ASSERT_TRUE(Ok(arena));
+  JitLinkMemoryManager memory(*arena);
+  auto jit = make_jit(memory);
+  ASSERT_TRUE(static_cast<bool>(jit)) << message(jit.takeError());
+  // The link's own error goes to the session's reporter; the lookup gets
+  // "failed to materialize".
+  std::string text;
+  (*jit)->getExecutionSession().setErrorReporter(
+      [&text](llvm::Error e) { text += message(std::move(e)); });
+  auto module = parse_module(kStrings);
+  ASSERT_TRUE(static_cast<bool>(module)) << message(module.takeError());
+  ASSERT_TRUE(Succeeded((*jit)->addIRModule(std::move(*module))));
+  auto symbol = (*jit)->lookup("greeting_length");
+  if (GetParam() == Backend::protect) {
+    ASSERT_TRUE(static_cast<bool>(symbol)) << message(symbol.takeError());
+    EXPECT_EQ(
+        orc::ExecutorAddr(symbol->getAddress()).toPtr<std::int64_t (*)()>()(),
+        13);
+    return;
+  }
+  ASSERT_FALSE(static_cast<bool>(symbol));
+  EXPECT_NE(message(symbol.takeError()).find("materialize"), std::string::npos);
+  EXPECT_NE(text.find("wxarena: the segments of"), std::string::npos) << text;
+  EXPECT_NE(text.find("2 GiB"), std::string::npos) << text;
+  EXPECT_NE(text.find("reserve_bytes"), std::string::npos) << text;
+  EXPECT_EQ(text.find("out of range"), std::string::npos) << text;
+  EXPECT_EQ(memory.live_allocations(), 0u);
+  const wxa::Stats s = arena->stats();
+  EXPECT_EQ(s.chunks_in(State::writable) + s.chunks_in(State::executable) +
+                s.chunks_in(State::read_only),
+            0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, JitLinkAdapterTest,

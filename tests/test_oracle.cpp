@@ -9,6 +9,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "support/process.hpp"
@@ -60,10 +61,14 @@ const char* name_of(Level level) {
 
 // Every probe case and its outcome under no filter, wx and execmem. "ok"
 // means the kernel allowed it (and, for run_*, the code returned the value
-// written into it).
+// written into it). The cases marked `memfd` need one: on a host that
+// refuses memfd_create (its own filter, or a kernel without it) they read
+// "no_memfd", and memfd_create itself reads what the host says, under every
+// policy (none of them filters it).
 struct Case {
   const char* name;
   const char* outcome[3];
+  bool memfd = false;
 };
 constexpr Case cases[] = {
     {"mmap_anon_none", {"ok", "ok", "ok"}},
@@ -82,11 +87,12 @@ constexpr Case cases[] = {
     {"pkey_mprotect_anon_rw_to_rwx", {"ok", "EACCES", "EACCES"}},
     {"mmap_file_r", {"ok", "ok", "ok"}},
     {"mmap_file_rx", {"ok", "ok", "ok"}},
-    {"mmap_memfd_rw_shared", {"ok", "ok", "ok"}},
-    {"mmap_memfd_rx_shared", {"ok", "ok", "ok"}},
-    {"mmap_memfd_rwx_shared", {"ok", "EACCES", "EACCES"}},
-    {"mprotect_memfd_r_to_rx", {"ok", "ok", "EACCES"}},
-    {"run_dual_map", {"ok", "ok", "ok"}},
+    {"memfd_create", {"ok", "ok", "ok"}},
+    {"mmap_memfd_rw_shared", {"ok", "ok", "ok"}, true},
+    {"mmap_memfd_rx_shared", {"ok", "ok", "ok"}, true},
+    {"mmap_memfd_rwx_shared", {"ok", "EACCES", "EACCES"}, true},
+    {"mprotect_memfd_r_to_rx", {"ok", "ok", "EACCES"}, true},
+    {"run_dual_map", {"ok", "ok", "ok"}, true},
     {"run_rw_then_rx", {"ok", "ok", "EACCES"}},
 };
 
@@ -131,16 +137,38 @@ Probe run_probe(const std::string& policy) {
   return probe;
 }
 
-// Every case, and nothing else, has the outcome `level` prescribes.
-::testing::AssertionResult matches(const Probe& probe, Level level) {
+// What the host itself answers memfd_create ("ok", or an errno name),
+// probed without a filter of this test's.
+std::string host_memfd() {
+  static const std::string outcome = [] {
+    const Probe probe = run_probe("");
+    const auto it = probe.outcome.find("memfd_create");
+    return it == probe.outcome.end() ? std::string("(missing)") : it->second;
+  }();
+  return outcome;
+}
+
+// What case `c` must read at `level` on a host answering memfd_create
+// with `memfd`.
+std::string expected(const Case& c, Level level, const std::string& memfd) {
+  if (std::string_view(c.name) == "memfd_create") return memfd;
+  if (c.memfd && memfd != "ok") return "no_memfd";
+  return c.outcome[level];
+}
+
+// Every case, and nothing else, has the outcome `level` prescribes on this
+// host (whose answer to memfd_create is `memfd`).
+::testing::AssertionResult matches(const Probe& probe, Level level,
+                                   const std::string& memfd = host_memfd()) {
   std::string diffs;
   for (const Case& c : cases) {
     const auto it = probe.outcome.find(c.name);
     const std::string got =
         it == probe.outcome.end() ? "(missing)" : it->second;
-    if (got != c.outcome[level]) {
-      diffs += std::string("\n  ") + c.name + ": expected " + c.outcome[level] +
-               ", got " + got;
+    const std::string want = expected(c, level, memfd);
+    if (got != want) {
+      diffs +=
+          std::string("\n  ") + c.name + ": expected " + want + ", got " + got;
     }
   }
   for (const auto& entry : probe.outcome) {
@@ -163,7 +191,7 @@ int outer_level() {
   static const int level = [] {
     const Probe probe = run_probe("");
     for (Level l : {none, wx, execmem})
-      if (matches(probe, l)) return int(l);
+      if (matches(probe, l, host_memfd())) return int(l);
     return -1;
   }();
   return level;
@@ -204,6 +232,32 @@ TEST(SeccompOracle, ExecmemPolicyAlsoRefusesAnonymousExecute) {
   EXPECT_TRUE(matches(probe, execmem));
 }
 
+// Stand-ins for hosts that refuse memfd_create itself (firejail: EACCES;
+// other sandboxes EPERM; kernels without it ENOSYS): the call fails with
+// that error, every case needing a memfd reads no_memfd, and the rest is wx.
+TEST(SeccompOracle, NoMemfdPoliciesRefuseMemfdCreateWithTheirError) {
+  WXA_REQUIRE_HELPERS();
+  WXA_REQUIRE_KNOWN_HOST();
+  const std::pair<const char*, const char*> policies[] = {
+      {"nomemfd-eacces", "EACCES"},
+      {"nomemfd-eperm", "EPERM"},
+      {"nomemfd-enosys", "ENOSYS"}};
+  for (const auto& [policy, error] : policies) {
+    const Probe probe = run_probe(policy);
+    EXPECT_EQ(probe.policy, policy);
+    // Where the host already refuses memfd_create, which filter's error
+    // wins is the kernel's choice: any refusal will do.
+    std::string want = error;
+    if (host_memfd() != "ok") {
+      const auto it = probe.outcome.find("memfd_create");
+      want = it == probe.outcome.end() ? "(missing)" : it->second;
+      EXPECT_NE(want, "ok") << "under " << policy;
+    }
+    EXPECT_TRUE(matches(probe, std::max(wx, Level(outer_level())), want))
+        << "under " << policy;
+  }
+}
+
 // The program learns nothing from the runner: it must probe.
 TEST(SeccompRun, TellsTheProgramNothing) {
   WXA_REQUIRE_HELPERS();
@@ -241,7 +295,9 @@ TEST(SeccompOracle, ANestedRunCannotLoosenTheFilter) {
     EXPECT_NE(r.out.find("run_rw_then_rx EACCES\n"), std::string::npos)
         << r.out;
     EXPECT_NE(r.out.find("mmap_anon_rx EACCES\n"), std::string::npos) << r.out;
-    EXPECT_NE(r.out.find("run_dual_map ok\n"), std::string::npos) << r.out;
+    const std::string dual =
+        host_memfd() == "ok" ? "run_dual_map ok\n" : "run_dual_map no_memfd\n";
+    EXPECT_NE(r.out.find(dual), std::string::npos) << r.out;
   }
 }
 

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // VMA accounting: the arena's figure equals the kernel's after random
-// operation sequences, stays tiny for 100,000 live chunks, and the budget
-// refuses (before any system call) what would exceed it.
+// operation sequences and after writes into parts of a private reservation,
+// stays tiny for 100,000 live chunks, and the budget refuses (before any
+// system call) what would exceed it.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +14,9 @@
 #include <tuple>
 #include <vector>
 
+#include "backend/backend.hpp"
+#include "pal/pal.hpp"
+#include "region.hpp"
 #include "support/arena_util.hpp"
 #include "support/maps.hpp"
 #include "wxarena/arena.hpp"
@@ -179,6 +183,110 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(to_string(std::get<0>(i.param))) + "_" +
              std::get<1>(i.param).name;
     });
+
+// --- Writes into parts of a private reservation ------------------------------
+
+// The real platform layer, saying the kernel keeps no per-mapping record of
+// anonymous memory: the protect backend then leaves its reservation as
+// mmap() made it, as the library did before it knew.
+class OriginBlindPal final : public detail::Pal {
+ public:
+  OriginBlindPal() noexcept : caps_(detail::system_pal().capabilities()) {
+    caps_.anon_merge_by_origin = false;
+  }
+  const detail::Capabilities& capabilities() noexcept override { return caps_; }
+
+ private:
+  detail::Capabilities caps_;
+};
+
+// Drives a protect region over `pal` through writes into parts of it that
+// are apart, then makes them equal again; compares the region's VMA count
+// with the kernel's after each step. Returns the most VMAs the kernel showed
+// beyond the count (the count is never above the kernel's: the kernel never
+// merges what differs in protection).
+std::size_t kernel_beyond_count(detail::Pal& pal) {
+  using detail::PageState;
+  const detail::BackendFacts* facts[detail::kMaxBackends] = {};
+  Result<std::size_t> found =
+      detail::backend_candidates(Backend::protect, pal.capabilities(), facts);
+  EXPECT_TRUE(Ok(found));
+  if (!found) return 0;
+  constexpr std::size_t kPages = 64;
+  SyscallCounts n;
+  detail::Region r;
+  Result<void> made = r.init(pal, *facts[0], kPages, 0, 0, false, 1, n);
+  EXPECT_TRUE(Ok(made));
+  if (!made) return 0;
+  std::byte* base = r.rx_base();
+  std::size_t beyond = 0;
+  int step = 0;
+  auto check = [&] {
+    const std::size_t kernel =
+        count_vmas(base, base + (kPages << r.page_shift()));
+    EXPECT_GE(kernel, r.vmas()) << "step " << step;
+    beyond = std::max(beyond, kernel - std::min(kernel, r.vmas()));
+    ++step;
+  };
+  auto move = [&](std::size_t a, std::size_t b, PageState to) {
+    std::size_t calls = 0;
+    Result<void> done = r.change(
+        a, b, [&](std::size_t i) { return r.state(i); },
+        [&](std::size_t) { return to; }, calls, n);
+    EXPECT_TRUE(Ok(done)) << "step " << step;
+    r.set_state(a, b, to, static_cast<std::uint32_t>(a));
+    check();
+  };
+  auto write = [&](std::size_t i) {
+    *reinterpret_cast<volatile std::byte*>(r.rx_page(i)) = std::byte{0xCC};
+  };
+
+  // Two parts written while apart, then inaccessible again: on every
+  // kernel each write made its own record, so they would stay apart.
+  move(0, 3, PageState::writable);
+  move(10, 13, PageState::writable);
+  write(0);
+  write(10);
+  move(0, 3, PageState::unused);
+  move(10, 13, PageState::unused);
+  // A written part next to never-written pages of the same protection
+  // (kernels without the 2025 fix keep them apart), as code and as data.
+  move(30, 33, PageState::writable);
+  write(31);
+  move(30, 33, PageState::executable);
+  move(33, 36, PageState::writable);
+  write(34);
+  move(33, 36, PageState::read_only);
+  move(30, 36, PageState::retired);
+  // A written part inside a wider change over parts of every kind.
+  move(40, 42, PageState::writable);
+  write(41);
+  move(40, 42, PageState::unused);
+  move(38, 50, PageState::open);
+  move(38, 50, PageState::unused);
+  move(0, kPages, PageState::open);
+  move(0, kPages, PageState::unused);
+  r.destroy(n);
+  return beyond;
+}
+
+TEST(VmaWrites, PartsOfAReservationMergeByProtectionWhateverWasWritten) {
+  WXA_SKIP_IF_UNAVAILABLE(Backend::protect);
+  if (!detail::system_pal().capabilities().anon_merge_by_origin)
+    GTEST_SKIP() << "this platform keeps no per-mapping record of anonymous "
+                    "memory: parts merge by protection alone";
+  if (!maps_tell_read_from_execute()) GTEST_SKIP() << kMapsMergeReason;
+  // With the record made once, before any part is split off: exact.
+  EXPECT_EQ(kernel_beyond_count(detail::system_pal()), 0u);
+  // Without it, the kernel keeps written parts apart (on this kernel too,
+  // where parts were written while apart): the test above can fail.
+  OriginBlindPal blind;
+  const std::size_t beyond = kernel_beyond_count(blind);
+  EXPECT_GT(beyond, 0u) << "this kernel merged parts written apart";
+  std::cout << "[ figures  ] a reservation as mmap() makes it: the kernel "
+               "showed up to "
+            << beyond << " VMAs more than the protections make\n";
+}
 
 // --- 100,000 live chunks
 // ------------------------------------------------------

@@ -26,6 +26,10 @@
 //                fail with EPERM: neither an anonymous mapping nor a memfd
 //                written by the kernel can become code, so of wxarena's
 //                backends only dual_map works.
+//   nomemfd-eacces, nomemfd-eperm, nomemfd-enosys
+//                everything of wx, plus every memfd_create fails with EACCES
+//                (firejail's default), EPERM (a sandbox's seccomp profile) or
+//                ENOSYS (a kernel or sandbox without it): only protect works.
 //
 // The filter survives execve and is inherited by every child, so the whole
 // program is judged by the kernel. The program is told nothing about the
@@ -61,7 +65,10 @@ enum class Policy {
   nomemfdexec,
   nomembarrier,
   nopopulate,
-  onlydual
+  onlydual,
+  nomemfd_eacces,
+  nomemfd_eperm,
+  nomemfd_enosys
 };
 
 struct PolicyName {
@@ -75,6 +82,9 @@ constexpr PolicyName policies[] = {
     {"nomembarrier", Policy::nomembarrier},
     {"nopopulate", Policy::nopopulate},
     {"onlydual", Policy::onlydual},
+    {"nomemfd-eacces", Policy::nomemfd_eacces},
+    {"nomemfd-eperm", Policy::nomemfd_eperm},
+    {"nomemfd-enosys", Policy::nomemfd_enosys},
 };
 
 void print_usage(std::FILE* out) noexcept {
@@ -90,7 +100,10 @@ void print_usage(std::FILE* out) noexcept {
       "  nopopulate    wx, plus refuse madvise(MADV_POPULATE_READ) with EINVAL"
       " (kernels before 5.14)\n"
       "  onlydual      execmem, plus refuse pwrite64/pwritev/pwritev2 with"
-      " EPERM (only dual_map works)\n",
+      " EPERM (only dual_map works)\n"
+      "  nomemfd-eacces, nomemfd-eperm, nomemfd-enosys\n"
+      "                wx, plus refuse every memfd_create with that error"
+      " (only protect works)\n",
       out);
 }
 
@@ -176,6 +189,12 @@ bool add_rules(scmp_filter_ctx ctx, Policy policy) noexcept {
       return refuse_all(ctx, SCMP_SYS(pwrite64), EPERM) &&
              refuse_all(ctx, SCMP_SYS(pwritev), EPERM) &&
              refuse_all(ctx, SCMP_SYS(pwritev2), EPERM);
+    case Policy::nomemfd_eacces:
+      return refuse_all(ctx, SCMP_SYS(memfd_create), EACCES);
+    case Policy::nomemfd_eperm:
+      return refuse_all(ctx, SCMP_SYS(memfd_create), EPERM);
+    case Policy::nomemfd_enosys:
+      return refuse_all(ctx, SCMP_SYS(memfd_create), ENOSYS);
   }
   return false;
 }

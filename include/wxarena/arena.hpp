@@ -184,7 +184,10 @@ struct RunInfo {
 /// Flags for Batch::commit().
 enum class CommitFlags : std::uint8_t {
   none = 0,
-  barrier = 1,  ///< issue the cross-thread barrier even if not needed
+  /// Issue the cross-thread barrier even if not needed. Where the host has
+  /// no membarrier SYNC_CORE, the commit fails with not_supported instead
+  /// (and changes nothing): no other way makes every thread serialise.
+  barrier = 1,
 };
 
 /// An arena of executable memory. Thread safety: every member function may be
@@ -193,7 +196,14 @@ enum class CommitFlags : std::uint8_t {
 /// runs outside it, so threads publishing different chunks copy side by
 /// side; a commit naming a chunk whose copy is under way waits for that
 /// commit to end, then applies to the states it left. Moving an arena is
-/// not thread-safe.
+/// not thread-safe. A moved-from arena answers every call with
+/// invalid_argument (or empty stats, ranges and runs).
+///
+/// In a child process (made by any kind of fork), every call that could
+/// change the arena fails with wrong_process, and so does find(): the child
+/// shares the parent's code memory (dual_map, kernel_write) or holds a copy
+/// of an arena whose lock another thread may have held at the fork. The
+/// child may still call the code it inherited, and destroy the arena.
 class Arena {
  public:
   /// Reserves the address space and probes the platform once.
@@ -314,7 +324,8 @@ class Batch {
   /// Applies every queued transition, or none. On success the batch is
   /// emptied; on failure it is kept and the error names the first chunk at
   /// fault (Error::chunk()). Errors: those of the single operations, plus
-  /// duplicate_in_batch, vma_budget and OS errors.
+  /// duplicate_in_batch, vma_budget, not_supported (CommitFlags::barrier
+  /// without membarrier) and OS errors.
   [[nodiscard]] Result<CommitReport> commit(
       CommitFlags flags = CommitFlags::none) noexcept;
 
@@ -333,6 +344,7 @@ class Batch {
   Op* ops_ = nullptr;
   std::size_t size_ = 0, capacity_ = 0;
   bool overflow_ = false;  // a queue allocation failed: commit reports it
+  Error refused_;          // a queued operation no commit could apply
 };
 
 }  // namespace wxa

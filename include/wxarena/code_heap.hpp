@@ -81,7 +81,8 @@ class CodeHeap {
   CodeHeap& operator=(CodeHeap&& other) noexcept;
   CodeHeap(const CodeHeap&) = delete;
   CodeHeap& operator=(const CodeHeap&) = delete;
-  /// Releases every page the heap holds.
+  /// Releases every page the heap holds (in one commit; one by one if a
+  /// page was released behind the heap's back and that commit is refused).
   ~CodeHeap();
 
   /// Space for a function of `bytes` bytes, aligned to `alignment` (0: the
@@ -98,7 +99,9 @@ class CodeHeap {
   [[nodiscard]] Result<CommitReport> publish(
       CommitFlags flags = CommitFlags::none) noexcept;
   /// Releases one function by its rx address. Errors: null_pointer,
-  /// foreign_pointer (not this heap's), interior_pointer, double_release.
+  /// foreign_pointer (not this heap's), interior_pointer, double_release
+  /// (also once the function's page went back to the arena, as long as no
+  /// other chunk holds that page yet).
   [[nodiscard]] Result<void> release(const void* rx) noexcept;
 
   [[nodiscard]] HeapStats stats() const noexcept;

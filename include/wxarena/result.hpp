@@ -37,10 +37,11 @@ enum class Errc : std::uint8_t {
   permission_denied,   ///< the OS refused by policy (EACCES, EPERM)
   not_supported,       ///< the OS or this build lacks the facility
   os_error,            ///< any other OS failure; see Error::sys_errno()
-  wrong_process,       ///< a memfd-backed arena (dual_map, kernel_write)
-                       ///< used in a fork() child: its memory is shared with
-                       ///< the parent, so only the parent may change it
-                       ///< (sealed code stays callable)
+  wrong_process,       ///< an arena (or heap) used in a child process made
+                       ///< by any kind of fork: only the process that made
+                       ///< it may use it (its memory may be shared with the
+                       ///< parent, its lock held by a thread that is gone);
+                       ///< the code it inherited stays callable
   out_of_bounds,       ///< the byte range does not lie inside the chunk
 };
 

@@ -62,7 +62,9 @@ typedef enum wxa_seal_to {
   WXA_SEAL_READ_ONLY
 } wxa_seal_to;
 
-/* Flags for commits and publishes. */
+/* Flags for commits and publishes. WXA_COMMIT_BARRIER: serialise every
+ * thread; WXA_NOT_SUPPORTED (nothing changed) where the host has no
+ * membarrier SYNC_CORE. */
 enum { WXA_COMMIT_BARRIER = 1 };
 
 typedef struct wxa_error {
@@ -149,8 +151,8 @@ wxa_errc wxa_seal(wxa_arena* arena, const void* rx, wxa_seal_to to,
 wxa_errc wxa_unseal(wxa_arena* arena, const void* rx, wxa_chunk* out,
                     wxa_error* err);
 wxa_errc wxa_release(wxa_arena* arena, const void* rx, wxa_error* err);
-/* Writes `size` bytes into live code at `at` (inside a sealed chunk); see
- * wxa::Arena::patch. */
+/* Writes `size` bytes into live code at `at` (inside an executable chunk);
+ * see wxa::Arena::patch. */
 wxa_errc wxa_patch(wxa_arena* arena, const void* at, const void* bytes,
                    size_t size, wxa_error* err);
 /* The chunk containing `address`; `state` and `offset` may be NULL. */

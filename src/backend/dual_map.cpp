@@ -34,9 +34,26 @@ class DualMapBackend final : public PageBackend {
     }
     rx_base_ = *rx;
     // The writable views live in a second range of the same size, at the
-    // same offsets, so that adjacent views merge into one VMA.
-    Result<std::byte*> rw =
-        pal.reserve_view(shm_, bytes(), 0, 0, Access::read_write, n);
+    // same offsets, so that adjacent views merge into one VMA. It is placed
+    // right beside the first where that is free (below, where the kernel
+    // maps next, else above), so that a page's two views are one
+    // reservation's size apart: a JIT that keeps read-write data in writable
+    // chunks reaches it from code with 32-bit PC-relative fixups
+    // (include/wxarena/adapters/). Else anywhere.
+    const std::uintptr_t page = std::uintptr_t{1} << shift_;
+    const std::uintptr_t fenced = bytes() + 2 * page;  // with its guards
+    const auto code = reinterpret_cast<std::uintptr_t>(rx_base_);
+    Result<std::byte*> rw = Error(Errc::unreachable_anchor);
+    if (code - page > fenced)
+      rw = pal.reserve_view(shm_, bytes(), code - page - fenced, code - page,
+                            Access::read_write, n);
+    const std::uintptr_t above = code + bytes() + page;
+    if (!rw && rw.error().code() == Errc::unreachable_anchor &&
+        above < UINTPTR_MAX - fenced)
+      rw = pal.reserve_view(shm_, bytes(), above, above + fenced,
+                            Access::read_write, n);
+    if (!rw && rw.error().code() == Errc::unreachable_anchor)
+      rw = pal.reserve_view(shm_, bytes(), 0, 0, Access::read_write, n);
     if (!rw) {
       Error e = rw.error();
       destroy(n);

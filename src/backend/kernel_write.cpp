@@ -72,8 +72,31 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     if (Result<void> r = make_lane(0, n); !r) return r;
     // The executable view's address range; pages are mapped into it as they
     // are opened (set_access), from their lane's memfd, read+execute.
-    Result<std::byte*> rx =
-        pal.reserve_view(shm_[0], bytes(), lo, hi, Access::read_execute, n);
+    // Without an anchor the staging is reserved first and the code right
+    // below it, so that read-write data a JIT keeps in staging stays within
+    // 32-bit reach of the code (staging.hpp); with one, the code goes where
+    // the anchor asks and the staging as near it as it can.
+    Result<std::byte*> rx = Error(Errc::unreachable_anchor);
+    if (hi <= lo) {
+      if (Result<void> r = staging_.reserve(pal, n); !r) {
+        destroy(n);
+        return r;
+      }
+      const std::uintptr_t page = std::uintptr_t{1} << shift_;
+      const std::uintptr_t fenced = bytes() + 2 * page;  // with its guards
+      const std::uintptr_t top =
+          reinterpret_cast<std::uintptr_t>(staging_.base()) - page;
+      if (top > fenced)
+        rx = pal.reserve_view(shm_[0], bytes(), top - fenced, top,
+                              Access::read_execute, n);
+      if (!rx && rx.error().code() == Errc::unreachable_anchor) {
+        rx = pal.reserve_view(shm_[0], bytes(), 0, 0, Access::read_execute, n);
+        // The code went elsewhere: the staging follows it (map()).
+        if (rx) staging_.unmap(n);
+      }
+    } else {
+      rx = pal.reserve_view(shm_[0], bytes(), lo, hi, Access::read_execute, n);
+    }
     if (!rx) {
       Error e = rx.error();
       destroy(n);
@@ -554,8 +577,9 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     P.restore_pieces_.reserve(most);
   }
 
-  // Writes back what the first `groups` groups replaced. Fatal on failure:
-  // the code would otherwise differ from what the arena says it is.
+  // Writes back what the first `groups` groups replaced, with the cache
+  // maintenance of a forward write. Fatal on failure: the code would
+  // otherwise differ from what the arena says it is.
   void restore(Plan& P, std::size_t groups, SyscallCounts& n) noexcept {
     for (std::size_t g = 0; g < groups && g < P.undo_groups_.size(); ++g) {
       for (std::size_t u = P.undo_groups_[g].first; u < P.undo_groups_[g].end;
@@ -580,6 +604,9 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
                                   P.restore_pieces_.size(), n))
             fatal("cannot restore code after a failed commit", rx_base_ + off,
                   0);
+          // The old bytes are code again: made visible to instruction
+          // fetch as a forward write's are (flush()).
+          pal_->flush_icache(rx_base_ + off, seg);
           done += seg;
         }
       }

@@ -20,6 +20,14 @@ class ProtectBackend final : public PageBackend {
     Result<std::byte*> rx = pal.reserve(bytes(), lo, hi, n);
     if (!rx) return rx.error();
     rx_base_ = *rx;
+    if (pal.capabilities().anon_merge_by_origin) {
+      if (Result<void> r = give_one_origin(n); !r) {
+        if (Result<void> u = pal.unmap(rx_base_, bytes(), n); !u)
+          return u.error();
+        rx_base_ = nullptr;
+        return r;
+      }
+    }
     if (name && pal.capabilities().vma_naming) {
       // Best effort: a name only helps people read /proc/<pid>/maps.
       (void)pal.name(rx_base_, bytes(), "wxarena", n);
@@ -33,6 +41,29 @@ class ProtectBackend final : public PageBackend {
   }
 
   int views() const noexcept override { return 1; }
+
+  // Makes the kernel's record of the reservation's anonymous memory while
+  // it is one VMA (see Capabilities::anon_merge_by_origin): writable for a
+  // moment, one byte written (a zero: the page reads as fresh), its memory
+  // given back, inaccessible again. Every part split off later shares the
+  // record, so parts of equal protection merge, whichever were written, on
+  // every kernel: the VMA count the region keeps from the page states.
+  // Without it that count could fall short of the kernel's and the budget
+  // would no longer refuse first, so a failure here fails the arena (the
+  // RLIMIT_DATA limit, or the commit limit under strict overcommit, where
+  // the whole reservation is charged from now on).
+  Result<void> give_one_origin(SyscallCounts& n) noexcept {
+    if (Result<void> r =
+            pal_->protect(rx_base_, bytes(), Access::read_write, n);
+        !r)
+      return r;
+    *reinterpret_cast<volatile std::byte*>(rx_base_) = std::byte{0};
+    // The whole range: a first write may have been given a huge page.
+    Result<void> r = pal_->decommit(rx_base_, bytes(), n);
+    Result<void> back = pal_->protect(rx_base_, bytes(), Access::none, n);
+    if (!r) return r;
+    return back;
+  }
 
   Access access(PageState s, View v) const noexcept override {
     if (v == View::rw) return Access::none;

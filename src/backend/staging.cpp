@@ -39,34 +39,45 @@ Result<void> StagingPool::allocate(std::size_t pages, unsigned shift,
   return {};
 }
 
+Result<void> StagingPool::reserve(Pal& pal, SyscallCounts& n) noexcept {
+  pal_ = &pal;
+  Result<std::byte*> st = pal.reserve(pool_pages_ << shift_, 0, 0, n);
+  if (!st) return st.error();
+  base_ = *st;
+  return {};
+}
+
 Result<void> StagingPool::map(Pal& pal, const std::byte* code, bool name,
                               SyscallCounts& n) noexcept {
   pal_ = &pal;
   const std::size_t staging = pool_pages_ << shift_;
-  const std::size_t code_bytes = pages_ << shift_;
-  const std::uintptr_t page = std::uintptr_t{1} << shift_;
-  const auto at = reinterpret_cast<std::uintptr_t>(code);
-  constexpr std::uintptr_t kMax = std::numeric_limits<std::uintptr_t>::max();
-  // Right next to the code: the window holds the staging with its guard
-  // pages on either side of the code's (the nearest free gap to the code's
-  // middle is taken).
-  const std::uintptr_t room = staging + 3 * page;
-  Result<std::byte*> st = pal.reserve(
-      staging, at > room ? at - room : 0,
-      at + code_bytes > kMax - room ? kMax : at + code_bytes + room, n);
-  if (!st && st.error().code() == Errc::unreachable_anchor) {
-    // Anywhere within 32-bit reach of every code page.
-    const std::uintptr_t reach = (std::uintptr_t{1} << 31) - 1;
-    st = pal.reserve(staging,
-                     at + code_bytes > reach ? at + code_bytes - reach : 0,
-                     at > kMax - reach ? kMax : at + reach, n);
-    // Too large together for that reach: anywhere.
-    if (!st && st.error().code() == Errc::unreachable_anchor &&
-        code_bytes + staging + 4 * page > reach)
+  if (!base_) {
+    const std::size_t code_bytes = pages_ << shift_;
+    const std::uintptr_t page = std::uintptr_t{1} << shift_;
+    const auto at = reinterpret_cast<std::uintptr_t>(code);
+    constexpr std::uintptr_t kMax = std::numeric_limits<std::uintptr_t>::max();
+    // Right above the code (past its guard, with its own): a lane's code
+    // and its part of the pool are about one reservation apart.
+    const std::uintptr_t above = at + code_bytes + page;
+    Result<std::byte*> st = Error(Errc::unreachable_anchor);
+    if (above < kMax - staging - 2 * page)
+      st = pal.reserve(staging, above, above + staging + 2 * page, n);
+    // Else right below it.
+    const std::uintptr_t room = staging + 3 * page;
+    if (!st && st.error().code() == Errc::unreachable_anchor && at > room)
+      st = pal.reserve(staging, at - room, at - page, n);
+    // Else within 32-bit reach of every code page; else anywhere.
+    if (!st && st.error().code() == Errc::unreachable_anchor) {
+      const std::uintptr_t reach = (std::uintptr_t{1} << 31) - 1;
+      st = pal.reserve(staging,
+                       at + code_bytes > reach ? at + code_bytes - reach : 0,
+                       at > kMax - reach ? kMax : at + reach, n);
+    }
+    if (!st && st.error().code() == Errc::unreachable_anchor)
       st = pal.reserve(staging, 0, 0, n);
+    if (!st) return st.error();
+    base_ = *st;
   }
-  if (!st) return st.error();
-  base_ = *st;
   if (Result<void> r = pal.protect(base_, staging, Access::read_write, n); !r)
     return r;
   if (name && pal.capabilities().vma_naming) {

@@ -48,11 +48,18 @@ class StagingPool {
   [[nodiscard]] Result<void> allocate(std::size_t pages, unsigned shift,
                                       unsigned lane_shift, std::size_t lanes,
                                       const std::byte* traps) noexcept;
-  /// Reserves the staging memory right next to `code` (the code view,
-  /// `pages` pages long), else anywhere within 32-bit reach of all of it,
-  /// else (only where the two together are too large for that) anywhere;
-  /// names it when `name`. On failure, what it reserved stays until
-  /// unmap().
+  /// Reserves the staging memory anywhere, before the code is placed (the
+  /// code then goes right below it: see map()).
+  [[nodiscard]] Result<void> reserve(Pal& pal, SyscallCounts& n) noexcept;
+  /// Where reserve() put the staging memory (nullptr before).
+  [[nodiscard]] std::byte* base() const noexcept { return base_; }
+  /// Reserves the staging memory unless reserve() did: right above `code`
+  /// (the code view, `pages` pages long) where that is free, else right
+  /// below it, else within 32-bit reach of all of it, else anywhere; then
+  /// makes it read+write and names it when `name`. A JIT may keep
+  /// read-write data in staging and reach it from code with 32-bit
+  /// PC-relative fixups (include/wxarena/adapters/). On failure, what it
+  /// reserved stays until unmap().
   [[nodiscard]] Result<void> map(Pal& pal, const std::byte* code, bool name,
                                  SyscallCounts& n) noexcept;
   /// Unmaps the staging memory (idempotent).

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -35,6 +36,9 @@
 #endif
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18  // Linux 4.14
 #endif
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22  // Linux 5.14
@@ -76,6 +80,11 @@ int read_gaps(MapsGap* gaps, int cap, SyscallCounts& n) noexcept {
   std::size_t have = 0;
   int count = 0;
   std::uintptr_t prev_end = 0x10000;  // below vm.mmap_min_addr: never usable
+  // The end of user space with 4-level page tables (x86-64; AArch64 with
+  // 48-bit addresses reaches further, so this is safe there), less its top
+  // page, which the kernel keeps (TASK_SIZE): 64 KiB, any page size.
+  constexpr std::uintptr_t kTop =
+      (std::uintptr_t{1} << 47) - (std::uintptr_t{1} << 16);
   bool eof = false;
   while (!eof || have > 0) {
     if (!eof && have < kBuf) {
@@ -101,7 +110,9 @@ int read_gaps(MapsGap* gaps, int cap, SyscallCounts& n) noexcept {
     std::uintptr_t b = strtoull(buf, &end_ptr, 16);
     std::uintptr_t e =
         (*end_ptr == '-') ? strtoull(end_ptr + 1, nullptr, 16) : 0;
-    if (e > b) {
+    // Mappings above user space ([vsyscall] at 0xffffffffff600000) bound
+    // no gap: the addresses below them are the kernel's.
+    if (e > b && b < kTop) {
       if (b > prev_end && count < cap) gaps[count++] = {prev_end, b};
       prev_end = std::max(prev_end, e);
     }
@@ -110,7 +121,6 @@ int read_gaps(MapsGap* gaps, int cap, SyscallCounts& n) noexcept {
     have -= used;
   }
   ::close(fd);
-  constexpr std::uintptr_t kTop = std::uintptr_t{1} << 47;  // user space
   if (prev_end < kTop && count < cap) gaps[count++] = {prev_end, kTop};
   return count;
 }
@@ -126,8 +136,9 @@ std::size_t read_max_map_count() noexcept {
   return v ? v : 65530;
 }
 
-int memfd_create_flags(bool exec_flag) noexcept {
-  return static_cast<int>(MFD_CLOEXEC | (exec_flag ? MFD_EXEC : 0U));
+int memfd_create_flags(bool exec_flag, bool sealing = false) noexcept {
+  return static_cast<int>(MFD_CLOEXEC | (exec_flag ? MFD_EXEC : 0U) |
+                          (sealing ? MFD_ALLOW_SEALING : 0U));
 }
 
 // kernel_write's whole mechanism, tried for real on a memfd page `fd`
@@ -215,6 +226,9 @@ Capabilities probe() noexcept {
     }
     if (::close(fd) != 0) caps.shared_memory = false;
   }
+
+  // Every Linux kernel keeps an anon_vma per VMA (mm/rmap.c).
+  caps.anon_merge_by_origin = true;
 
   long q = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
   caps.barrier = q >= 0 && (q & MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE);
@@ -362,14 +376,33 @@ Result<SharedHandle> Pal::create_shared(std::size_t bytes, const char* label,
     return Error(Errc::not_supported);
   ++n.memfd;
   int fd = static_cast<int>(::syscall(
-      SYS_memfd_create, label, memfd_create_flags(caps.memfd_exec_flag)));
+      SYS_memfd_create, label, memfd_create_flags(caps.memfd_exec_flag, true)));
   if (fd < 0) return error_from_errno(errno);
-  ++n.other;
+  // Another process of the same user may reopen the memfd through
+  // /proc/<pid>/fd/<n> (a reopen checks the inode's mode, not the
+  // descriptor's, and needs only ptrace read access, which Yama allows):
+  // no write permission from the first moment, no permission at all once
+  // the read-only descriptor below is open. The library's own descriptors
+  // keep the access they were opened with. A same-user process can still
+  // chmod the inode back (it owns it): see docs/security.md.
   int err = 0;
-  if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0)
-    err = errno;
-  else if (!track_for_fork(fd))
-    err = EMFILE;
+  ++n.other;
+  if (::fchmod(fd, S_IRUSR) != 0) err = errno;
+  // Its size is fixed for good: nobody can truncate it under running code
+  // (SIGBUS) or grow it; nobody can add a seal (F_SEAL_WRITE would stop
+  // the library's own writes). Holes may still be punched (fallocate
+  // checks only the write seals), which is how the backends free pages.
+  if (!err) {
+    ++n.other;
+    if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) err = errno;
+  }
+  if (!err) {
+    ++n.other;
+    if (::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) !=
+        0)
+      err = errno;
+  }
+  if (!err && !track_for_fork(fd)) err = EMFILE;
   if (err) {
     ++n.other;
     (void)::close(fd);  // already failing; the first error is reported
@@ -386,6 +419,19 @@ Result<SharedHandle> Pal::create_shared(std::size_t bytes, const char* label,
     ++n.other;
     (void)::close(ro);  // a full table: carry on without it
     ro = -1;
+  }
+  ++n.other;
+  if (::fchmod(fd, 0) != 0) {
+    err = errno;
+    if (ro >= 0) {
+      untrack_for_fork(ro);
+      ++n.other;
+      (void)::close(ro);
+    }
+    untrack_for_fork(fd);
+    ++n.other;
+    (void)::close(fd);
+    return error_from_errno(err);
   }
   return SharedHandle{fd, ro, fork_generation()};
 }
@@ -593,6 +639,61 @@ std::uint64_t fork_generation() noexcept {
   }();
   (void)registered;
   return g_fork_generation.load(std::memory_order_relaxed);
+}
+
+namespace {
+// The token page (see process_token()): mapped once per process, inherited
+// by children as zeros (MADV_WIPEONFORK, madvise(2), Linux 4.14).
+struct TokenPage {
+  std::atomic<std::uint64_t> token;
+};
+std::atomic<TokenPage*> g_token_page{nullptr};
+// The last token this process made or inherited the memory of: ordinary
+// memory, so a child starts from its parent's and goes above it.
+std::atomic<std::uint64_t> g_last_token{0};
+}  // namespace
+
+Result<std::uint64_t> process_token(SyscallCounts& n) noexcept {
+  TokenPage* page = g_token_page.load(std::memory_order_acquire);
+  if (!page) {
+    const auto size = static_cast<std::size_t>(::getpagesize());
+    ++n.mmap;
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return error_from_errno(errno);
+    ++n.madvise;
+    // EINVAL: a kernel before 4.14; children then keep this token and
+    // fork_generation() alone tells glibc's fork() children apart.
+    if (::madvise(p, size, MADV_WIPEONFORK) != 0 && errno != EINVAL) {
+      const int err = errno;
+      ++n.munmap;
+      if (::munmap(p, size) != 0) return error_from_errno(errno);
+      return error_from_errno(err);
+    }
+    auto* mine = static_cast<TokenPage*>(p);
+    if (g_token_page.compare_exchange_strong(page, mine,
+                                             std::memory_order_acq_rel)) {
+      page = mine;
+    } else {  // another thread made it first: `page` is theirs
+      ++n.munmap;
+      if (::munmap(p, size) != 0) return error_from_errno(errno);
+    }
+  }
+  std::uint64_t token = page->token.load(std::memory_order_acquire);
+  if (token == 0) {
+    // A new process (or the first call): a token above every ancestor's.
+    const std::uint64_t want = g_last_token.load(std::memory_order_relaxed) + 1;
+    if (page->token.compare_exchange_strong(token, want,
+                                            std::memory_order_acq_rel))
+      token = want;
+    g_last_token.store(token, std::memory_order_relaxed);
+  }
+  return token;
+}
+
+std::uint64_t current_process_token() noexcept {
+  const TokenPage* page = g_token_page.load(std::memory_order_acquire);
+  return page ? page->token.load(std::memory_order_relaxed) : 0;
 }
 
 Pal& system_pal() noexcept {

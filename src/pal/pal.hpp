@@ -48,6 +48,16 @@ struct Capabilities {
   /// kernel_write backend's mechanism.
   bool shared_write = false;
   bool populate_read = false;  ///< MADV_POPULATE_READ (Linux 5.14)
+  /// Parts of one private anonymous mapping merge again, protection
+  /// permitting, only where the kernel's record of their anonymous memory
+  /// agrees (Linux's anon_vma). A write makes that record for the whole VMA
+  /// it lands in, so parts written while apart stay apart for good, and on
+  /// kernels without a 2025 fix (6.1 among them) a written part also never
+  /// merges back into an unwritten neighbour. A reservation written once
+  /// while it is still one VMA gives every later part the same record, and
+  /// its parts then merge by protection alone, as the region counts them
+  /// (the protect backend does this; see docs/portability.md).
+  bool anon_merge_by_origin = false;
 };
 
 /// A shared-memory object (memfd on Linux, a pagefile-backed section on
@@ -173,8 +183,26 @@ class Pal {
 };
 
 /// Counts fork()s in this process's ancestry line: a child sees a value
-/// its parent never had. Cheap (no system call) after the first use.
+/// its parent never had. Cheap (no system call) after the first use. Only
+/// children made by glibc's fork() see it change (an atfork handler);
+/// process_token() sees every child.
 [[nodiscard]] std::uint64_t fork_generation() noexcept;
+
+/// This process's token: non-zero, the same on every call in one process,
+/// and different from that of every ancestor it was forked from, whatever
+/// made the child (fork(), _Fork(), the system call, clone() without
+/// CLONE_VM). Linux: a word on a page marked MADV_WIPEONFORK, which the
+/// kernel gives every child as zeros; a child makes its own token on its
+/// first call (greater than every ancestor's). The page is made on the
+/// first call in the process (one mmap and one madvise, counted in `n`);
+/// no call after that. Where the kernel lacks MADV_WIPEONFORK (before
+/// 4.14) or ignores it (qemu-user), children keep the parent's token and
+/// only fork_generation() tells them apart.
+[[nodiscard]] Result<std::uint64_t> process_token(SyscallCounts& n) noexcept;
+/// process_token() if this process has made one, else 0; never a system
+/// call. An object that recorded process_token() at its creation compares
+/// the two to know whether it runs in the process that made it.
+[[nodiscard]] std::uint64_t current_process_token() noexcept;
 
 #ifndef _WIN32
 /// Registers a descriptor to be closed in every fork() child; false when

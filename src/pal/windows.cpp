@@ -419,6 +419,10 @@ std::uint64_t fork_generation() noexcept {
   return 0;  // Windows has no fork(): every process is its own first
 }
 
+Result<std::uint64_t> process_token(SyscallCounts&) noexcept { return 1; }
+
+std::uint64_t current_process_token() noexcept { return 1; }
+
 Pal& system_pal() noexcept {
   static Pal pal;
   return pal;

@@ -133,6 +133,18 @@ class MemoryMapper final : public ::llvm::SectionMemoryManager::MemoryMapper {
   MemoryMapper(const MemoryMapper&) = delete;
   MemoryMapper& operator=(const MemoryMapper&) = delete;
 
+  /// Whether `arena` can hold what RuntimeDyld links: only on
+  /// Backend::protect (not_supported otherwise). Call it before building a
+  /// JIT on an arena made with wxa::Options{}, whose automatic backend is
+  /// kernel_write wherever memfds may be mapped executable: RuntimeDyld
+  /// ends the process (LLVM ERROR: Unable to allocate section memory!)
+  /// when its memory manager refuses a section; it has no way to return
+  /// the error. Use JitLinkMemoryManager (llvm_jitlink.hpp) on any backend.
+  [[nodiscard]] static Result<void> check(const Arena& arena) noexcept {
+    if (arena.backend() != Backend::protect) return Errc::not_supported;
+    return {};
+  }
+
   /// Releases every block LLVM has not released.
   ~MemoryMapper() override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -150,8 +162,8 @@ class MemoryMapper final : public ::llvm::SectionMemoryManager::MemoryMapper {
       const ::llvm::sys::MemoryBlock* const /*near*/, unsigned flags,
       std::error_code& ec) noexcept override {
     ec = {};
-    if (arena_.backend() != Backend::protect)
-      return fail(ec, Error(Errc::not_supported));
+    if (Result<void> usable = check(arena_); !usable)
+      return fail(ec, usable.error());
     if (const Errc refused = check_access(purpose, flags); refused != Errc::ok)
       return fail(ec, Error(refused));
     Result<Chunk> chunk = arena_.allocate(bytes);

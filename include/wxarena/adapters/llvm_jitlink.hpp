@@ -23,6 +23,11 @@
 //   RW-          left writable          rw()             rw()
 //   RWX          refused: permission_denied
 //
+// LLVM 14's ELF reader asks R-- only for the GOT JITLink builds: string
+// literals, constants, jump tables, .data.rel.ro and unwind tables come as
+// RW- unless ReadOnlySectionsPlugin (at the end of this file) marks them
+// R-- before the layout.
+//
 // Read-write data runs at its writable view: on dual_map and kernel_write a
 // writable chunk's rx() is not writable (on protect rw() == rx()). Segments
 // of one class and deallocation policy share one chunk, each aligned as it
@@ -34,14 +39,20 @@
 // retires the rest in one commit. abandon() retires everything.
 //
 // Reach: x86-64 code addresses its data with 32-bit PC-relative fixups
-// (the small code model), so the data must lie within 2 GiB of the code.
-// protect keeps both within one range of that size; kernel_write keeps
-// read-write data in its staging pool, reserved right next to the code (an
-// eighth of the reservation: within reach of every code page for
-// reservations up to 1.77 GiB); on dual_map the writable views are a second
-// reservation of the same size, placed by the kernel (next to the first in
-// practice). With reservations of at most 1 GiB (the default), JITLink
-// reports any fixup out of range as an error; nothing runs out of range.
+// (the small code model LLJIT uses), so every segment of one allocation
+// must lie within 2 GiB of the others; AArch64's ADRP reaches +-4 GiB (its
+// branches +-128 MiB, within the one code chunk). Code and read-only data
+// are chunks of the reservation on every backend; read-write data runs at
+// its writable view: on protect the same reservation, on dual_map the
+// writable-view range, placed right beside the executable one, on
+// kernel_write the staging pool, placed right above the code (an eighth of
+// the reservation, all of it up to 64 MiB). An
+// allocation's chunks are taken one after another, so they lie about one
+// reservation apart at most: the default 1 GiB keeps them in reach. Where
+// they are not (a reservation near or above 2 GiB, a full or fragmented
+// arena), allocate() refuses the allocation with Errc::unreachable_anchor
+// and a message naming the reach and the fix, before JITLink would fail a
+// fixup.
 //
 // Working memory of sealed segments is gone once finalize() returns (on
 // dual_map its view is unmapped, on kernel_write it is staging memory that
@@ -51,15 +62,18 @@
 
 #include <llvm/ExecutionEngine/JITLink/JITLink.h>
 #include <llvm/ExecutionEngine/JITLink/JITLinkMemoryManager.h>
+#include <llvm/ExecutionEngine/Orc/ObjectLinkingLayer.h>
 #include <llvm/ExecutionEngine/Orc/Shared/AllocationActions.h>
 #include <llvm/Support/Error.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <new>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -136,6 +150,10 @@ class JitLinkMemoryManager final
     Chunks chunks;
     if (Result<void> r = lay_out(layout, chunks); !r)
       return on_allocated(to_llvm_error(r.error()));
+    if (::llvm::Error e = check_reach(graph, layout)) {
+      (void)release(arena_, chunks.rx, kGroups);
+      return on_allocated(std::move(e));
+    }
     if (::llvm::Error e = layout.apply()) {
       (void)release(arena_, chunks.rx, kGroups);
       return on_allocated(std::move(e));
@@ -240,6 +258,47 @@ class JitLinkMemoryManager final
     Result<CommitReport> r = batch.commit();
     if (!r) return r.error();
     return {};
+  }
+
+  /// How far apart the segments of one allocation may lie for `triple`'s
+  /// PC-relative fixups, or 0 where this manager does not check.
+  static std::uint64_t reach_of(const ::llvm::Triple& triple) noexcept {
+    switch (triple.getArch()) {
+      case ::llvm::Triple::x86_64:
+        return std::uint64_t{1} << 31;  // rel32: +-2 GiB
+      case ::llvm::Triple::aarch64:
+        return std::uint64_t{1} << 32;  // ADRP: +-4 GiB
+      default:
+        return 0;
+    }
+  }
+
+  /// An error naming the reach and the fix if the laid-out segments span
+  /// more than the target's PC-relative fixups reach.
+  ::llvm::Error check_reach(const ::llvm::jitlink::LinkGraph& graph,
+                            ::llvm::jitlink::BasicLayout& layout) const {
+    const std::uint64_t reach = reach_of(graph.getTargetTriple());
+    if (reach == 0) return ::llvm::Error::success();
+    std::uint64_t lo = ~std::uint64_t{0}, hi = 0;
+    for (auto& [group, segment] : layout.segments()) {
+      const std::uint64_t at = segment.Addr.getValue();
+      lo = std::min(lo, at);
+      hi = std::max(hi, at + segment.ContentSize + segment.ZeroFillSize);
+    }
+    if (hi <= lo || hi - lo <= reach) return ::llvm::Error::success();
+    return ::llvm::make_error<::llvm::StringError>(
+        "wxarena: the segments of " + graph.getName() + " span " +
+            std::to_string((hi - lo + (1 << 20) - 1) >> 20) +
+            " MiB, beyond the +-" + std::to_string(reach >> 30) +
+            " GiB its PC-relative fixups reach (" +
+            graph.getTargetTriple().getArchName().str() +
+            ", small code model): code and read-only data lie in the arena's "
+            "reservation, read-write data in its writable view (" +
+            std::string(to_string(arena_.backend())) +
+            "), about one reservation apart. Fix: a smaller "
+            "wxa::Options::reserve_bytes (the default 1 GiB keeps them in "
+            "reach) or an arena with free room",
+        make_error_code(Errc::unreachable_anchor));
   }
 
   /// Sizes a chunk per group, allocates them and gives every segment its
@@ -396,6 +455,59 @@ class JitLinkMemoryManager final
   mutable std::mutex mutex_;
   Record live_;  // list head: live_.next is the newest
   std::size_t live_count_ = 0;
+};
+
+/// An ObjectLinkingLayer plugin that gives read-only data the protection
+/// its ELF section has. LLVM 14's ELF JITLink makes every section that is
+/// not executable Read|Write, whatever its flags: string literals and
+/// constants (.rodata*), relocated constant tables (.data.rel.ro*), unwind
+/// tables (.eh_frame) and exception tables (.gcc_except_table*) would stay
+/// writable for the life of the code (only the GOT JITLink builds is read-
+/// only). Before the layout, this marks those sections Read: JITLink still
+/// writes and fixes them up in working memory, and the memory manager seals
+/// them read-only with the code (JitLinkMemoryManager: Seal::read_only, in
+/// the arena's reservation beside the code; LLVM's InProcessMemoryManager:
+/// mprotect). Sections are matched by name, as the linker's default
+/// script does; a name a compiler uses for writable data never matches.
+///
+///   layer->addPlugin(std::make_unique<wxa::llvm::ReadOnlySectionsPlugin>());
+class ReadOnlySectionsPlugin final
+    : public ::llvm::orc::ObjectLinkingLayer::Plugin {
+ public:
+  /// Whether an ELF section of this name holds data that is only read once
+  /// linked.
+  [[nodiscard]] static bool read_only(::llvm::StringRef name) noexcept {
+    auto is = [&name](::llvm::StringRef prefix) {
+      return name == prefix ||
+             (name.startswith(prefix) && name[prefix.size()] == '.');
+    };
+    return is(".rodata") || is(".data.rel.ro") || is(".eh_frame") ||
+           is(".gcc_except_table");
+  }
+
+  void modifyPassConfig(::llvm::orc::MaterializationResponsibility&,
+                        ::llvm::jitlink::LinkGraph& graph,
+                        ::llvm::jitlink::PassConfiguration& config) override {
+    if (!graph.getTargetTriple().isOSBinFormatELF()) return;
+    config.PrePrunePasses.push_back([](::llvm::jitlink::LinkGraph& g) {
+      using ::llvm::operator|;  // MemProt's (LLVM_MARK_AS_BITMASK_ENUM)
+      using ::llvm::jitlink::MemProt;
+      for (::llvm::jitlink::Section& section : g.sections())
+        if (section.getMemProt() == (MemProt::Read | MemProt::Write) &&
+            read_only(section.getName()))
+          section.setMemProt(MemProt::Read);
+      return ::llvm::Error::success();
+    });
+  }
+  ::llvm::Error notifyFailed(
+      ::llvm::orc::MaterializationResponsibility&) override {
+    return ::llvm::Error::success();
+  }
+  ::llvm::Error notifyRemovingResources(::llvm::orc::ResourceKey) override {
+    return ::llvm::Error::success();
+  }
+  void notifyTransferringResources(::llvm::orc::ResourceKey,
+                                   ::llvm::orc::ResourceKey) override {}
 };
 
 }  // namespace wxa::llvm

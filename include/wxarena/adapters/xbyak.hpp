@@ -20,18 +20,22 @@
 // (rel32 from the buffer), mov(reg, label) and putL (absolute label
 // addresses), ptr[rip + absolute address]. Such code is only right at the
 // address it was written at, so it needs Backend::protect, where the writable
-// and the executable view are the same address. Under Backend::dual_map the
-// code is written through one address and runs at another: the adapter
-// refuses that (Errc::not_supported) unless the caller promises
+// and the executable view are the same address. Under Backend::dual_map and
+// Backend::kernel_write (what wxa::Options{} picks wherever memfds may be
+// executable) the code is written through one address and runs at another:
+// the adapter refuses that (Errc::not_supported) unless the caller promises
 // Code::position_independent (only jumps to labels, [rip + label], calls
-// through a register). Never call getCode() under dual_map: it is the
-// writable view; call what seal() returns.
+// through a register). Never call getCode() there: it is the writable view;
+// call what seal() returns.
 //
-// Backend::kernel_write is refused for every kind of code: Xbyak names its
-// buffer by the writable pointer for as long as the generator lives (free()
-// at destruction), and kernel_write gives a chunk's staging memory back at
-// the seal and hands it to the next chunk, so that pointer would name
-// another chunk by then. Use the CodeHeap, or wxa::xbyak with protect.
+// On kernel_write the writable view is staging memory that the arena gives
+// to the next chunk once this one is sealed, while Xbyak goes on naming its
+// buffer by that pointer until the generator dies. So the Allocator keeps
+// which chunk each buffer it handed out is (free() releases that one, never
+// a chunk staged there later), sealing goes through the Allocator
+// (CodeGenerator::seal(), or seal(gen, allocator)), and unseal() is refused
+// there: the unsealed chunk would be staged at another address than the one
+// Xbyak writes at.
 //
 // Calling the host with call(fn) needs a rel32 displacement: create the arena
 // with Options::anchor = a host function, so the reservation is within reach.
@@ -41,8 +45,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "wxarena/arena.hpp"
 #include "wxarena/result.hpp"
@@ -61,21 +67,27 @@ enum class Code : std::uint8_t {
 };
 
 /// Whether code of kind `code` may be generated in `arena`: Errc::not_supported
-/// for address-dependent code in a dual_map arena (written at one address,
-/// run at another), success otherwise.
+/// for address-dependent code in a dual_map or kernel_write arena (written
+/// at one address, run at another), success otherwise.
 [[nodiscard]] inline Result<void> check(const Arena& arena,
                                         Code code) noexcept {
-  if (arena.backend() == Backend::kernel_write) return Errc::not_supported;
   if (code == Code::address_dependent && arena.backend() != Backend::protect)
     return Errc::not_supported;
   return {};
 }
 
+class Allocator;
+[[nodiscard]] inline Result<const void*> seal(Xbyak::CodeGenerator& gen,
+                                              Allocator& allocator) noexcept;
+[[nodiscard]] inline Result<void> unseal(const Xbyak::CodeGenerator& gen,
+                                         Allocator& allocator) noexcept;
+
 /// An Xbyak::Allocator backed by an Arena. Each buffer Xbyak asks for (at
 /// construction, and each time an AutoGrow generator grows) is one writable
-/// chunk; free() releases the chunk Xbyak names by pointer alone (found with
-/// Arena::find(), whatever its state). useProtect() is false: Xbyak never
-/// calls mprotect; the buffer becomes executable only through seal().
+/// chunk; the allocator keeps which chunk each buffer it handed out is, and
+/// free() releases that chunk (whatever its state). useProtect() is false:
+/// Xbyak never calls mprotect; the buffer becomes executable only through
+/// seal().
 ///
 /// Not thread-safe (like the generator using it); the arena may be shared.
 /// The allocator must outlive every generator using it, and the arena the
@@ -84,40 +96,73 @@ class Allocator : public Xbyak::Allocator {
  public:
   explicit Allocator(Arena& arena, Code code = Code::address_dependent)
       : arena_(&arena), code_(code) {}
+  Allocator(const Allocator&) = delete;
+  Allocator& operator=(const Allocator&) = delete;
 
   /// A writable chunk of at least `size` bytes, at its writable view (which
   /// is where Xbyak writes). On failure nullptr (Xbyak then throws
   /// ERR_CANT_ALLOC) and last_error() says why: not_supported (see check()),
-  /// or the arena's allocation error.
+  /// out_of_memory, or the arena's allocation error.
   std::uint8_t* alloc(std::size_t size) override {
     if (Result<void> ok = check(*arena_, code_); !ok) {
       last_error_ = ok.error();
       return nullptr;
     }
-    Result<Chunk> c = arena_->allocate(size == 0 ? 1 : size);
+    try {
+      buffers_.reserve(buffers_.size() + 1);
+    } catch (const std::bad_alloc&) {
+      last_error_ = Error(Errc::out_of_memory);
+      return nullptr;
+    }
+    // On kernel_write a sealed buffer's address may be staging the arena
+    // hands to a new chunk; that chunk is set aside (and released) so that
+    // every buffer this allocator knows has an address of its own.
+    Chunk aside[kAsideLimit];
+    std::size_t asides = 0;
+    Result<Chunk> c = Error(Errc::exhausted);
+    for (;;) {
+      c = arena_->allocate(size == 0 ? 1 : size);
+      if (!c || !holds(c->rw().data()) || asides == kAsideLimit) break;
+      aside[asides++] = *c;
+    }
+    for (std::size_t i = 0; i < asides; ++i)
+      (void)arena_->release(aside[i]);  // never used: nothing to report
+    if (c && holds(c->rw().data())) {
+      (void)arena_->release(*c);
+      c = Error(Errc::exhausted);
+    }
     if (!c) {
       last_error_ = c.error();
       return nullptr;
     }
-    return reinterpret_cast<std::uint8_t*>(c->rw().data());
+    auto* rw = reinterpret_cast<std::uint8_t*>(c->rw().data());
+    buffers_.push_back(Buffer{rw, c->rx(), false});
+    return rw;
   }
 
-  /// Releases the chunk whose writable view starts at `p` (executable or
-  /// not: a generator is destroyed after its code was sealed). Errors are
-  /// kept in last_error(); Xbyak has no way to receive them.
+  /// Releases the chunk of the buffer at `p` (executable or not: a
+  /// generator is destroyed after its code was sealed). Errors are kept in
+  /// last_error() (foreign_pointer: not a buffer of this allocator); Xbyak
+  /// has no way to receive them.
   void free(std::uint8_t* p) override {
     if (!p) return;
-    Result<ChunkInfo> info = arena_->find(p);
-    if (!info) {
-      last_error_ = info.error();
+    Buffer* b = find(p);
+    if (!b) {
+      last_error_ = Error(Errc::foreign_pointer, 0, p);
       return;
     }
-    if (info->offset != 0) {
-      last_error_ = Error(Errc::interior_pointer, 0, p);
-      return;
-    }
-    if (Result<void> r = arena_->release(info->chunk.rx()); !r)
-      last_error_ = r.error();
+    const void* rx = b->rx;
+    *b = buffers_.back();
+    buffers_.pop_back();
+    if (Result<void> r = arena_->release(rx); !r) last_error_ = r.error();
+  }
+
+  /// The executable address of the buffer at `p` (a pointer Xbyak got from
+  /// alloc()), or nullptr.
+  [[nodiscard]] const void* rx_of(const std::uint8_t* p) const noexcept {
+    for (const Buffer& b : buffers_)
+      if (b.rw == p) return b.rx;
+    return nullptr;
   }
 
   /// Always false: Xbyak must not change protections (its default asks the
@@ -130,9 +175,29 @@ class Allocator : public Xbyak::Allocator {
   [[nodiscard]] Code code() const noexcept { return code_; }
 
  private:
+  friend Result<const void*> seal(Xbyak::CodeGenerator&, Allocator&) noexcept;
+  friend Result<void> unseal(const Xbyak::CodeGenerator&, Allocator&) noexcept;
+  static constexpr std::size_t kAsideLimit = 8;
+
+  struct Buffer {
+    std::uint8_t* rw;  // where Xbyak writes (and names the buffer)
+    const void* rx;    // the chunk
+    bool sealed;       // rw may be another chunk's staging by now
+  };
+
+  Buffer* find(const std::uint8_t* p) noexcept {
+    for (Buffer& b : buffers_)
+      if (b.rw == p) return &b;
+    return nullptr;
+  }
+  bool holds(const void* p) const noexcept {
+    return rx_of(static_cast<const std::uint8_t*>(p)) != nullptr;
+  }
+
   Arena* arena_;
   Code code_;
   Error last_error_;
+  std::vector<Buffer> buffers_;
 };
 
 /// Finishes `gen` and makes its buffer executable: ready() (which resolves
@@ -144,11 +209,15 @@ class Allocator : public Xbyak::Allocator {
 /// an address; call gen.ready() yourself for Xbyak's message),
 /// foreign_pointer (the buffer is not this arena's), interior_pointer (it is
 /// not the start of a chunk), not_supported (address-dependent code in a
-/// dual_map arena; see Code), and Arena::seal()'s errors.
+/// dual_map arena, see Code; any kernel_write arena: seal through the
+/// Allocator below), and Arena::seal()'s errors.
 [[nodiscard]] inline Result<const void*> seal(
     Xbyak::CodeGenerator& gen, Arena& arena,
     Code code = Code::address_dependent) noexcept {
   if (gen.hasUndefinedLabel()) return Errc::invalid_argument;
+  // The buffer's address names its chunk only until the seal there; the
+  // Allocator knows which chunk it is (see the top of this file).
+  if (arena.backend() == Backend::kernel_write) return Errc::not_supported;
   Result<ChunkInfo> info = arena.find(gen.getCode());
   if (!info) return info.error();
   if (info->offset != 0)
@@ -176,12 +245,52 @@ class Allocator : public Xbyak::Allocator {
   return info->chunk.rx();
 }
 
+/// seal() above for a generator whose buffer `allocator` handed out, on
+/// every backend: the chunk is the one the allocator gave, even where the
+/// buffer's address has been given to another chunk since (kernel_write).
+/// Errors: foreign_pointer (not a buffer of this allocator),
+/// illegal_transition (sealed already), and those of seal() above.
+[[nodiscard]] inline Result<const void*> seal(Xbyak::CodeGenerator& gen,
+                                              Allocator& allocator) noexcept {
+  Allocator::Buffer* b = allocator.find(gen.getCode());
+  if (!b) return Error(Errc::foreign_pointer, 0, gen.getCode());
+  if (b->sealed) return Error(Errc::illegal_transition, 0, b->rx);
+  if (gen.hasUndefinedLabel()) return Errc::invalid_argument;
+  Arena& arena = allocator.arena();
+  Result<ChunkInfo> info = arena.find(b->rx);
+  if (!info) return info.error();
+  if (info->state != State::writable)
+    return Error(Errc::illegal_transition, 0, b->rx);
+  if (static_cast<const void*>(gen.getCode()) != b->rx &&
+      allocator.code() == Code::address_dependent)
+    return Error(Errc::not_supported, 0, b->rx);
+#ifndef XBYAK_NO_EXCEPTION
+  try {
+    gen.ready();
+  } catch (...) {
+    return Error(Errc::invalid_argument, 0, b->rx);
+  }
+#else
+  gen.ready();
+  if (Xbyak::GetError() != 0) {
+    Xbyak::ClearError();
+    return Error(Errc::invalid_argument, 0, b->rx);
+  }
+#endif
+  if (Result<void> r = arena.seal(b->rx); !r) return r.error();
+  b->sealed = true;
+  return b->rx;
+}
+
 /// Makes a sealed generator's buffer writable again (at the same writable
 /// address Xbyak holds), e.g. to reset() and generate into it anew. The
 /// caller guarantees that no thread runs the code meanwhile.
-/// Errors: those of Arena::find() and Arena::unseal().
+/// Errors: not_supported (a kernel_write arena), those of Arena::find() and
+/// Arena::unseal().
 [[nodiscard]] inline Result<void> unseal(const Xbyak::CodeGenerator& gen,
                                          Arena& arena) noexcept {
+  // kernel_write would stage the chunk at another address than Xbyak's.
+  if (arena.backend() == Backend::kernel_write) return Errc::not_supported;
   Result<ChunkInfo> info = arena.find(gen.getCode());
   if (!info) return info.error();
   if (info->offset != 0)
@@ -195,19 +304,30 @@ class Allocator : public Xbyak::Allocator {
   return {};
 }
 
+/// unseal() above for a generator whose buffer `allocator` handed out.
+[[nodiscard]] inline Result<void> unseal(const Xbyak::CodeGenerator& gen,
+                                         Allocator& allocator) noexcept {
+  Allocator::Buffer* b = allocator.find(gen.getCode());
+  if (!b) return Error(Errc::foreign_pointer, 0, gen.getCode());
+  if (!b->sealed) return Error(Errc::illegal_transition, 0, b->rx);
+  if (Result<void> r = unseal(gen, allocator.arena()); !r) return r;
+  b->sealed = false;
+  return {};
+}
+
 /// Thrown by CodeGenerator's constructor when address-dependent code is
-/// asked for in a dual_map arena (see Code). Xbyak reports its own failures
-/// (e.g. ERR_CANT_ALLOC when the arena is exhausted) as Xbyak::Error.
+/// asked for in a dual_map or kernel_write arena (see Code). Xbyak reports its
+/// own failures (e.g. ERR_CANT_ALLOC when the arena is exhausted) as
+/// Xbyak::Error.
 class Refused : public std::runtime_error {
  public:
   explicit Refused(const Error& error)
       : std::runtime_error(
             "wxa::xbyak: " + error.to_string() +
             ": Xbyak encodes addresses for where it writes, and a dual_map "
-            "arena runs code at another address; use Backend::protect, or "
-            "promise Code::position_independent (a kernel_write arena is "
-            "refused for any code: its writable memory is given back at "
-            "the seal, while Xbyak keeps naming its buffer by it)"),
+            "or kernel_write arena (what wxa::Options{} picks where memfds "
+            "may be executable) runs code at another address; use "
+            "Backend::protect, or promise Code::position_independent"),
         error_(error) {}
   [[nodiscard]] const Error& error() const noexcept { return error_; }
 
@@ -241,7 +361,8 @@ enum class Growth : std::uint8_t {
 class CodeGenerator : private detail::AllocatorMember,
                       public Xbyak::CodeGenerator {
  public:
-  /// Throws Refused for address-dependent code in a dual_map arena, and
+  /// Throws Refused for address-dependent code in a dual_map or
+  /// kernel_write arena, and
   /// Xbyak::Error(ERR_CANT_ALLOC) if the arena cannot allocate
   /// (allocator().last_error() is lost with the object; call
   /// Arena::allocate() to see why).
@@ -257,15 +378,14 @@ class CodeGenerator : private detail::AllocatorMember,
   /// seal() above, for this generator: returns the entry as Fn*.
   template <class Fn = void()>
   [[nodiscard]] Result<Fn*> seal() noexcept {
-    Result<const void*> r =
-        xbyak::seal(*this, wxa_allocator_.arena(), wxa_allocator_.code());
+    Result<const void*> r = xbyak::seal(*this, wxa_allocator_);
     if (!r) return r.error();
     rx_ = *r;
     return reinterpret_cast<Fn*>(const_cast<void*>(rx_));
   }
   /// unseal() above, for this generator.
   [[nodiscard]] Result<void> unseal() noexcept {
-    Result<void> r = xbyak::unseal(*this, wxa_allocator_.arena());
+    Result<void> r = xbyak::unseal(*this, wxa_allocator_);
     if (r) rx_ = nullptr;
     return r;
   }
