@@ -92,7 +92,13 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
       if (!rx && rx.error().code() == Errc::unreachable_anchor) {
         rx = pal.reserve_view(shm_[0], bytes(), 0, 0, Access::read_execute, n);
         // The code went elsewhere: the staging follows it (map()).
-        if (rx) staging_.unmap(n);
+        if (rx) {
+          rx_base_ = *rx;
+          if (Result<void> r = staging_.unreserve(n); !r) {
+            destroy(n);
+            return r;
+          }
+        }
       }
     } else {
       rx = pal.reserve_view(shm_[0], bytes(), lo, hi, Access::read_execute, n);

@@ -47,6 +47,14 @@ Result<void> StagingPool::reserve(Pal& pal, SyscallCounts& n) noexcept {
   return {};
 }
 
+Result<void> StagingPool::unreserve(SyscallCounts& n) noexcept {
+  if (!base_) return {};
+  if (Result<void> r = pal_->unmap(base_, pool_pages_ << shift_, n); !r)
+    return r;
+  base_ = nullptr;
+  return {};
+}
+
 Result<void> StagingPool::map(Pal& pal, const std::byte* code, bool name,
                               SyscallCounts& n) noexcept {
   pal_ = &pal;

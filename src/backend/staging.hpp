@@ -51,6 +51,9 @@ class StagingPool {
   /// Reserves the staging memory anywhere, before the code is placed (the
   /// code then goes right below it: see map()).
   [[nodiscard]] Result<void> reserve(Pal& pal, SyscallCounts& n) noexcept;
+  /// Gives back what reserve() took, so that map() places the staging anew.
+  /// On failure the reservation stays (unmap() gives it back).
+  [[nodiscard]] Result<void> unreserve(SyscallCounts& n) noexcept;
   /// Where reserve() put the staging memory (nullptr before).
   [[nodiscard]] std::byte* base() const noexcept { return base_; }
   /// Reserves the staging memory unless reserve() did: right above `code`
