@@ -28,7 +28,7 @@ namespace {
 // --quick: the comparison that matters, in well under a minute.
 constexpr const char* kQuickFilter =
     "--benchmark_filter=^(publish/[^/]+/size:(256|65536)/batch:(1|64|1024)/"
-    "|startup/|vma_pressure/)";
+    "|startup/|vma_pressure/|memory/|host/)";
 constexpr const char* kQuickMinTime = "--benchmark_min_time=0.05";
 // --smoke: every workload and strategy on small parameters, run once.
 constexpr const char* kSmokeMinTime = "--benchmark_min_time=0.001";
@@ -87,9 +87,8 @@ int main(int argc, char** argv) {
           "wxa_bench [--quick | --smoke] [--summary] [Google Benchmark "
           "flags]\n"
           "  --quick    size 256 and 65536 publish, startup (the example JIT\n"
-          "             included) and vma_pressure, min time 0.05 s "
-          "(explicit\n"
-          "             flags take precedence)\n"
+          "             included), vma_pressure, memory and host/, min time\n"
+          "             0.05 s (explicit flags take precedence)\n"
           "  --smoke    every workload and strategy, small parameters, min\n"
           "             time 0.001 s; exit status 1 if any result is wrong\n"
           "  --summary  only the summary: runs publish 256 B at batch 1, 64\n"

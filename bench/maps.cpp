@@ -3,12 +3,18 @@
 // it does not itself add a mapping between two counts.
 #include "maps.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 namespace wxb::maps {
@@ -58,7 +64,68 @@ bool snapshot() noexcept {
   return true;
 }
 
+// The value of the first line of `path` starting with `key` ("Pss_Anon:"),
+// in bytes (the file gives kB), or -1.
+double field_kb(const char* path, const char* key) noexcept {
+  char text[8192];
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  std::size_t used = 0;
+  while (used + 1 < sizeof text) {
+    const ssize_t n = ::read(fd, text + used, sizeof text - 1 - used);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    used += static_cast<std::size_t>(n);
+  }
+  (void)::close(fd);  // read-only: nothing to lose
+  text[used] = '\0';
+  const std::size_t k = std::strlen(key);
+  for (const char* line = text; *line;) {
+    if (std::strncmp(line, key, k) == 0)
+      return 1024.0 * std::strtod(line + k, nullptr);
+    const char* nl = std::strchr(line, '\n');
+    if (!nl) break;
+    line = nl + 1;
+  }
+  return -1;
+}
+
+// st_blocks of every memfd an open descriptor names, each file once (a
+// library may hold more than one descriptor of a file).
+double memfd_bytes() noexcept {
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (!dir) return -1;
+  double total = 0;
+  std::vector<std::pair<dev_t, ino_t>> seen;
+  while (const dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    char link[300], target[256];
+    std::snprintf(link, sizeof link, "/proc/self/fd/%s", e->d_name);
+    const ssize_t n = ::readlink(link, target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = '\0';
+    if (std::strncmp(target, "/memfd:", 7) != 0) continue;
+    struct stat st {};
+    if (::fstat(std::atoi(e->d_name), &st) != 0) continue;
+    const std::pair<dev_t, ino_t> id{st.st_dev, st.st_ino};
+    if (std::find(seen.begin(), seen.end(), id) != seen.end()) continue;
+    seen.push_back(id);
+    total += 512.0 * static_cast<double>(st.st_blocks);
+  }
+  (void)::closedir(dir);
+  return total;
+}
+
 }  // namespace
+
+Usage usage() noexcept {
+  Usage u;
+  u.anon = field_kb("/proc/self/smaps_rollup", "Pss_Anon:");
+  u.shmem = field_kb("/proc/self/smaps_rollup", "Pss_Shmem:");
+  u.memfd = memfd_bytes();
+  u.address_space = field_kb("/proc/self/status", "VmSize:");
+  return u;
+}
 
 long count_all() noexcept {
   std::lock_guard lock(g_mutex);

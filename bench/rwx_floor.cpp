@@ -111,7 +111,7 @@ bool rwx_mapping_allowed(std::string& why) {
 
 void add_rwx_floor_strategy(std::vector<Factory>& out) {
   out.push_back({"raw_rwx_floor", no_shared, make_floor, /*frees_single=*/false,
-                 /*keeps_wx=*/false});
+                 Wx::none});
 }
 
 }  // namespace wxb

@@ -97,8 +97,10 @@ std::unique_ptr<Strategy> make(Shared* shared, const Request&, std::string&) {
 
 void add_asmjit_strategies(std::vector<Factory>& out) {
   out.push_back({"asmjit_rwx", make_shared<false>, make, /*frees_single=*/true,
-                 /*keeps_wx=*/false});
-  out.push_back({"asmjit_dual", make_shared<true>, make});
+                 Wx::none});
+  // Each view is W^X, but the writable one lives as long as the code.
+  out.push_back({"asmjit_dual", make_shared<true>, make, /*frees_single=*/true,
+                 Wx::alias});
 }
 
 }  // namespace wxb

@@ -22,6 +22,18 @@ std::string errno_message(const char* what, int err) {
          std::to_string(err) + ")";
 }
 
+const char* to_string(Wx wx) noexcept {
+  switch (wx) {
+    case Wx::strict:
+      return "strict";
+    case Wx::alias:
+      return "alias";
+    case Wx::none:
+      break;
+  }
+  return "no";
+}
+
 std::unique_ptr<Shared> no_shared(const Request&, std::string&) {
   return std::make_unique<Shared>();
 }

@@ -222,6 +222,7 @@ class LlvmJitLink final : public Strategy {
       const wxa::Stats stats = shared_.arena->stats();
       f.tracked_vmas = static_cast<long>(stats.vmas);
       f.committed_bytes = static_cast<double>(stats.committed_bytes);
+      f.reserved_bytes = static_cast<double>(stats.reserved_bytes);
       return f;
     }
 #endif
@@ -229,6 +230,16 @@ class LlvmJitLink final : public Strategy {
     const long now = maps::count_all();
     if (now >= 0 && baseline_ >= 0) f.vmas = now - baseline_;
     return f;
+  }
+
+  bool trim() override {
+#if WXB_HAVE_WXARENA
+    if (shared_.arena) {
+      auto r = shared_.arena->trim();
+      if (!r) return fail("Arena::trim: " + r.error().to_string());
+    }
+#endif
+    return true;
   }
 
   bool own_syscalls(SyscallCounts& out) override {

@@ -66,7 +66,12 @@ class ArenaAccounting : public Strategy {
     const wxa::Stats stats = arena_.stats();
     f.tracked_vmas = static_cast<long>(stats.vmas);
     f.committed_bytes = static_cast<double>(stats.committed_bytes);
+    f.reserved_bytes = static_cast<double>(stats.reserved_bytes);
     return f;
+  }
+  bool trim() override {
+    auto r = arena_.trim();
+    return r || fail_with("Arena::trim", r.error());
   }
   bool own_syscalls(SyscallCounts& out) override {
     const wxa::SyscallCounts s = arena_.stats().syscalls;
@@ -201,6 +206,7 @@ class OwnArenaHeap final : public Strategy {
     return forward(heap_->release(slots));
   }
   bool settle() override { return forward(heap_->settle()); }
+  bool trim() override { return forward(heap_->trim()); }
   Footprint footprint() override { return heap_->footprint(); }
   bool own_syscalls(SyscallCounts& out) override {
     return heap_->own_syscalls(out);

@@ -45,6 +45,7 @@ struct Footprint {
   long vmas = -1;                 // lines of /proc/self/maps it accounts for
   long tracked_vmas = -1;         // its own count, where it keeps one
   double committed_bytes = -1.0;  // memory it holds for code
+  double reserved_bytes = -1.0;   // address space it reserved up front
 };
 
 /// One thread's handle on a strategy. Every call returns false on failure
@@ -62,6 +63,9 @@ class Strategy {
   [[nodiscard]] virtual bool release(std::span<const Slot> slots) = 0;
   /// Completes deferred releases (e.g. a CodeHeap commits them at publish).
   [[nodiscard]] virtual bool settle() { return true; }
+  /// After settle(): gives memory it no longer needs back to the OS, where
+  /// the strategy has a call for that (wxarena's Arena::trim()).
+  [[nodiscard]] virtual bool trim() { return true; }
   [[nodiscard]] virtual Footprint footprint() = 0;
   /// The strategy's own count of system calls, if it keeps one (wxarena's
   /// stats, the hand-written baselines); false if it cannot see them.
@@ -112,6 +116,17 @@ bool rwx_mapping_allowed(std::string& why);
 /// OS refuses. The caller munmaps it. Lives in rwx_floor.cpp, like the above.
 std::byte* map_rwx(std::size_t bytes, bool populate, std::string& error);
 
+/// How far a strategy keeps write XOR execute.
+enum class Wx {
+  strict,  ///< executable code has no writable view anywhere in the process
+  alias,   ///< each mapping is W^X, but a permanent writable alias of the
+           ///< code exists (an arbitrary write changes code at any time)
+  none,    ///< code is writable and executable at once (RWX)
+};
+
+/// "strict", "alias", "none": the summary's W^X column.
+[[nodiscard]] const char* to_string(Wx wx) noexcept;
+
 /// A named strategy: make_shared() once per run, then make() per thread.
 /// Both return null and fill `error` when the strategy cannot run here.
 struct Factory {
@@ -122,9 +137,8 @@ struct Factory {
   /// False if it cannot free functions one by one (the RWX floor has no
   /// allocator), which rules out the churn workload.
   bool frees_single = true;
-  /// False if its code is writable and executable at once (the RWX floor,
-  /// asmjit_rwx): shown in the summary next to its speed.
-  bool keeps_wx = true;
+  /// How far it keeps W^X: shown in the summary next to its speed.
+  Wx wx = Wx::strict;
   /// True if it only makes sense with several threads (it differs from
   /// another strategy only in what the threads share): `threads` only.
   bool threads_only = false;

@@ -21,6 +21,10 @@ namespace {
 constexpr long long kSummarySize = 256;
 constexpr long long kSummaryBatches[] = {1, 64, 1024};
 constexpr const char* kReference = "asmjit_rwx";
+// Batch 1 is read against one pwrite of a page into a memfd (host/), the
+// one system call a kernel_write commit makes, for this strategy.
+constexpr long long kPwriteBytes = 4096;
+constexpr const char* kPwriteReader = "wxarena_heap";
 
 // Google Benchmark's reading of a boolean flag's value ("--flag" alone is
 // true; "0", "f", "n", "false", "no", "off" are false).
@@ -93,6 +97,13 @@ Name parse_name(const std::string& name) {
 double counter(const benchmark::BenchmarkReporter::Run& run, const char* name) {
   const auto it = run.counters.find(name);
   return it == run.counters.end() ? -1.0 : it->second.value;
+}
+
+// For counters that may be negative (memory above a baseline).
+double counter_or_nan(const benchmark::BenchmarkReporter::Run& run,
+                      const char* name) {
+  const auto it = run.counters.find(name);
+  return it == run.counters.end() ? std::nan("") : it->second.value;
 }
 
 double median(std::vector<double> v) {
@@ -187,8 +198,16 @@ std::string short_error(const std::string& message) {
   return text;
 }
 
-constexpr std::size_t kTimeWidth = 10, kRatioWidth = 14, kCallsWidth = 12,
-                      kVmasWidth = 7;
+constexpr std::size_t kWxWidth = 8, kTimeWidth = 10, kRatioWidth = 14,
+                      kCallsWidth = 12, kVmasWidth = 7, kMemWidth = 14;
+
+// "42.0 MiB"; NaN: not measured.
+std::string format_mib(double x) {
+  char text[32];
+  if (std::isnan(x)) return "–";
+  std::snprintf(text, sizeof text, "%.1f MiB", x);
+  return text;
+}
 
 }  // namespace
 
@@ -253,7 +272,16 @@ void SummaryReporter::ReportRuns(const std::vector<Run>& runs) {
           batch == n.params.end())
         continue;
       parameter = batch->second;
-    } else if (n.workload == "startup") {
+    } else if (n.workload == "host" && n.strategy == "pwrite_memfd") {
+      const auto bytes = n.params.find("bytes");
+      if (bytes != n.params.end() && bytes->second == kPwriteBytes &&
+          !run.error_occurred && run.run_type == Run::RT_Iteration) {
+        const double ns = run.GetAdjustedRealTime() * 1e9 /
+                          benchmark::GetTimeUnitMultiplier(run.time_unit);
+        pwrite_ns_.push_back(ns);
+      }
+      continue;
+    } else if (n.workload == "startup" || n.workload == "memory") {
       const auto functions = n.params.find("functions");
       if (functions == n.params.end()) continue;
       parameter = functions->second;
@@ -275,6 +303,10 @@ void SummaryReporter::ReportRuns(const std::vector<Run>& runs) {
     if (calls < 0) calls = counter(run, "os_syscalls_per_fn");
     if (calls >= 0) r.syscalls = calls;
     if (const double v = counter(run, "vmas"); v >= 0) r.vmas = v;
+    r.resident_per_code = counter(run, "resident_per_code");
+    r.released_mib = counter_or_nan(run, "released_mib");
+    r.trimmed_mib = counter_or_nan(run, "trimmed_mib");
+    r.address_space = counter(run, "address_space_per_reservation");
   }
 }
 
@@ -300,12 +332,13 @@ void SummaryReporter::print_scenario(
     reference = ns_of(it->second);
 
   out << title << "\n"
-      << left("strategy", name_width) << "W^X  " << right("time/fn", kTimeWidth)
+      << left("strategy", name_width) << left("W^X", kWxWidth)
+      << right("time/fn", kTimeWidth)
       << right(std::string("× ") + kReference, kRatioWidth)
       << right("syscalls/fn", kCallsWidth) << right("VMAs", kVmasWidth) << "\n";
   for (const Factory& f : factories) {
     if (f.threads_only) continue;  // publish and startup never run it
-    out << left(f.name, name_width) << left(f.keeps_wx ? "yes" : "no", 5);
+    out << left(f.name, name_width) << left(to_string(f.wx), kWxWidth);
     const auto it = results_.find({workload, f.name, parameter});
     if (it == results_.end()) {
       out << "not run\n";
@@ -325,6 +358,55 @@ void SummaryReporter::print_scenario(
                  kVmasWidth)
         << "\n";
   }
+  if (workload == "publish" && parameter == 1 && !pwrite_ns_.empty()) {
+    const double pwrite = median(pwrite_ns_);
+    const auto it = results_.find({workload, kPwriteReader, parameter});
+    const double ns = it != results_.end() && it->second.error.empty()
+                          ? ns_of(it->second)
+                          : -1;
+    out << "one " << kPwriteBytes
+        << "-byte pwrite into a memfd (host/): " << format_time(pwrite);
+    if (ns >= 0)
+      out << "; " << kPwriteReader << " takes " << format_ratio(ns / pwrite)
+          << " that";
+    out << "\n";
+  }
+  out << "\n";
+}
+
+void SummaryReporter::print_memory(
+    std::ostream& out, long long functions,
+    const std::vector<Factory>& factories) const {
+  std::size_t name_width = std::strlen("strategy");
+  for (const Factory& f : factories)
+    name_width = std::max(name_width, f.name.size());
+  name_width += 2;
+  out << "memory: " << thousands(functions)
+      << " functions of 256 bytes live (published 256 at a time), then all "
+         "released and trimmed\n(resident: anonymous + shared memory above "
+         "the empty strategy)\n"
+      << left("strategy", name_width) << left("W^X", kWxWidth)
+      << right("resident/code", kMemWidth) << right("after release", kMemWidth)
+      << right("after trim", kMemWidth) << right("AS/reserved", kMemWidth)
+      << "\n";
+  for (const Factory& f : factories) {
+    if (f.threads_only) continue;
+    out << left(f.name, name_width) << left(to_string(f.wx), kWxWidth);
+    const auto it = results_.find({"memory", f.name, functions});
+    if (it == results_.end()) {
+      out << "not run\n";
+      continue;
+    }
+    const Result& r = it->second;
+    if (!r.error.empty()) {
+      out << short_error(r.error) << "\n";
+      continue;
+    }
+    out << right(format_ratio(r.resident_per_code), kMemWidth)
+        << right(format_mib(r.released_mib), kMemWidth)
+        << right(format_mib(r.trimmed_mib), kMemWidth)
+        << right(format_ratio(r.address_space), kMemWidth) << "\n";
+  }
   out << "\n";
 }
 
@@ -336,21 +418,27 @@ void SummaryReporter::print(std::ostream& out,
                          return results_.count({workload, f.name, parameter});
                        });
   };
-  long long startup = -1;
+  long long startup = -1, memory = -1;
   for (const auto& entry : results_) {
     const Key& key = entry.first;  // not a binding: clang 14 cannot capture one
-    if (std::get<0>(key) == "startup" &&
-        std::any_of(factories.begin(), factories.end(), [&](const Factory& f) {
-          return f.name == std::get<1>(key);
-        }))
+    const bool ours = std::any_of(
+        factories.begin(), factories.end(),
+        [&](const Factory& f) { return f.name == std::get<1>(key); });
+    if (!ours) continue;
+    if (std::get<0>(key) == "startup")
       startup = std::max(startup, std::get<2>(key));
+    if (std::get<0>(key) == "memory")
+      memory = std::max(memory, std::get<2>(key));
   }
 
   out << "\nwxa_bench summary: time per function (lower is better), its ratio "
          "to "
       << kReference
       << " in this run,\nmapping system calls per function, VMAs while "
-         "live, and whether the strategy keeps W^X.\n\n";
+         "live, and how far the strategy keeps W^X\n(strict: no writable view "
+         "of executable code; alias: each mapping W^X, but a writable alias\n"
+         "of the code lives as long as it; no: writable and executable at "
+         "once).\n\n";
   bool any = false;
   for (const long long batch : kSummaryBatches) {
     if (!ran("publish", batch)) continue;
@@ -368,6 +456,10 @@ void SummaryReporter::print(std::ostream& out,
                        " functions of 32-512 bytes, published 256 at a time, "
                        "each called once",
                    "startup", startup, factories);
+  }
+  if (memory >= 0) {
+    any = true;
+    print_memory(out, memory, factories);
   }
   if (!any)
     out << "(no publish run with " << kSummarySize

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The summary printed after a run: every strategy's time per function for
 // 256-byte functions at batch 1, 64 and 1024 and for startup, against
-// asmjit_rwx, with its system calls, VMAs and whether it keeps W^X.
+// asmjit_rwx, with its system calls, VMAs and how far it keeps W^X; and the
+// memory workload's resident memory and address space.
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -52,19 +53,26 @@ class SummaryReporter final : public benchmark::BenchmarkReporter {
     std::vector<double> ns;  // ns per function, one per repetition
     double median_ns = -1;   // the median aggregate, when reported
     double syscalls = -1, vmas = -1;
+    // memory: resident per byte of live code, MiB left after release and
+    // after trim, address space per reservation.
+    double resident_per_code = -1, released_mib = -1, trimmed_mib = -1,
+           address_space = -1;
     std::string error;  // the run ended with this message
   };
   // (workload, strategy, parameter) -> result; the parameter is the batch
-  // for publish (size 256), the function count for startup.
+  // for publish (size 256), the function count for startup and memory.
   using Key = std::tuple<std::string, std::string, long long>;
 
   void print_scenario(std::ostream& out, const std::string& title,
                       const std::string& workload, long long parameter,
                       const std::vector<Factory>& factories) const;
+  void print_memory(std::ostream& out, long long functions,
+                    const std::vector<Factory>& factories) const;
   [[nodiscard]] double ns_of(const Result& r) const;
 
   std::unique_ptr<benchmark::BenchmarkReporter> inner_;
   std::map<Key, Result> results_;
+  std::vector<double> pwrite_ns_;  // host/pwrite_memfd of a page, per run
 };
 
 /// The --benchmark_filter that runs what the summary shows, for `factories`.

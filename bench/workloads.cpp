@@ -18,6 +18,7 @@
 #include <string>
 
 #include "code_gen.hpp"
+#include "maps.hpp"
 #include "syscall_counter.hpp"
 
 namespace wxb {
@@ -45,6 +46,11 @@ constexpr std::size_t kPressureSize = 256;
 constexpr std::size_t kPressureBatch = 256;
 
 constexpr std::size_t kThreadsSize = 256, kThreadsBatch = 64;
+
+constexpr std::size_t kMemoryFunctions = 100000;
+constexpr std::size_t kMemorySize = 256;
+constexpr std::size_t kMemoryBatch = 256;
+constexpr std::size_t kMemoryRounds = 2;
 
 const CodeTemplate& code() {
   static const CodeTemplate t(kMaxSize);
@@ -242,6 +248,12 @@ bool release_slots(Strategy& s, std::span<const Slot> slots,
 
 bool settle(Strategy& s, std::string& error) {
   if (s.settle()) return true;
+  error = s.error();
+  return false;
+}
+
+bool trim(Strategy& s, std::string& error) {
+  if (s.trim()) return true;
   error = s.error();
   return false;
 }
@@ -581,6 +593,119 @@ void bm_vma_pressure(benchmark::State& state, const Factory& f) {
   save_counted(state, key);
 }
 
+// memory: kMemoryFunctions functions of kMemorySize bytes published
+// kMemoryBatch at a time and kept live, then all released, settled and
+// trimmed, kMemoryRounds times, as a JIT that compiles a working set and
+// throws it away. Measured from the process's resident memory (anonymous
+// and shared, each page once, see maps::Usage) and address space: what the live code costs
+// per byte of code, what stays after everything is released (before and
+// after trim()), and the address space taken against the strategy's own
+// reservation. Resident figures are above the empty strategy (made, nothing
+// allocated), whose own cost is reported apart.
+struct MemoryFigures {
+  maps::Usage before, empty, live, released, trimmed;
+  double peak_address_space = -1;
+  double reserved = -1;
+  void note(const maps::Usage& u) {
+    peak_address_space = std::max(peak_address_space, u.address_space);
+  }
+};
+
+bool memory_round(Strategy& s, std::vector<Slot>& slots, std::uint32_t& value,
+                  std::string& error, MemoryFigures& m, bool last) {
+  const std::uint32_t first = value;
+  for (std::size_t at = 0; at < slots.size(); at += kMemoryBatch) {
+    const std::size_t k = std::min(kMemoryBatch, slots.size() - at);
+    const std::span<Slot> batch(slots.data() + at, k);
+    if (!write_all(s, batch, kMemorySize, nullptr, value, error)) {
+      abandon(s, {slots.data(), at});
+      return false;
+    }
+    if (!publish_slots(s, batch, error)) {
+      abandon(s, {slots.data(), at + k});
+      return false;
+    }
+  }
+  if (!call_all(slots, first, error)) {
+    abandon(s, slots);
+    return false;
+  }
+  const maps::Usage live = maps::usage();
+  m.note(live);
+  if (live.resident() > m.live.resident()) m.live = live;
+  const Footprint f = s.footprint();
+  m.reserved = f.reserved_bytes;
+  for (std::size_t at = 0; at < slots.size(); at += kMemoryBatch) {
+    const std::size_t k = std::min(kMemoryBatch, slots.size() - at);
+    if (!release_slots(s, {slots.data() + at, k}, error)) return false;
+  }
+  if (!settle(s, error)) return false;
+  const maps::Usage released = maps::usage();
+  m.note(released);
+  if (!trim(s, error)) return false;
+  const maps::Usage trimmed = maps::usage();
+  m.note(trimmed);
+  if (last) {
+    m.released = released;
+    m.trimmed = trimmed;
+  }
+  return true;
+}
+
+void report_memory(benchmark::State& state, const MemoryFigures& m,
+                   double code_bytes) {
+  auto& k = state.counters;
+  constexpr double kMiB = 1024.0 * 1024.0;
+  const double empty = m.empty.resident();
+  if (empty >= 0 && m.before.resident() >= 0)
+    k["empty_mib"] = (empty - m.before.resident()) / kMiB;
+  if (empty >= 0 && m.live.resident() >= 0) {
+    k["resident_per_code"] = (m.live.resident() - empty) / code_bytes;
+    k["resident_mib"] = (m.live.resident() - empty) / kMiB;
+    k["resident_anon_mib"] = (m.live.anon - m.empty.anon) / kMiB;
+  }
+  if (empty >= 0 && m.released.resident() >= 0)
+    k["released_mib"] = (m.released.resident() - empty) / kMiB;
+  if (empty >= 0 && m.trimmed.resident() >= 0)
+    k["trimmed_mib"] = (m.trimmed.resident() - empty) / kMiB;
+  // Memfd pages the process holds but has not mapped are not in Pss.
+  if (m.live.memfd >= 0 && m.empty.memfd >= 0)
+    k["memfd_mib"] = (m.live.memfd - m.empty.memfd) / kMiB;
+  if (m.trimmed.memfd >= 0 && m.empty.memfd >= 0)
+    k["memfd_trimmed_mib"] = (m.trimmed.memfd - m.empty.memfd) / kMiB;
+  if (m.before.address_space >= 0 && m.peak_address_space >= 0) {
+    const double grown = m.peak_address_space - m.before.address_space;
+    k["address_space_mib"] = grown / kMiB;
+    if (m.reserved > 0) k["address_space_per_reservation"] = grown / m.reserved;
+  }
+}
+
+void bm_memory(benchmark::State& state, const Factory& f) {
+  const auto functions = static_cast<std::size_t>(state.range(0));
+  // Everything the workload itself holds is made before the first reading.
+  std::vector<Slot> slots(functions);
+  std::uint32_t value = 1;
+  std::string error;
+  MemoryFigures m;
+  (void)code();
+  m.before = maps::usage();
+  Instance in;
+  if (!make_instance(state, f, {functions * (kMemorySize + 16)}, in)) return;
+  Strategy& s = *in.local;
+  m.empty = maps::usage();
+  m.note(m.empty);
+  for (auto _ : state) {
+    for (std::size_t r = 0; r < kMemoryRounds; ++r) {
+      if (!memory_round(s, slots, value, error, m, r + 1 == kMemoryRounds)) {
+        fail(state, f, error);
+        break;
+      }
+    }
+  }
+  if (state.error_occurred()) return;
+  report_memory(state, m, static_cast<double>(functions * kMemorySize));
+}
+
 // threads: publish with N threads, one Strategy each on one Shared. The
 // threads meet at a rendezvous so that shared state is made before anyone
 // uses it and the counting pass (thread 0 alone) runs while the others wait.
@@ -700,6 +825,7 @@ void register_workloads(const std::vector<Factory>& factories, Scale scale) {
   const std::int64_t startup = full ? kStartupFunctions : 2 * kStartupBatch;
   const std::int64_t churn = full ? kChurnLive : 4 * kChurnOps;
   const std::int64_t pressure = full ? kPressureLive : 2 * kPressureBatch;
+  const std::int64_t memory = full ? kMemoryFunctions : 2 * kMemoryBatch;
 
   // One family per argument set, strategies side by side, so the figures
   // compared with each other are measured close together in time.
@@ -725,6 +851,12 @@ void register_workloads(const std::vector<Factory>& factories, Scale scale) {
       add("vma_pressure", f, bm_vma_pressure)
           ->ArgNames({"live", "size"})
           ->Args({pressure, std::int64_t{kPressureSize}})
+          ->Iterations(1);
+  for (const Factory& f : factories)
+    if (!f.threads_only)
+      add("memory", f, bm_memory)
+          ->ArgNames({"functions", "size"})
+          ->Args({memory, std::int64_t{kMemorySize}})
           ->Iterations(1);
   for (const Factory& f : factories)
     add("threads", f, bm_threads)

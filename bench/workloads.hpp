@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// The workloads (publish, startup, churn, vma_pressure, threads), registered
-// once per strategy as `<workload>/<strategy>/<arg>:<value>...`.
+// The workloads (publish, startup, churn, vma_pressure, memory, threads),
+// registered once per strategy as `<workload>/<strategy>/<arg>:<value>...`.
 #pragma once
 
 #include <benchmark/benchmark.h>

@@ -115,9 +115,13 @@ bool Harness::create(Slot& s, const Options& o, bool use_fault) {
   s.pages = pages;
   s.rx_base = addr(s.arena->range().data());
   s.rw_base = addr(s.arena->rw_range().data());
+  s.rw_bytes = s.arena->rw_range().size();
   s.dual = s.arena->backend() != Backend::protect;
   s.kw = s.arena->backend() == Backend::kernel_write;
   s.lane_pages = 0;
+  // kernel_write's staging pool: an eighth of the reservation, or all of it
+  // up to 64 MiB, in one part of whole 64-page words per lane.
+  std::size_t pool_bytes = pages * ps_;
   if (s.kw) {
     std::size_t lanes = o.lanes ? o.lanes
                                 : std::min<std::size_t>(
@@ -125,13 +129,17 @@ bool Harness::create(Slot& s, const Options& o, bool use_fault) {
     lanes = std::min(lanes, std::max<std::size_t>(1, pages / 64));
     const std::size_t per_lane = std::bit_ceil((pages + lanes - 1) / lanes);
     if (per_lane < pages) s.lane_pages = per_lane;
+    const std::size_t parts = (pages + per_lane - 1) / per_lane;
+    const std::size_t pool = std::max(
+        (pages + 7) / 8, std::min(pages, (std::size_t{64} << 20) / ps_));
+    pool_bytes = ((pool + parts - 1) / parts + 63) / 64 * 64 * parts * ps_;
   }
   s.released = 0;
   expect(s.arena->backend() == resolved, "create: backend %d, expected %d",
          static_cast<int>(s.arena->backend()), static_cast<int>(resolved));
   expect(s.arena->range().size() == pages * ps_ &&
-             s.arena->rw_range().size() == (s.kw ? 2 : 1) * pages * ps_ &&
-             s.rx_base % ps_ == 0 && s.rw_base % ps_ == 0,
+             s.arena->rw_range().size() == pool_bytes && s.rx_base % ps_ == 0 &&
+             s.rw_base % ps_ == 0,
          "create: ranges %#lx %#lx of %zu bytes", ul(s.rx_base), ul(s.rw_base),
          s.arena->range().size());
   expect(s.dual == (s.rx_base != s.rw_base), "create: views %#lx %#lx",
@@ -252,9 +260,13 @@ void Harness::op_allocate(Slot& s) {
     remember(rx);
     note("  -> %#lx", ul(rx));
   } else if (err.code() == Errc::exhausted && !f.fired) {
-    expect(best_free < need,
-           "allocate(%zu): exhausted, but %zu pages in a row were free", bytes,
-           best_free);
+    // kernel_write: writable chunks not yet sealed may hold the staging
+    // pool (it is bounded: Options::reserve_bytes).
+    const std::size_t room = s.kw ? staging_room(s) : need;
+    expect(best_free < need || room < need,
+           "allocate(%zu): exhausted, but %zu pages in a row were free, and "
+           "%zu of staging",
+           bytes, best_free, room);
   }
   sync_recycled(s);
 }
@@ -496,8 +508,11 @@ void Harness::op_trim(Slot& s) {
   // (what was given back stays given back): sync_recycled() accepts that.
   const bool ok =
       judge("trim", err, Verdict{}, false, s.options.vma_budget != 0, f, false);
-  sync_recycled(s);
+  sync_recycled(s, true);
   if (!ok || f.fired) return;
+  for (const auto& [rx, c] : s.chunks)
+    expect(c.state != State::retired, "trim: quarantine remains at %#lx",
+           ul(rx));
   for (const wxa::RunInfo& run : runs_of(s))
     expect(!run.open, "trim: open pages remain at %p", run.rx);
   const std::uint64_t allocs = allocations(s);
@@ -619,6 +634,7 @@ void Harness::destroy_arena(Slot& s) {
   s.chunks.clear();
   s.released = 0;
   s.rx_base = s.rw_base = 0;
+  s.rw_bytes = 0;
   s.pages = 0;
   for (const Vma& v : read_maps()) {
     const bool in = (v.begin < rx + bytes && rx < v.end) ||

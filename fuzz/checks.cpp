@@ -102,12 +102,14 @@ std::size_t first_stale(std::span<const std::byte> out) {
 }
 
 // Retired chunks past their quarantine may have been recycled by the library
-// (allocate, trim): they are then free, which the model accepts.
-void Harness::sync_recycled(Slot& s) {
+// (allocate, trim), and trim() ends the quarantine of every retired chunk:
+// they are then free, which the model accepts.
+void Harness::sync_recycled(Slot& s, bool trimmed) {
   const std::vector<wxa::RunInfo>& runs = runs_of(s);
   const std::uint64_t allocs = allocations(s);
   for (auto it = s.chunks.begin(); it != s.chunks.end();) {
-    if (!eligible(s, it->second, allocs)) {
+    const bool retired = it->second.state == State::retired;
+    if (!(trimmed && retired) && !eligible(s, it->second, allocs)) {
       ++it;
       continue;
     }

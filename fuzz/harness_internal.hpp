@@ -11,6 +11,7 @@
 //   harness.cpp    failure reporting and the run loop (harness.hpp)
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
@@ -221,6 +222,7 @@ struct Slot {
   std::set<std::uintptr_t> heap_reserve;
   std::uint64_t released = 0;
   std::uintptr_t rx_base = 0, rw_base = 0;
+  std::size_t rw_bytes = 0;  // kernel_write: the staging pool's size
   std::size_t pages = 0;
   bool dual = false;     // two views: dual_map, kernel_write (rw() staging)
   bool kw = false;       // kernel_write
@@ -282,10 +284,24 @@ class Harness {
     }
     return s.dual ? s.rw_base + (rx - s.rx_base) : rx;
   }
-  // kernel_write: `p` lies in the staging reservation.
+  // kernel_write: `p` lies in the staging pool.
   [[nodiscard]] bool in_staging(const Slot& s, const void* p) const {
-    return s.kw && addr(p) >= s.rw_base &&
-           addr(p) - s.rw_base < 2 * s.pages * ps_;  // pool and mirror
+    return s.kw && addr(p) >= s.rw_base && addr(p) - s.rw_base < s.rw_bytes;
+  }
+  // kernel_write: the longest run of staging pages no writable chunk holds
+  // (a chunk is staged in one piece of the bounded pool).
+  [[nodiscard]] std::size_t staging_room(const Slot& s) const {
+    std::vector<bool> held(s.rw_bytes / ps_, false);
+    for (const auto& [rx, c] : s.chunks)
+      if (c.state == State::writable && c.rw)
+        for (std::size_t i = 0; i < c.pages; ++i)
+          held[(addr(c.rw) - s.rw_base) / ps_ + i] = true;
+    std::size_t best = 0, run = 0;
+    for (const bool h : held) {
+      run = h ? 0 : run + 1;
+      best = std::max(best, run);
+    }
+    return best;
   }
   // Past the quarantine: `quarantine` later releases, or allocations (the
   // arena's own count; `allocations` is taken when the question arises).
@@ -328,7 +344,9 @@ class Harness {
   // --- checks (checks.cpp)
   void verify(Slot& s);
   void kernel_check();
-  void sync_recycled(Slot& s);
+  // Forgets retired chunks the arena made free: those past the quarantine,
+  // or, after trim(), any.
+  void sync_recycled(Slot& s, bool trimmed = false);
   void retire(Slot& s, const std::vector<std::uintptr_t>& heads);
   void take_pages(Slot& s, std::uintptr_t rx, std::size_t pages);
 

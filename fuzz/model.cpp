@@ -16,7 +16,7 @@ Where Harness::locate(const Slot& s, const void* p, bool either) const {
   const std::uintptr_t u = addr(p), bytes = s.pages * ps_;
   if (u >= s.rx_base && u - s.rx_base < bytes)
     return {true, true, (u - s.rx_base) / ps_};
-  if (either && s.kw && u >= s.rw_base && u - s.rw_base < 2 * bytes) {
+  if (either && s.kw && u >= s.rw_base && u - s.rw_base < s.rw_bytes) {
     // Staging memory: the page of the writable chunk staged there, or no
     // chunk (inside the arena all the same: not_allocated).
     for (const auto& [rx, c] : s.chunks)

@@ -219,7 +219,10 @@ void ArenaImpl::fill_staging(std::unique_lock<std::mutex>& lock,
   // lock is not needed for this.
   lock.unlock();
   for (std::size_t k = 0; k < n; ++k)
-    fill_traps(chunks[k].rw().data(), chunks[k].rw().size());
+    region_.ops().trap_staging(
+        static_cast<std::uint32_t>(region_.index_of(chunks[k].rx(), false)),
+        static_cast<std::uint32_t>(chunks[k].rw().size() >>
+                                   region_.page_shift()));
 }
 
 Result<void> ArenaImpl::make_writable(std::uint32_t head,
@@ -377,6 +380,8 @@ Stats ArenaImpl::stats() const noexcept {
   s.protection_calls = protection_calls_;
   s.flushes = flushes_;
   s.barriers = barriers_;
+  s.staging_bytes = region_.ops().staging_bytes();
+  s.staging_resident_bytes = region_.ops().staging_resident_bytes();
   return s;
 }
 
@@ -449,6 +454,8 @@ Arena::~Arena() {
     impl_->~ArenaImpl();
     detail::meta_free(impl_);
     impl_ = nullptr;
+    // The per-page metadata of a large reservation is megabytes.
+    detail::meta_collect();
   }
 }
 

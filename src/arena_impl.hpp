@@ -125,10 +125,12 @@ class ArenaImpl {
                                          std::uintptr_t lo,
                                          std::uintptr_t hi) noexcept;
   void set_recycling() noexcept;
-  // trim()'s steps: quarantine that may be reused gives its memory back,
-  // then the open pages do. May throw std::bad_alloc.
+  // trim()'s steps: the quarantine ends and gives its memory back, then
+  // the open pages do, then commit scratch nobody uses. May throw
+  // std::bad_alloc.
   [[nodiscard]] Result<void> trim_quarantine();
   [[nodiscard]] Result<void> trim_open();
+  void trim_scratch() noexcept;
 
   [[nodiscard]] Result<std::uint32_t> validate(const Batch::Op& op,
                                                PageState& from,

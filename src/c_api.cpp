@@ -191,6 +191,8 @@ void wxa_stats_get(const wxa_arena* arena, wxa_stats* out) {
   out->reserved_bytes = s.reserved_bytes;
   out->committed_bytes = s.committed_bytes;
   out->open_bytes = s.open_bytes;
+  out->staging_bytes = s.staging_bytes;
+  out->staging_resident_bytes = s.staging_resident_bytes;
   for (int i = 0; i < 5; ++i) {
     out->bytes[i] = s.bytes[i];
     out->chunks[i] = s.chunks[i];
@@ -303,7 +305,8 @@ void wxa_heap_stats_get(const wxa_heap* heap, wxa_heap_stats* out) {
   const wxa::HeapStats s = heap->heap.stats();
   *out = wxa_heap_stats{
       s.live_functions, s.pending_functions, s.live_bytes,  s.committed_bytes,
-      s.pages,          s.publishes,         s.empty_pages, s.reserve_pages};
+      s.pages,          s.publishes,         s.empty_pages, s.reserve_pages,
+      s.staging_bytes};
 }
 
 }  // extern "C"

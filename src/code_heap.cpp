@@ -34,6 +34,14 @@ class HeapImpl {
     HeapStats s = stats_;
     s.reserve_pages = reserve_end_ - reserve_first_;
     s.committed_bytes += s.reserve_pages << shift_;  // held too
+    // Writable pages (written since the last publish, and the reserve) are
+    // staging memory where the backend stages them.
+    if (impl_.region().ops().stage_needs_traps()) {
+      std::size_t pages = s.reserve_pages;
+      for (const Page* p : pending_)
+        if (!p->sealed) pages += p->pages;
+      s.staging_bytes = pages << shift_;
+    }
     return s;
   }
   [[nodiscard]] Arena& arena() const noexcept { return arena_; }

@@ -306,9 +306,13 @@ void Commit::reserve_quarantine() {
     releases_ += it.to == PageState::retired;
     patches_ |= ops_[it.op].kind == OpKind::patch;
   }
-  // (Commits in flight have room for theirs already.)
-  a_.quarantine_.reserve(a_.quarantine_.size() + a_.in_flight_releases_ +
-                         releases_);
+  // (Commits in flight have room for theirs already.) Grown geometrically:
+  // room for exactly this commit's would copy the whole quarantine at
+  // every commit that releases.
+  const std::size_t need =
+      a_.quarantine_.size() + a_.in_flight_releases_ + releases_;
+  if (need > a_.quarantine_.capacity())
+    a_.quarantine_.reserve(std::max(need, 2 * a_.quarantine_.capacity()));
 }
 
 // What the commit writes into the code, where the backend copies it in.
@@ -464,7 +468,7 @@ void Commit::record() {
       region_.set_revoked(it.head, it.head + it.pages, revoked_epoch_);
     // Writable bytes are given back once a chunk stops being writable.
     if (it.from == PageState::writable && it.to != PageState::writable)
-      backend_.unstage(it.head, it.pages);
+      backend_.unstage(it.head, it.pages, it.to != PageState::retired);
   }
   for (const Item& it : s_.items) {
     --a_.chunks_[static_cast<int>(to_public(it.from))];
@@ -480,6 +484,9 @@ void Commit::record() {
         a_.quarantine_.push_back(ArenaImpl::Quarantined{
             it.head, it.pages, a_.released_, a_.allocations_});
   }
+  // Undo records and staging nobody needs now.
+  if (writer_ && s_.plan) writer_->forget_undo(*s_.plan);
+  backend_.after_commit(a_.sys_);
   report_.chunks = s_.items.size();
   report_.runs = s_.runs.size();
   a_.run_count_ += s_.runs.size();
@@ -498,7 +505,7 @@ void Commit::set_all(bool target) noexcept {
 void Commit::unstage_unseals() noexcept {
   for (Item& it : s_.items)
     if (it.staged) {
-      backend_.unstage(it.head, it.pages);
+      backend_.unstage(it.head, it.pages, false);
       it.staged = false;
     }
 }

@@ -222,10 +222,14 @@ Result<void> ArenaImpl::recycle() noexcept {
   while (eligible < quarantine_.size() && passed(quarantine_[eligible]))
     ++eligible;
   if (eligible == 0) return {};
-  std::sort(quarantine_.begin(), quarantine_.begin() + eligible,
-            [](const Quarantined& x, const Quarantined& y) {
-              return x.head < y.head;
-            });
+  // By address (released in address order, as a heap releases its pages,
+  // they are already).
+  const auto by_head = [](const Quarantined& x, const Quarantined& y) {
+    return x.head < y.head;
+  };
+  if (!std::is_sorted(quarantine_.begin(), quarantine_.begin() + eligible,
+                      by_head))
+    std::sort(quarantine_.begin(), quarantine_.begin() + eligible, by_head);
   std::size_t done = 0;
   Result<void> result;
   while (done < eligible) {
@@ -271,10 +275,13 @@ Result<void> ArenaImpl::recycle() noexcept {
     done = end;
   }
   quarantine_.erase(quarantine_.begin(), quarantine_.begin() + done);
-  // What is left of the eligible prefix went out of order: restore it.
-  std::sort(
-      quarantine_.begin(), quarantine_.end(),
-      [](const Quarantined& x, const Quarantined& y) { return x.seq < y.seq; });
+  // What is left of the eligible prefix after a failure went out of order:
+  // restore it (the entries after the prefix are in release order still).
+  if (done < eligible)
+    std::sort(quarantine_.begin(), quarantine_.end(),
+              [](const Quarantined& x, const Quarantined& y) {
+                return x.seq < y.seq;
+              });
   return result;
 }
 
@@ -285,54 +292,84 @@ Result<void> ArenaImpl::trim() noexcept {
     if (Result<void> r = trim_quarantine(); !r) return r;
     if (Result<void> r = trim_open(); !r) return r;
     if (Result<void> r = region_.ops().trim(sys_); !r) return r;
+    trim_scratch();
   } catch (const std::bad_alloc&) {
     return Error(Errc::out_of_memory, kNoMemory);
   }
   return {};
 }
 
+void ArenaImpl::trim_scratch() noexcept {
+  // Commit scratch nobody uses goes too (it grows with the largest commit,
+  // a mass release's undo records included), and the metadata allocator
+  // gives back what it kept.
+  ContentWriter* writer = region_.ops().content_writer();
+  for (const Idle& idle : idle_scratch_) {
+    Scratch& sc = *idle.scratch;
+    if (writer && sc.plan) writer->destroy_plan(sc.plan);
+    sc.plan = nullptr;
+    decltype(sc.items)().swap(sc.items);
+    decltype(sc.runs)().swap(sc.runs);
+    decltype(sc.content)().swap(sc.content);
+  }
+  meta_collect();
+}
+
 Result<void> ArenaImpl::trim_quarantine() {
-  // Quarantine that may be reused anyway: retired (inaccessible) already,
-  // so only its memory goes back.
-  std::size_t eligible = 0;
-  while (eligible < quarantine_.size() && passed(quarantine_[eligible])) {
-    const Quarantined& q = quarantine_[eligible];
+  // The whole quarantine ends here: its pages become inaccessible (a stale
+  // call faults) and their memory goes back. One barrier first, so that no
+  // core still holds their old code when they are reused (later commits
+  // then need none for them).
+  if (!quarantine_.empty() && barrier_registered_) {
+    if (Result<void> b = pal_.barrier(sys_); !b) return b;
+    ++barriers_;
+  }
+  std::size_t done = 0;
+  while (done < quarantine_.size()) {
+    // Address-adjacent entries together: one call for all (the quarantine
+    // is in release order, usually address order too).
+    std::size_t end = done + 1;
+    const std::uint32_t a = quarantine_[done].head;
+    std::uint32_t b = a + quarantine_[done].pages;
+    while (end < quarantine_.size() && quarantine_[end].head == b)
+      b += quarantine_[end++].pages;
     // Retired pages that are still mapped (trapped code, where retiring
     // overwrites rather than revokes) become inaccessible first; elsewhere
     // this makes no call.
     std::size_t calls = 0;
-    region_.set_state(q.head, q.head + q.pages, PageState::unused, 0);
+    region_.set_state(a, b, PageState::unused, 0);
     Result<void> r =
         over_budget()
             ? Result<void>(Error(Errc::vma_budget))
             : region_.change(
-                  q.head, q.head + q.pages,
-                  [](std::size_t) { return PageState::retired; },
+                  a, b, [](std::size_t) { return PageState::retired; },
                   [](std::size_t) { return PageState::unused; }, calls, sys_);
     protection_calls_ += calls;
-    if (r) r = region_.decommit(q.head, q.head + q.pages, sys_);
+    if (r) r = region_.decommit(a, b, sys_);
     if (!r) {
       // What was given back stays given back; the rest stays retired
       // (if the pages are already inaccessible, retired is still true of
       // them: they never run again and come back through recycle()).
-      region_.set_state(q.head, q.head + q.pages, PageState::retired, q.head);
+      for (std::size_t k = done; k < end; ++k)
+        region_.set_state(quarantine_[k].head,
+                          quarantine_[k].head + quarantine_[k].pages,
+                          PageState::retired, quarantine_[k].head);
       if (calls) {
         std::size_t back = 0;
         if (!region_.change(
-                q.head, q.head + q.pages,
-                [](std::size_t) { return PageState::unused; },
+                a, b, [](std::size_t) { return PageState::unused; },
                 [](std::size_t) { return PageState::retired; }, back, sys_))
-          fatal("cannot restore retired pages", region_.rx_page(q.head), 0);
+          fatal("cannot restore retired pages", region_.rx_page(a), 0);
         protection_calls_ += back;
       }
-      quarantine_.erase(quarantine_.begin(), quarantine_.begin() + eligible);
+      quarantine_.erase(quarantine_.begin(), quarantine_.begin() + done);
       return r;
     }
-    insert_run(unused_, q.head, q.pages);
-    --chunks_[static_cast<int>(State::retired)];
-    ++eligible;
+    insert_run(unused_, a, b - a);
+    chunks_[static_cast<int>(State::retired)] -= end - done;
+    done = end;
   }
-  quarantine_.erase(quarantine_.begin(), quarantine_.begin() + eligible);
+  quarantine_.clear();
   return {};
 }
 

@@ -114,6 +114,23 @@ std::size_t Region::boundaries(std::size_t a, std::size_t b) const noexcept {
 
 void Region::set_state(std::size_t a, std::size_t b, PageState s,
                        std::uint32_t head) noexcept {
+  // Pages of one state that keep their protection in every view (a
+  // kernel_write seal or release) move no VMA boundary: no recount, so a
+  // commit's state updates cost no more than the pages they change.
+  bool keeps = a < b;
+  for (std::size_t i = a + 1; i < b && keeps; ++i)
+    keeps = state_[i] == state_[a];
+  for (int v = 0; v < views_ && keeps; ++v)
+    keeps = access(state_[a], View(v)) == access(s, View(v));
+  if (keeps) {
+    counts_[static_cast<int>(state_[a])] -= b - a;
+    for (std::size_t i = a; i < b; ++i) {
+      state_[i] = s;
+      head_[i] = head;
+    }
+    counts_[static_cast<int>(s)] += b - a;
+    return;
+  }
   // Only boundaries at indices in [a, b+1) can change.
   const std::size_t before = boundaries(a, b + 1);
   for (std::size_t i = a; i < b; ++i) {

@@ -49,6 +49,11 @@ struct Options {
   Backend backend = Backend::automatic;
   /// Address space reserved up front (PROT_NONE, nothing committed); rounded
   /// up to pages. It bounds everything the arena can hand out at once.
+  /// kernel_write also reserves a staging pool right next to it, where
+  /// writable chunks are written until sealed: an eighth of this (all of it
+  /// up to 64 MiB), so that writable chunks not yet sealed hold at most
+  /// that at once (beyond it allocate() and unseal fail with exhausted).
+  /// Up to 1.77 GiB, every staging page is within 2 GiB of every code page.
   std::size_t reserve_bytes = std::size_t{1} << 30;
   /// If set, the whole reservation lies within `reach` bytes of `anchor`
   /// (e.g. the host's text, so generated code can call it with rel32).
@@ -149,6 +154,10 @@ struct Stats {
   std::size_t chunks[5] = {};       ///< live chunks by State (free: 0)
   std::size_t vmas = 0;             ///< kernel VMAs the arena occupies
   std::size_t vma_budget = 0;
+  /// kernel_write: staging memory holding writable chunks now, and staging
+  /// that may be resident (held, or free but not given back yet: at most
+  /// what recent commits used plus a few pages). 0 elsewhere.
+  std::size_t staging_bytes = 0, staging_resident_bytes = 0;
   SyscallCounts syscalls;
   std::uint64_t allocations = 0, commits = 0, runs = 0, protection_calls = 0,
                 flushes = 0, barriers = 0;
@@ -253,8 +262,12 @@ class Arena {
   /// (free or retired pages).
   [[nodiscard]] Result<ChunkInfo> find(const void* address) const noexcept;
 
-  /// Gives free memory back to the OS: free pages are decommitted and made
-  /// PROT_NONE, and recyclable quarantine is drained first.
+  /// Gives memory back to the OS. The quarantine ends for every released
+  /// chunk: after one cross-thread barrier, its pages are made inaccessible
+  /// (a stale call faults) and decommitted, and later allocations may reuse
+  /// them. Free pages are decommitted and made inaccessible too, and
+  /// writable staging (kernel_write) and commit scratch nobody holds are
+  /// given back.
   [[nodiscard]] Result<void> trim() noexcept;
 
   [[nodiscard]] Stats stats() const noexcept;

@@ -55,6 +55,10 @@ struct HeapStats {
                                   ///< ahead of need (at most 16), writable,
                                   ///< given back when the heap is destroyed
   std::uint64_t publishes = 0;
+  /// Of `committed_bytes`: writable pages held in staging memory
+  /// (kernel_write: the pages written since the last publish() and the
+  /// reserve); 0 where writable pages are the code's own.
+  std::size_t staging_bytes = 0;
   [[nodiscard]] double committed_per_live() const noexcept {
     return live_bytes ? double(committed_bytes) / double(live_bytes) : 0.0;
   }

@@ -118,6 +118,9 @@ typedef struct wxa_stats {
   uint64_t allocations, commits, runs, protection_calls, flushes, barriers;
   uint64_t write_calls; /* pwritev into the code's memfd (kernel_write) */
   wxa_backend backend;  /* the backend in use */
+  /* kernel_write: staging holding writable chunks, and staging that may be
+     resident (see wxa::Stats). */
+  size_t staging_bytes, staging_resident_bytes;
 } wxa_stats;
 
 /* Fields as in wxa::HeapStats (include/wxarena/code_heap.hpp). */
@@ -125,6 +128,7 @@ typedef struct wxa_heap_stats {
   size_t live_functions, pending_functions, live_bytes, committed_bytes, pages;
   uint64_t publishes;
   size_t empty_pages, reserve_pages;
+  size_t staging_bytes;
 } wxa_heap_stats;
 
 typedef struct wxa_arena wxa_arena;

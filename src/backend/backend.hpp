@@ -135,17 +135,27 @@ class PageBackend {
                                                  std::uint32_t pages,
                                                  bool keep_code) noexcept = 0;
   /// True when what stage() returns without `keep_code` may hold stale
-  /// bytes: the arena fills it with traps before handing it out (after
-  /// letting go of its lock; the chunk is no one else's yet). Elsewhere
-  /// the pages themselves were trap-filled when they were recycled.
+  /// bytes: the arena has trap_staging() fill it with traps before handing
+  /// it out (after letting go of its lock; the chunk is no one else's
+  /// yet). Elsewhere the pages themselves were trap-filled when they were
+  /// recycled.
   [[nodiscard]] virtual bool stage_needs_traps() const noexcept {
     return false;
   }
-  /// Gives back what stage() took, once the chunk is no longer writable (or
-  /// the commit that staged it failed).
-  virtual void unstage(std::uint32_t head, std::uint32_t pages) noexcept {
+  /// Traps over the staging of a new chunk wherever it may hold anything
+  /// else. Called without the arena's lock, by the allocating thread.
+  virtual void trap_staging(std::uint32_t head, std::uint32_t pages) noexcept {
     (void)head;
     (void)pages;
+  }
+  /// Gives back what stage() took, once the chunk is no longer writable (or
+  /// the commit that staged it failed); `sealed`: its bytes were just
+  /// copied into the code by a commit that succeeded.
+  virtual void unstage(std::uint32_t head, std::uint32_t pages,
+                       bool sealed) noexcept {
+    (void)head;
+    (void)pages;
+    (void)sealed;
   }
   /// The writable bytes of a writable chunk (what stage() returned).
   [[nodiscard]] virtual std::byte* staged(
@@ -185,6 +195,17 @@ class PageBackend {
   [[nodiscard]] virtual Result<void> trim(SyscallCounts& n) noexcept {
     (void)n;
     return {};
+  }
+  /// After a commit succeeded, with the arena's lock held: staging the
+  /// commit let go of may be given back. At most a few calls, none in the
+  /// steady state; a failure only keeps the memory (tried again later).
+  virtual void after_commit(SyscallCounts& n) noexcept { (void)n; }
+  /// Staging memory holding writable chunks now, and staging that may be
+  /// resident (held, or free but not given back yet); 0 where writable
+  /// bytes are the code's own pages.
+  [[nodiscard]] virtual std::size_t staging_bytes() const noexcept { return 0; }
+  [[nodiscard]] virtual std::size_t staging_resident_bytes() const noexcept {
+    return 0;
   }
 
  protected:

@@ -67,6 +67,9 @@ class ContentWriter {
       SyscallCounts& n) noexcept = 0;
   /// Restores what a finished plan changed; a failure is fatal.
   virtual void undo_content(ContentPlan& plan, SyscallCounts& n) noexcept = 0;
+  /// The commit that used `plan` succeeded: its undo records are no longer
+  /// needed (large ones are freed, not kept for the next commit).
+  virtual void forget_undo(ContentPlan& plan) noexcept = 0;
   virtual void destroy_plan(ContentPlan* plan) noexcept = 0;
 
  protected:

@@ -5,8 +5,9 @@
 // read+execute (read-only for sealed data) wherever pages are in use; no
 // mapping of them is ever writable. Threads publishing in different lanes
 // write to different files, which the kernel does not serialise.
-// A writable chunk is staged in ordinary read-write memory (a reservation of
-// its own, near the code); a commit hands the staged bytes to the kernel,
+// A writable chunk is staged in ordinary read-write memory (a bounded pool
+// reserved right next to the code, see staging.hpp); a commit hands the
+// staged bytes to the kernel,
 // which copies them into the memfd with one pwritev per contiguous run, and
 // the executable view shows them at once. Retiring a chunk overwrites it
 // with trap instructions the same way. No page changes protection on the
@@ -51,12 +52,10 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     populated_ = meta_zeroed<std::uint8_t>(pages);
     written_ = meta_zeroed<std::uint8_t>(pages);
     extent_ = meta_zeroed<std::uint32_t>(pages);
-    trap_page_ =
-        MetaArray<std::byte>(static_cast<std::byte*>(meta_alloc(trap_bytes())));
-    if (!populated_ || !written_ || !extent_ || !trap_page_)
+    if (!populated_ || !written_ || !extent_)
       return Error(Errc::out_of_memory, kNoMemory);
-    if (Result<void> r = staging_.allocate(pages, shift); !r) return r;
-    fill_traps(trap_page_.get(), trap_bytes());
+    trap_page_ = shared_trap_page(std::size_t{1} << shift);
+    if (!trap_page_) return Error(Errc::not_supported);
 
     // Lanes of a power-of-two number of pages, at least kMinLanePages.
     std::size_t lanes = std::clamp<std::size_t>(want_lanes_, 1, kLaneLimit);
@@ -64,7 +63,10 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     const std::size_t per_lane = std::bit_ceil((pages + lanes - 1) / lanes);
     lane_shift_ = static_cast<unsigned>(std::countr_zero(per_lane));
     lane_count_ = (pages + per_lane - 1) / per_lane;
-    staging_.set_lanes(lane_shift_, lane_count_);
+    if (Result<void> r = staging_.allocate(pages, shift, lane_shift_,
+                                           lane_count_, trap_page_);
+        !r)
+      return r;
     // The first lane's memfd now, so that a host refusing memfds refuses
     // the backend at once; the others when their first page is opened.
     if (Result<void> r = make_lane(0, n); !r) return r;
@@ -87,8 +89,17 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
       if (top > fenced)
         rx = pal.reserve_view(shm_[0], bytes(), top - fenced, top,
                               Access::read_execute, n);
-      if (!rx && rx.error().code() == Errc::unreachable_anchor)
+      if (!rx && rx.error().code() == Errc::unreachable_anchor) {
         rx = pal.reserve_view(shm_[0], bytes(), 0, 0, Access::read_execute, n);
+        // The code went elsewhere: the staging follows it (map()).
+        if (rx) {
+          rx_base_ = *rx;
+          if (Result<void> r = staging_.unreserve(n); !r) {
+            destroy(n);
+            return r;
+          }
+        }
+      }
     } else {
       rx = pal.reserve_view(shm_[0], bytes(), lo, hi, Access::read_execute, n);
     }
@@ -180,14 +191,27 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
   Result<std::byte*> stage(std::uint32_t head, std::uint32_t pages,
                            bool keep_code) noexcept override {
     std::byte* p = staging_.take(head, pages);
+    // Writable chunks not yet sealed hold the whole pool (or it is too
+    // fragmented for this one).
+    if (!p) return Error(Errc::exhausted);
     const std::size_t len = std::size_t{pages} << shift_;
-    if (keep_code)
+    if (keep_code) {
       std::memcpy(p, rx_page(head), len);  // readable in every sealed state
+      staging_.mark_written(head, pages);
+    }
     return p;
   }
 
-  void unstage(std::uint32_t head, std::uint32_t pages) noexcept override {
-    staging_.give_back(head, pages);
+  void trap_staging(std::uint32_t head, std::uint32_t pages) noexcept override {
+    staging_.fill(head, pages);
+  }
+
+  void unstage(std::uint32_t head, std::uint32_t pages,
+               bool sealed) noexcept override {
+    // A seal found traps after the chunk's extent (see make_plan()): the
+    // staging is clean again once what came before gets traps.
+    staging_.give_back(head, pages,
+                       sealed ? extent_[head] : StagingPool::kUnknown);
   }
 
   std::byte* staged(std::uint32_t head) const noexcept override {
@@ -210,6 +234,14 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
 
   Result<void> trim(SyscallCounts& n) noexcept override {
     return staging_.trim(n);
+  }
+
+  void after_commit(SyscallCounts& n) noexcept override { staging_.settle(n); }
+  std::size_t staging_bytes() const noexcept override {
+    return staging_.held_bytes();
+  }
+  std::size_t staging_resident_bytes() const noexcept override {
+    return staging_.resident_bytes();
   }
 
   // --- the commit
@@ -296,6 +328,18 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     for (const Extent& e : P.extents_) extent_[e.head] = e.value;
   }
 
+  void forget_undo(ContentPlan& plan) noexcept override {
+    // Undo records of a commit that saved much (a mass release's old code)
+    // are not kept for the next.
+    Plan& P = static_cast<Plan&>(plan);
+    if (P.saved_.capacity() > kKeptPlanBytes)
+      MetaVector<RawByte>().swap(P.saved_);
+    if (P.pieces_.capacity() * sizeof(WritePiece) > kKeptPlanBytes)
+      MetaVector<WritePiece>().swap(P.pieces_);
+    if (P.undo_.capacity() * sizeof(Undo) > kKeptPlanBytes)
+      MetaVector<Undo>().swap(P.undo_);
+  }
+
   void destroy_plan(ContentPlan* plan) noexcept override {
     if (!plan) return;
     plan->~ContentPlan();
@@ -350,14 +394,23 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     std::size_t written_groups_ = 0;  // groups written so far
   };
 
-  // Trap instructions to copy from: 16 pages, so that retiring a large
-  // run takes few pieces.
+  // Trap instructions to copy from: one page, repeated in the iovecs.
   [[nodiscard]] std::size_t trap_bytes() const noexcept {
-    return std::size_t{16} << shift_;
+    return std::size_t{1} << shift_;
   }
-  // Made by init(): plans are made without the arena's lock.
+  // Set by init(): plans are made without the arena's lock.
   [[nodiscard]] const std::byte* trap_page() const noexcept {
-    return trap_page_.get();
+    return trap_page_;
+  }
+  // One page of traps for every arena of the process (the page size is
+  // the same for all); null if the page size is larger than any known.
+  static const std::byte* shared_trap_page(std::size_t page) noexcept {
+    static constexpr std::size_t kMaxPage = std::size_t{64} << 10;
+    alignas(4096) static std::byte traps[kMaxPage];
+    if (page > kMaxPage) return nullptr;
+    static const bool filled = (fill_traps(traps, page), true);
+    (void)filled;
+    return traps;
   }
 
   // The length of `p` up to the end of its last 64-byte block that is not
@@ -366,15 +419,20 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
                                         std::size_t len) const noexcept {
     // Traps repeat every 1 (x86-64) or 4 (AArch64) bytes, so every 8-byte
     // aligned word of them is the same: a block is all traps when each of
-    // its words equals the first word of the trap page. Word compares, not
-    // a memcmp() call per block: a seal scans most of a fresh page.
+    // its words equals the first word of the trap page. Large spans first
+    // (memcmp with the trap page: a few instructions per 32 bytes), then
+    // the span that differs block by block.
     constexpr std::size_t kBlock = 64, kWord = sizeof(std::uint64_t);
+    constexpr std::size_t kSpan = 512;
     std::uint64_t traps;
-    std::memcpy(&traps, trap_page_.get(), kWord);
+    std::memcpy(&traps, trap_page_, kWord);
     std::size_t end = len - len % kBlock;
     if (end != len) {
-      if (std::memcmp(p + end, trap_page_.get(), len - end) != 0) return len;
+      if (std::memcmp(p + end, trap_page_, len - end) != 0) return len;
     }
+    while (end >= kSpan && end % kSpan == 0 &&
+           std::memcmp(p + end - kSpan, trap_page_, kSpan) == 0)
+      end -= kSpan;
     while (end >= kBlock) {
       std::uint64_t diff = 0;
       for (std::size_t w = 0; w < kBlock; w += kWord) {
@@ -541,8 +599,8 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
           P.restore_pieces_.clear();
           if (rec.saved == kTraps) {
             for (std::size_t at = 0; at < seg; at += trap_bytes())
-              P.restore_pieces_.push_back(WritePiece{
-                  trap_page_.get(), std::min(trap_bytes(), seg - at)});
+              P.restore_pieces_.push_back(
+                  WritePiece{trap_page_, std::min(trap_bytes(), seg - at)});
           } else {
             P.restore_pieces_.push_back(
                 WritePiece{&P.saved_[rec.saved + done].value, seg});
@@ -562,6 +620,8 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     P.written_groups_ = 0;
   }
 
+  // Undo records larger than this are freed after their commit.
+  static constexpr std::size_t kKeptPlanBytes = std::size_t{256} << 10;
   // The fewest pages a lane holds.
   static constexpr std::size_t kMinLanePages = 64;
 
@@ -608,7 +668,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
   // Chunk head -> bytes from its start that may hold code or data (the
   // rest of the chunk holds traps, or zeros where never written).
   MetaArray<std::uint32_t> extent_;
-  MetaArray<std::byte> trap_page_;
+  const std::byte* trap_page_ = nullptr;
 };
 
 static_assert(StagingPool::kMaxLanes >= PageBackend::kLaneLimit);

@@ -107,6 +107,11 @@ void meta_free(void* p) noexcept {
     ::free(p);
 }
 
+void meta_collect() noexcept {
+  const MetaFunctions& f = loaded_meta_functions();
+  if (f.collect) f.collect();
+}
+
 bool meta_uses_mimalloc() noexcept {
   return loaded_meta_functions().malloc != nullptr;
 }

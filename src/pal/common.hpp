@@ -26,6 +26,8 @@ struct MetaFunctions {
   void* (*malloc)(std::size_t) = nullptr;
   void* (*calloc)(std::size_t, std::size_t) = nullptr;
   void (*free)(void*) = nullptr;
+  /// Optional: gives what it keeps for reuse back to the OS, at once.
+  void (*collect)() = nullptr;
 };
 /// The allocator metadata comes from, loaded on first use: its functions
 /// are all null where there is none (the C library's malloc is used).

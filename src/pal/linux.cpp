@@ -27,6 +27,9 @@
 #include "pal/common.hpp"
 #include "pal/pal.hpp"
 #include "wxa_config.h"
+#if WXA_HAVE_MIMALLOC
+#include <mimalloc.h>  // option names only: mimalloc is loaded with dlopen
+#endif
 
 #ifndef MFD_EXEC
 #define MFD_EXEC 0x0010U  // Linux 6.3: the memfd may be mapped executable
@@ -751,6 +754,37 @@ std::ptrdiff_t write_stderr_some(const char* s, std::size_t len) noexcept {
   return w > 0 ? w : -1;
 }
 
+#if WXA_HAVE_MIMALLOC
+namespace {
+// mimalloc's functions for giving memory back, from the same handle.
+struct MiCollect {
+  void (*collect)(bool) = nullptr;
+  long (*option_get)(int) = nullptr;
+  void (*option_set)(int, long) = nullptr;
+};
+MiCollect g_mi_collect;
+
+// mimalloc gives free pages back only once they have been free for a while
+// (its decommit delays), even when forced to collect: the delays are lifted
+// for the collection.
+void mi_collect_now() {
+  const MiCollect& m = g_mi_collect;
+  static constexpr int kDelays[] = {mi_option_decommit_delay,
+                                    mi_option_segment_decommit_delay};
+  long saved[2] = {};
+  const bool options = m.option_get && m.option_set;
+  if (options)
+    for (int k = 0; k < 2; ++k) {
+      saved[k] = m.option_get(kDelays[k]);
+      m.option_set(kDelays[k], 0);
+    }
+  m.collect(true);
+  if (options)
+    for (int k = 0; k < 2; ++k) m.option_set(kDelays[k], saved[k]);
+}
+}  // namespace
+#endif
+
 const MetaFunctions& loaded_meta_functions() noexcept {
   static const MetaFunctions f = [] {
     MetaFunctions r;
@@ -764,6 +798,13 @@ const MetaFunctions& loaded_meta_functions() noexcept {
       r.calloc = reinterpret_cast<void* (*)(std::size_t, std::size_t)>(
           ::dlsym(h, "mi_calloc"));
       r.free = reinterpret_cast<void (*)(void*)>(::dlsym(h, "mi_free"));
+      g_mi_collect.collect =
+          reinterpret_cast<void (*)(bool)>(::dlsym(h, "mi_collect"));
+      g_mi_collect.option_get =
+          reinterpret_cast<long (*)(int)>(::dlsym(h, "mi_option_get"));
+      g_mi_collect.option_set =
+          reinterpret_cast<void (*)(int, long)>(::dlsym(h, "mi_option_set"));
+      if (g_mi_collect.collect) r.collect = mi_collect_now;
       if (!r.malloc || !r.calloc || !r.free) r = MetaFunctions{};
     }
 #endif

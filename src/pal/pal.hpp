@@ -239,6 +239,9 @@ void perf_map_name(char* out, std::size_t cap) noexcept;
 [[nodiscard]] void* meta_alloc(std::size_t bytes) noexcept;
 [[nodiscard]] void* meta_calloc(std::size_t count, std::size_t size) noexcept;
 void meta_free(void* p) noexcept;
+/// Asks the metadata allocator to give what it keeps for reuse back to the
+/// OS (Arena::trim(), and an arena's end).
+void meta_collect() noexcept;
 /// True when metadata comes from mimalloc.
 [[nodiscard]] bool meta_uses_mimalloc() noexcept;
 

@@ -45,7 +45,8 @@
 // are chunks of the reservation on every backend; read-write data runs at
 // its writable view: on protect the same reservation, on dual_map the
 // writable-view range, placed right beside the executable one, on
-// kernel_write the staging memory, placed right above the code. An
+// kernel_write the staging pool, placed right above the code (an eighth of
+// the reservation, all of it up to 64 MiB). An
 // allocation's chunks are taken one after another, so they lie about one
 // reservation apart at most: the default 1 GiB keeps them in reach. Where
 // they are not (a reservation near or above 2 GiB, a full or fragmented
