@@ -66,8 +66,16 @@ class ArenaImpl {
   // that threads sharing the arena do not interleave theirs page by page.
   [[nodiscard]] Result<std::size_t> allocate_pages(std::size_t most,
                                                    Chunk* out) noexcept;
-  [[nodiscard]] Result<CommitReport> commit(const Batch::Op* ops, std::size_t n,
-                                            CommitFlags flags) noexcept;
+  // Bytes of executable chunks (not named by the batch) that the commit
+  // overwrites with traps, where the backend copies content in (elsewhere
+  // they are ignored): a CodeHeap's released functions.
+  struct TrapSpan {
+    const void* rx;
+    std::uint32_t size;
+  };
+  [[nodiscard]] Result<CommitReport> commit(
+      const Batch::Op* ops, std::size_t n, CommitFlags flags,
+      const TrapSpan* traps = nullptr, std::size_t trap_count = 0) noexcept;
   [[nodiscard]] Result<ChunkInfo> find(const void* p) const noexcept;
   [[nodiscard]] Result<void> trim() noexcept;
   [[nodiscard]] Stats stats() const noexcept;
@@ -188,7 +196,8 @@ class ArenaImpl {
   // changing nothing, when a chunk is in another commit's flight.
   [[nodiscard]] Result<CommitReport> commit_locked(
       const Batch::Op* ops, std::size_t n, CommitFlags flags, Scratch& s,
-      std::unique_lock<std::mutex>* lock, bool& busy);
+      std::unique_lock<std::mutex>* lock, bool& busy,
+      const TrapSpan* traps = nullptr, std::size_t trap_count = 0);
   // Patches where the backend cannot write live code: unseal, write, seal.
   [[nodiscard]] Result<CommitReport> commit_by_unsealing(const Batch::Op* ops,
                                                          std::size_t n,

@@ -5,8 +5,12 @@
 // Layering: layer 6, on the arena and its commit engine (arena_impl.hpp).
 // Space is reused at page granularity only: a page goes back to the arena
 // once no live function remains on it, and comes back (trap-filled, after
-// the quarantine) as a fresh page. So no byte is ever rewritten while any
-// view of it is executable.
+// the quarantine) as a fresh page. So no byte is ever rewritten with new
+// code while any view of it is executable. Where the backend copies code
+// in (kernel_write), a released function's bytes on a page that stays
+// executable become traps in the next publish()'s commit, with the pages
+// it seals; elsewhere they keep their code until the page is retired. A
+// function released before its page is sealed is trap-filled at once.
 #include "wxarena/code_heap.hpp"
 
 #include <algorithm>
@@ -15,6 +19,7 @@
 #include <new>
 
 #include "arena_impl.hpp"
+#include "pal/cpu.hpp"
 
 namespace wxa {
 namespace detail {
@@ -99,6 +104,16 @@ class HeapImpl {
   MetaVector<Page*> pending_;  // written since the last publish()
   MetaVector<Page*> empty_;    // sealed, no live function: to release
   MetaVector<Batch::Op> ops_;  // scratch for publish()
+  // Released functions on sealed pages whose bytes still hold their code:
+  // traps from the next publish() on, where the backend copies content in
+  // (trap_released_). Adjacent ones on a page are one span.
+  struct Stale {
+    Page* page;
+    std::uint32_t offset, size;
+  };
+  bool trap_released_ = false;
+  MetaVector<Stale> stale_;
+  MetaVector<ArenaImpl::TrapSpan> traps_;  // scratch for publish()
   HeapStats stats_;
   // Single-page chunks taken from the arena ahead of need, used lowest
   // address first: one lock taken for several pages, and a heap's pages
@@ -153,6 +168,11 @@ Result<void> HeapImpl::init() noexcept {
     pending_.reserve(64);
     empty_.reserve(64);
     ops_.reserve(128);
+    trap_released_ = impl_.region().ops().content_writer() != nullptr;
+    if (trap_released_) {
+      stale_.reserve(64);
+      traps_.reserve(64);
+    }
   } catch (const std::bad_alloc&) {
     return Error(Errc::out_of_memory, kNoMemory);
   }
@@ -314,8 +334,10 @@ Result<Function> HeapImpl::allocate(std::size_t bytes,
 Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
   if (impl_.foreign_process()) return Error(Errc::wrong_process);
   ops_.clear();
+  traps_.clear();
   try {
     ops_.reserve(pending_.size() + empty_.size());
+    traps_.reserve(stale_.size());
   } catch (const std::bad_alloc&) {
     return Error(Errc::out_of_memory, kNoMemory);
   }
@@ -328,8 +350,15 @@ Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
   const bool retire = stats_.empty_pages >= options_.retire_pages;
   if (retire)
     for (Page* p : empty_) ops_.push_back({p->rx, OpKind::release});
-  Result<CommitReport> r = impl_.commit(ops_.data(), ops_.size(), flags);
+  // Released functions on pages that stay executable become traps (those
+  // on pages retired now are trapped whole by the release).
+  for (const Stale& f : stale_)
+    if (!(retire && f.page->live == 0))
+      traps_.push_back({f.page->rx + f.offset, f.size});
+  Result<CommitReport> r = impl_.commit(ops_.data(), ops_.size(), flags,
+                                        traps_.data(), traps_.size());
   if (!r) return r.error();  // all-or-nothing: the heap is unchanged too
+  stale_.clear();
 
   for (Page* p : pending_) {
     p->queued = false;
@@ -389,8 +418,16 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
   }
   if (it->size & kDead) return Error(Errc::double_release, 0, rx);
   if (!page->sealed) {
-    // A pending function: releasing it before publish() is allowed.
+    // A pending function: releasing it before publish() is allowed. Its
+    // bytes are still writable: traps, so that the seal makes traps of it.
+    fill_traps(page->rw + it->offset, it->size);
     --stats_.pending_functions;
+  } else if (trap_released_) {
+    try {
+      stale_.reserve(stale_.size() + 1);  // so nothing below throws
+    } catch (const std::bad_alloc&) {
+      return Error(Errc::out_of_memory, kNoMemory);  // nothing changed
+    }
   }
   if (page->live == 1 && page->sealed) {
     try {
@@ -400,6 +437,17 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
     }
     page->queued = true;
     stats_.empty_pages += page->pages;
+  }
+  if (page->sealed && trap_released_) {
+    // Joined to the span of the function just before it on the page when
+    // that one died too and waits for its traps (nothing lies between).
+    Stale* last = stale_.empty() ? nullptr : &stale_.back();
+    const Fn* prev = it != page->fns.begin() ? &*std::prev(it) : nullptr;
+    if (last && prev && last->page == page && (prev->size & kDead) &&
+        last->offset + last->size == prev->offset + (prev->size & ~kDead))
+      last->size = it->offset + it->size - last->offset;
+    else
+      stale_.push_back(Stale{page, it->offset, it->size});  // room reserved
   }
   stats_.live_bytes -= it->size;
   it->size |= kDead;

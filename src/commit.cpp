@@ -85,7 +85,8 @@ Result<void> ArenaImpl::sort_items(MetaVector<Item>& items) const {
 }
 
 Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
-                                       CommitFlags flags) noexcept {
+                                       CommitFlags flags, const TrapSpan* traps,
+                                       std::size_t trap_count) noexcept {
   if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
   // The caller asks for every thread to serialise; without membarrier
   // SYNC_CORE (or its registration) nothing here can do that: say so
@@ -108,7 +109,8 @@ Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
           return commit_by_unsealing(ops, n, flags, *s);
     for (;;) {
       bool busy = false;
-      Result<CommitReport> r = commit_locked(ops, n, flags, *s, &lock, busy);
+      Result<CommitReport> r =
+          commit_locked(ops, n, flags, *s, &lock, busy, traps, trap_count);
       if (!busy) return r;
       // A chunk of this batch is being written by another commit: once
       // that one is done, this one starts again from the states it left.
@@ -216,8 +218,9 @@ Result<CommitReport> ArenaImpl::commit_by_unsealing(const Batch::Op* ops,
 
 Result<CommitReport> ArenaImpl::commit_locked(
     const Batch::Op* ops, std::size_t n, CommitFlags flags, Scratch& s,
-    std::unique_lock<std::mutex>* lock, bool& busy) {
-  Commit commit(*this, ops, n, flags, s, lock);
+    std::unique_lock<std::mutex>* lock, bool& busy, const TrapSpan* traps,
+    std::size_t trap_count) {
+  Commit commit(*this, ops, n, flags, s, lock, traps, trap_count);
   return commit.run(busy);
 }
 
@@ -225,7 +228,9 @@ Result<CommitReport> ArenaImpl::commit_locked(
 
 Commit::Commit(ArenaImpl& arena, const Op* ops, std::size_t n,
                CommitFlags flags, ArenaImpl::Scratch& s,
-               std::unique_lock<std::mutex>* lock) noexcept
+               std::unique_lock<std::mutex>* lock,
+               const ArenaImpl::TrapSpan* traps,
+               std::size_t trap_count) noexcept
     : a_(arena),
       region_(arena.region_),
       backend_(arena.region_.ops()),
@@ -234,12 +239,15 @@ Commit::Commit(ArenaImpl& arena, const Op* ops, std::size_t n,
       n_(n),
       flags_(flags),
       s_(s),
-      lock_(lock) {}
+      lock_(lock),
+      traps_(writer_ ? traps : nullptr),
+      trap_count_(writer_ ? trap_count : 0) {}
 
 Result<CommitReport> Commit::run(bool& busy) {
   if (Result<void> r = validate(busy); !r) return r.error();
-  if (s_.items.empty()) return report_;
+  if (s_.items.empty() && trap_count_ == 0) return report_;
   if (Result<void> r = sort(); !r) return r.error();
+  if (Result<void> r = check_traps(busy); !r) return r.error();
   coalesce();
   reserve_quarantine();
   if (writer_) plan_content_items();
@@ -276,6 +284,37 @@ Result<void> Commit::validate(bool& busy) {
 
 // 2. Sort by address; a chunk named twice is a caller error.
 Result<void> Commit::sort() { return a_.sort_items(s_.items); }
+
+// Released bytes to overwrite with traps: inside executable chunks the
+// batch does not name, which no other commit is writing.
+Result<void> Commit::check_traps(bool& busy) {
+  for (std::size_t k = 0; k < trap_count_; ++k) {
+    const TrapSpan& t = traps_[k];
+    const std::ptrdiff_t i = region_.index_of(t.rx, false);
+    if (i < 0) return Error(Errc::foreign_pointer, 0, t.rx);
+    const std::uint32_t head = region_.head(static_cast<std::size_t>(i));
+    const void* chunk = region_.rx_page(head);
+    if (region_.state(static_cast<std::size_t>(i)) != PageState::executable)
+      return Error(Errc::illegal_transition, 0, chunk);
+    if (region_.flags(head) & kInFlight) {
+      busy = true;
+      return Error(Errc::illegal_transition, 0, chunk);
+    }
+    const auto offset =
+        static_cast<std::size_t>(static_cast<const std::byte*>(t.rx) -
+                                 static_cast<const std::byte*>(chunk));
+    const std::size_t bytes = std::size_t{region_.length(head)}
+                              << region_.page_shift();
+    if (t.size == 0 || t.size > bytes - offset)
+      return Error(Errc::out_of_bounds, 0, chunk);
+    const auto in_batch = std::lower_bound(
+        s_.items.begin(), s_.items.end(), head,
+        [](const Item& x, std::uint32_t h) { return x.head < h; });
+    if (in_batch != s_.items.end() && in_batch->head == head)
+      return Error(Errc::duplicate_in_batch, 0, chunk);
+  }
+  return {};
+}
 
 // 3. Coalesce address-adjacent chunks with the same target into runs,
 //    noting which runs change any protection at all.
@@ -318,7 +357,7 @@ void Commit::reserve_quarantine() {
 // What the commit writes into the code, where the backend copies it in.
 void Commit::plan_content_items() {
   s_.content.clear();
-  s_.content.reserve(s_.items.size());
+  s_.content.reserve(s_.items.size() + trap_count_);
   for (const Item& it : s_.items) {
     ContentItem c{it.head, it.pages, it.from, it.to};
     const Op& op = ops_[it.op];
@@ -330,6 +369,25 @@ void Commit::plan_content_items() {
     }
     s_.content.push_back(c);
   }
+  // Released functions' bytes become traps, in address order with the
+  // rest (the writer's plan follows it).
+  if (!trap_count_) return;
+  for (std::size_t k = 0; k < trap_count_; ++k) {
+    const TrapSpan& t = traps_[k];
+    const std::uint32_t head =
+        region_.head(static_cast<std::size_t>(region_.index_of(t.rx)));
+    ContentItem c{head, region_.length(head), PageState::executable,
+                  PageState::executable};
+    c.offset = static_cast<std::uint32_t>(static_cast<const std::byte*>(t.rx) -
+                                          region_.rx_page(head));
+    c.size = t.size;
+    c.traps = true;
+    s_.content.push_back(c);
+  }
+  std::sort(s_.content.begin(), s_.content.end(),
+            [](const ContentItem& x, const ContentItem& y) {
+              return x.head != y.head ? x.head < y.head : x.offset < y.offset;
+            });
 }
 
 // Writable bytes for unsealed chunks, holding their current bytes, before
@@ -353,7 +411,7 @@ Result<void> Commit::check_budget() {
   if (!a_.over_budget()) return {};
   set_all(false);
   unstage_unseals();
-  return Error(Errc::vma_budget, 0, region_.rx_page(s_.items.front().head));
+  return Error(Errc::vma_budget, 0, first_chunk());
 }
 
 // 5. Whether other threads need a barrier: code at an address that held
@@ -401,7 +459,7 @@ Result<void> Commit::protect_and_write() {
 Result<void> Commit::write_content() {
   const bool apart = lock_ && writer_->plans_without_lock();
   if (apart) {
-    for (const Item& it : s_.items)
+    for (const ContentItem& it : s_.content)
       region_.add_flags(it.head, it.head + 1, kInFlight);
     a_.in_flight_releases_ += releases_;
     lock_->unlock();
@@ -416,7 +474,7 @@ Result<void> Commit::write_content() {
   if (r) flush_code();
   if (apart) {
     ArenaImpl::relock(*lock_);
-    for (const Item& it : s_.items)
+    for (const ContentItem& it : s_.content)
       region_.clear_flags(it.head, it.head + 1, kInFlight);
     a_.in_flight_releases_ -= releases_;
     if (a_.waiting_) a_.flight_done_.notify_all();
@@ -430,7 +488,7 @@ Result<void> Commit::write_content() {
     // get the barrier this commit would have issued.
     resync_after_rewrite();
     rollback(removed_, false, 0);
-    return make_error(r.error(), region_.rx_page(s_.items.front().head));
+    return make_error(r.error(), first_chunk());
   }
   return {};
 }
@@ -449,7 +507,7 @@ Result<void> Commit::issue_barrier() {
   if (!barrier_ || !a_.barrier_registered_) return {};
   if (Result<void> b = a_.pal_.barrier(a_.sys_); !b) {
     rollback(removed_, writer_ != nullptr, added_);
-    return make_error(b.error(), region_.rx_page(s_.items.front().head));
+    return make_error(b.error(), first_chunk());
   }
   report_.barrier = true;
   ++a_.barriers_;
@@ -518,6 +576,11 @@ void Commit::flush_code() noexcept {
     region_.flush(run.a, run.b);
     ++report_.flushes;
   }
+  // Released functions overwritten with traps: their chunks stay
+  // executable, and their old bytes must not linger in instruction caches.
+  if (trap_count_)
+    for (const ContentItem& c : s_.content)
+      if (c.traps) region_.flush(c.head, c.head + c.pages);
 }
 
 // The items of a run are sorted and contiguous: a page's item is found by
@@ -564,6 +627,11 @@ void Commit::rollback(std::size_t removed, bool written,
   undo_runs(removed, 1, 0);
   set_all(false);
   unstage_unseals();
+}
+
+const void* Commit::first_chunk() const noexcept {
+  if (!s_.items.empty()) return region_.rx_page(s_.items.front().head);
+  return trap_count_ ? traps_[0].rx : nullptr;
 }
 
 const void* Commit::chunk_of_page(const void* page) const noexcept {

@@ -22,9 +22,12 @@ class Commit {
   using Item = ArenaImpl::Item;
   using Run = ArenaImpl::Run;
   using Op = ArenaImpl::Op;
+  using TrapSpan = ArenaImpl::TrapSpan;
 
   Commit(ArenaImpl& arena, const Op* ops, std::size_t n, CommitFlags flags,
-         ArenaImpl::Scratch& s, std::unique_lock<std::mutex>* lock) noexcept;
+         ArenaImpl::Scratch& s, std::unique_lock<std::mutex>* lock,
+         const ArenaImpl::TrapSpan* traps = nullptr,
+         std::size_t trap_count = 0) noexcept;
   Commit(const Commit&) = delete;
   Commit& operator=(const Commit&) = delete;
 
@@ -37,7 +40,8 @@ class Commit {
   // The steps, in order.
   [[nodiscard]] Result<void> validate(bool& busy);  // 1
   [[nodiscard]] Result<void> sort();                // 2
-  void coalesce();                                  // 3
+  [[nodiscard]] Result<void> check_traps(bool& busy);
+  void coalesce();  // 3
   void reserve_quarantine();
   void plan_content_items();
   [[nodiscard]] Result<void> stage_unseals();
@@ -59,6 +63,8 @@ class Commit {
   void rollback(std::size_t removed, bool written, std::size_t added) noexcept;
   void resync_after_rewrite() noexcept;
   [[nodiscard]] const void* chunk_of_page(const void* page) const noexcept;
+  // The first chunk the commit touches, to name in an error.
+  [[nodiscard]] const void* first_chunk() const noexcept;
   [[nodiscard]] Result<void> apply_pass(unsigned pass,
                                         std::size_t& done) noexcept;
 
@@ -71,6 +77,10 @@ class Commit {
   const CommitFlags flags_;
   ArenaImpl::Scratch& s_;
   std::unique_lock<std::mutex>* const lock_;
+  // Released bytes to overwrite with traps (only where content is copied
+  // in: none elsewhere).
+  const ArenaImpl::TrapSpan* const traps_;
+  const std::size_t trap_count_;
   CommitReport report_;
   std::size_t releases_ = 0;  // chunks the commit retires
   bool patches_ = false;      // it patches live code

@@ -128,6 +128,123 @@ TEST_F(KernelWriteDeathTest, StaleHeapFunctionsTrap) {
   EXPECT_TRUE(audit_arena(*made));
 }
 
+// A released heap function traps from the next publish() on, while its
+// page stays executable and the functions beside it keep running: its
+// bytes become traps in that publish's write, with the new pages it seals.
+TEST_F(KernelWriteDeathTest, ReleasedHeapFunctionTrapsFromTheNextPublish) {
+  Result<Arena> made = Arena::create(options(0));
+  ASSERT_TRUE(Ok(made));
+  Result<CodeHeap> heap = CodeHeap::create(*made);
+  ASSERT_TRUE(Ok(heap));
+  std::vector<const void*> fns;
+  for (std::uint32_t i = 0; i < 5; ++i) {
+    Result<Function> f = heap->allocate(32);
+    ASSERT_TRUE(Ok(f));
+    ASSERT_NE(write_return_imm(f->rw, 10 + i), 0u);
+    fns.push_back(f->rx);
+  }
+  const auto page_of = [&](const void* p) {
+    return reinterpret_cast<std::uintptr_t>(p) / made->page_size();
+  };
+  for (const void* f : fns) ASSERT_EQ(page_of(f), page_of(fns[0]));
+  ASSERT_TRUE(Ok(heap->publish()));
+  // Two functions apart and two side by side released; until the next
+  // publish they still hold their code.
+  for (std::size_t i : {1u, 3u, 4u}) ASSERT_TRUE(Ok(heap->release(fns[i])));
+  EXPECT_EQ(call(fns[1]), 11u);
+  // The next publish seals a new function as well.
+  Result<Function> g = heap->allocate(32);
+  ASSERT_TRUE(Ok(g));
+  ASSERT_NE(write_return_imm(g->rw, 77), 0u);
+  ASSERT_TRUE(Ok(heap->publish()));
+  EXPECT_EQ(call(g->rx), 77u);
+  for (std::size_t i : {1u, 3u, 4u})
+    EXPECT_EXIT((void)call(fns[i]), ::testing::KilledBySignal(SIGTRAP), "")
+        << "released function " << i;
+  // The page is still executable: the others run as before.
+  EXPECT_EQ(mapping_at(fns[0]).protection(), "r-x");
+  EXPECT_EQ(call(fns[0]), 10u);
+  EXPECT_EQ(call(fns[2]), 12u);
+  // A release with nothing else to publish is trapped too.
+  ASSERT_TRUE(Ok(heap->release(fns[0])));
+  ASSERT_TRUE(Ok(heap->publish()));
+  EXPECT_EXIT((void)call(fns[0]), ::testing::KilledBySignal(SIGTRAP), "");
+  EXPECT_EQ(call(fns[2]), 12u);
+  // One released before the publish that seals its page (with a live one)
+  // is sealed as traps.
+  Result<Function> h = heap->allocate(32);
+  Result<Function> k = heap->allocate(32);
+  ASSERT_TRUE(Ok(h) && Ok(k));
+  ASSERT_EQ(page_of(h->rx), page_of(k->rx));
+  ASSERT_NE(write_return_imm(h->rw, 88), 0u);
+  ASSERT_NE(write_return_imm(k->rw, 89), 0u);
+  ASSERT_TRUE(Ok(heap->release(h->rx)));
+  ASSERT_TRUE(Ok(heap->publish()));
+  EXPECT_EXIT((void)call(h->rx), ::testing::KilledBySignal(SIGTRAP), "");
+  EXPECT_EQ(call(k->rx), 89u);
+  EXPECT_EQ(call(g->rx), 77u);
+  EXPECT_EQ(heap->stats().live_functions, 3u);
+  EXPECT_TRUE(audit_arena(*made));
+}
+
+// A publish that fails at any of its calls leaves a released function's
+// bytes as they were (its traps undone with the rest), the heap as it was;
+// the next publish traps it.
+TEST_F(KernelWrite, FailedPublishRestoresReleasedFunctionBytes) {
+  std::size_t calls = 0;  // the failable calls of the publish
+  const auto run = [&calls](FaultPal& pal, Arena& arena, std::size_t fail_at) {
+    Result<CodeHeap> heap = CodeHeap::create(arena);
+    ASSERT_TRUE(Ok(heap));
+    std::vector<const void*> fns;
+    for (std::uint32_t i = 0; i < 3; ++i) {
+      Result<Function> f = heap->allocate(32);
+      ASSERT_TRUE(Ok(f));
+      ASSERT_NE(write_return_imm(f->rw, 20 + i), 0u);
+      fns.push_back(f->rx);
+    }
+    ASSERT_TRUE(Ok(heap->publish()));
+    ASSERT_TRUE(Ok(heap->release(fns[1])));
+    Result<Function> g = heap->allocate(32);
+    ASSERT_TRUE(Ok(g));
+    ASSERT_NE(write_return_imm(g->rw, 99), 0u);
+    if (fail_at == 0) {
+      pal.count_only();
+      ASSERT_TRUE(Ok(heap->publish()));
+      calls = pal.failable_calls();
+      return;
+    }
+    pal.arm(fail_at, ENOMEM);
+    EXPECT_FALSE(Ok(heap->publish()));
+    EXPECT_TRUE(pal.fired());
+    pal.disarm();
+    EXPECT_TRUE(holds_fn(fns[1], 21)) << "the traps were not undone";
+    EXPECT_EQ(call(fns[0]), 20u);
+    EXPECT_EQ(call(fns[2]), 22u);
+    ASSERT_TRUE(Ok(heap->publish()));
+    const auto* p = static_cast<const std::byte*>(fns[1]);
+    for (std::size_t i = 0; i < 32; ++i)
+      EXPECT_EQ(p[i], trap_byte_at(reinterpret_cast<std::uintptr_t>(p + i)));
+    EXPECT_EQ(call(fns[2]), 22u);
+    EXPECT_EQ(call(g->rx), 99u);
+  };
+  {
+    FaultPal pal;
+    Result<Arena> made = detail::create_arena(options(0), pal);
+    ASSERT_TRUE(Ok(made));
+    run(pal, *made, 0);
+  }
+  ASSERT_GE(calls, 1u);
+  for (std::size_t k = 1; k <= calls; ++k) {
+    SCOPED_TRACE(::testing::Message()
+                 << "failing call " << k << " of " << calls);
+    FaultPal pal;
+    Result<Arena> made = detail::create_arena(options(0), pal);
+    ASSERT_TRUE(Ok(made));
+    run(pal, *made, k);
+    EXPECT_TRUE(audit_arena(*made));
+  }
+}
+
 TEST_F(KernelWriteDeathTest, TrimmedCodeIsInaccessibleNotZeros) {
   Result<Arena> made = Arena::create(options(0));
   ASSERT_TRUE(Ok(made));

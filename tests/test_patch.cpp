@@ -134,6 +134,28 @@ TEST_P(Patch, BadInputIsRefusedAndChangesNothing) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
+// A patch at the start of a chunk, in one batch with the seal of the chunk
+// right after it: the code after the patched bytes stays.
+TEST_P(Patch, PatchBeforeAnAdjacentSealKeepsTheRestOfTheChunk) {
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  const Chunk a = two_functions(arena);
+  Result<Chunk> fresh = arena.allocate(64);
+  ASSERT_TRUE(Ok(fresh));
+  ASSERT_EQ(static_cast<const std::byte*>(fresh->rx()),
+            static_cast<const std::byte*>(a.rx()) + a.size())
+      << "the chunks are not adjacent";
+  ASSERT_NE(write_return_imm(fresh->rw(), 3), 0u);
+  Batch batch(arena);
+  batch.patch(a.rx(), fn_bytes(0xA));
+  batch.seal(*fresh);
+  ASSERT_TRUE(Ok(batch.commit()));
+  EXPECT_EQ(call(a.rx()), 0xAu);
+  EXPECT_TRUE(holds_fn(at(a, kSecond), 2)) << "the code after the patch";
+  EXPECT_EQ(call(fresh->rx()), 3u);
+}
+
 TEST_P(Patch, BatchPatchesAndSealsTogether) {
   Result<Arena> made = Arena::create(options());
   ASSERT_TRUE(Ok(made));

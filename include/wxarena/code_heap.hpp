@@ -98,7 +98,11 @@ class CodeHeap {
   /// function allocated before is callable.
   [[nodiscard]] Result<CommitReport> publish(
       CommitFlags flags = CommitFlags::none) noexcept;
-  /// Releases one function by its rx address. Errors: null_pointer,
+  /// Releases one function by its rx address. Its code stays callable until
+  /// the next publish(); from then on, on Backend::kernel_write, its bytes
+  /// are traps (written in that publish's commit, the page and the other
+  /// functions on it unchanged); on the other backends it runs its old code
+  /// until its page is retired. Errors: null_pointer,
   /// foreign_pointer (not this heap's), interior_pointer, double_release
   /// (also once the function's page went back to the arena, as long as no
   /// other chunk holds that page yet).

@@ -24,6 +24,10 @@ struct ContentItem {
   /// A patch: `size` bytes at `data` go to `offset` within the chunk.
   const std::byte* data = nullptr;
   std::uint32_t offset = 0, size = 0;
+  /// A patch of traps (`data` null): `size` bytes at `offset` of an
+  /// executable chunk (a released CodeHeap function) become traps; the
+  /// rest of the chunk stays as it is.
+  bool traps = false;
 };
 
 /// A commit's writes into the code, as a backend that writes content plans

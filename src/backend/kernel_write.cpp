@@ -517,7 +517,22 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
         if (end >= prev_start && end < at) add_traps(P, end, at - end);
       };
       std::size_t new_extent = extent;
-      if (it.data) {  // a patch of live code
+      if (it.traps) {
+        // A released function of a chunk that stays executable: its bytes
+        // become traps (in phase with the address, as the trap page is),
+        // the rest of the chunk is left alone. Past the extent the chunk
+        // holds traps already: the extent stays.
+        const std::size_t at = off + it.offset;
+        join(at);
+        save(P, at, it.size, false);
+        for (std::size_t done = 0; done < it.size;) {
+          const std::size_t phase = (at + done) & (trap_bytes() - 1);
+          const std::size_t n =
+              std::min(trap_bytes() - phase, std::size_t{it.size} - done);
+          add_piece(P, at + done, trap_page() + phase, n);
+          done += n;
+        }
+      } else if (it.data) {  // a patch of live code
         join(off + it.offset);
         save(P, off + it.offset, it.size, false);
         add_piece(P, off + it.offset, it.data, it.size);
@@ -561,7 +576,9 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
         P.extents_.push_back(
             Extent{it.head, it.pages, static_cast<std::uint32_t>(new_extent)});
       prev_start = off;
-      prev_end = off + len;
+      // After a patch (of code or of traps) the rest of the chunk holds
+      // live code, not traps: nothing may be joined over it.
+      prev_end = it.data || it.traps ? SIZE_MAX : off + len;
     }
     // Undo records follow the pieces' order; restore() walks groups.
     P.undo_groups_.clear();
