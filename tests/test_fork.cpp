@@ -646,6 +646,10 @@ class ForkFlavour
 // child, on every backend; the parent's function still returns 42.
 TEST_P(ForkFlavour, ChildIsRefusedAndParentCodeUnchanged) {
   const auto [backend, flavour] = GetParam();
+  if (flavour != Flavour::fork && !wipeonfork_applies())
+    GTEST_SKIP() << "madvise(MADV_WIPEONFORK) has no effect here (qemu-user "
+                    "ignores it): only children of glibc's fork() are told "
+                    "apart, by its atfork handler";
   ForkScene s;
   ASSERT_NO_FATAL_FAILURE(make_scene(backend, s));
   const int code =
@@ -696,10 +700,14 @@ TEST_P(ForkFlavour, WhatAnInheritedDescriptorAllows) {
     return (held > 0 ? 1 : 0) | (wrote ? 2 : 0);
   });
   const bool memfd = backend != Backend::protect;
-  // Where the host refuses pwrite (a filter: onlydual), holding it is all.
-  const int wrote = test::host().shared_write ? 2 : 0;
+  // Where the host's probe of pwrite into executable memfds fails (a
+  // filter refusing pwrite: onlydual; or qemu-user, whose stale
+  // translations fail the probe while pwrite works), holding it is what is
+  // checked.
+  const bool probe_writes = test::host().shared_write;
+  const int wrote = probe_writes ? 2 : 0;
   const int expect = !memfd ? 0 : flavour == Flavour::fork ? 0 : 1 | wrote;
-  EXPECT_EQ(code, expect)
+  EXPECT_EQ(probe_writes ? code : code & 1, expect)
       << "bit 0: the child holds a code descriptor; bit 1: it wrote through "
          "it (made by "
       << flavour_name(flavour) << ")";

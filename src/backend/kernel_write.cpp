@@ -25,6 +25,7 @@
 
 #include "backend/backend.hpp"
 #include "backend/staging.hpp"
+#include "backend/traps.hpp"
 
 namespace wxa::detail {
 namespace {
@@ -402,50 +403,6 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
   [[nodiscard]] const std::byte* trap_page() const noexcept {
     return trap_page_;
   }
-  // One page of traps for every arena of the process (the page size is
-  // the same for all); null if the page size is larger than any known.
-  static const std::byte* shared_trap_page(std::size_t page) noexcept {
-    static constexpr std::size_t kMaxPage = std::size_t{64} << 10;
-    alignas(4096) static std::byte traps[kMaxPage];
-    if (page > kMaxPage) return nullptr;
-    static const bool filled = (fill_traps(traps, page), true);
-    (void)filled;
-    return traps;
-  }
-
-  // The length of `p` up to the end of its last 64-byte block that is not
-  // all traps: what a seal must copy of a staged chunk.
-  [[nodiscard]] std::size_t used_prefix(const std::byte* p,
-                                        std::size_t len) const noexcept {
-    // Traps repeat every 1 (x86-64) or 4 (AArch64) bytes, so every 8-byte
-    // aligned word of them is the same: a block is all traps when each of
-    // its words equals the first word of the trap page. Large spans first
-    // (memcmp with the trap page: a few instructions per 32 bytes), then
-    // the span that differs block by block.
-    constexpr std::size_t kBlock = 64, kWord = sizeof(std::uint64_t);
-    constexpr std::size_t kSpan = 512;
-    std::uint64_t traps;
-    std::memcpy(&traps, trap_page_, kWord);
-    std::size_t end = len - len % kBlock;
-    if (end != len) {
-      if (std::memcmp(p + end, trap_page_, len - end) != 0) return len;
-    }
-    while (end >= kSpan && end % kSpan == 0 &&
-           std::memcmp(p + end - kSpan, trap_page_, kSpan) == 0)
-      end -= kSpan;
-    while (end >= kBlock) {
-      std::uint64_t diff = 0;
-      for (std::size_t w = 0; w < kBlock; w += kWord) {
-        std::uint64_t v;
-        std::memcpy(&v, p + end - kBlock + w, kWord);
-        diff |= v ^ traps;
-      }
-      if (diff) break;
-      end -= kBlock;
-    }
-    return end;
-  }
-
   void add_piece(Plan& P, std::size_t offset, const void* data,
                  std::size_t len) {
     // A piece that crosses a lane edge goes to two memfds: split there.
@@ -549,8 +506,10 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
         for (std::uint32_t p = 0; p < it.pages && all_written; ++p)
           all_written = written_[it.head + p] != 0;
         const std::size_t bytes =
-            all_written ? std::max(used_prefix(staged(it.head), len), extent)
-                        : len;
+            all_written
+                ? std::max(used_prefix(staged(it.head), len, trap_page_),
+                           extent)
+                : len;
         if (bytes) {
           join(off);
           save(P, off, bytes, true);

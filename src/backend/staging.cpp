@@ -88,6 +88,13 @@ Result<void> StagingPool::map(Pal& pal, const std::byte* code, bool name,
   }
   if (Result<void> r = pal.protect(base_, staging, Access::read_write, n); !r)
     return r;
+  // Small pages: the pool gives pages back one by one after a commit, which
+  // a transparent huge page around them would keep resident (on a host
+  // whose transparent huge pages are "always", a few pages written filled
+  // a 2 MiB page).
+  if (Result<void> r = pal.small_pages(base_, staging, n);
+      !r && r.error().code() != Errc::not_supported)
+    return r;
   if (name && pal.capabilities().vma_naming) {
     // Best effort: a name only helps people read /proc/<pid>/maps.
     (void)pal.name(base_, staging, "wxarena-staging", n);

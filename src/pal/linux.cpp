@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -71,11 +72,14 @@ int read_gaps(MapsGap* gaps, int cap, SyscallCounts& n) noexcept {
   std::size_t have = 0;
   int count = 0;
   std::uintptr_t prev_end = 0x10000;  // below vm.mmap_min_addr: never usable
-  // The end of user space with 4-level page tables (x86-64; AArch64 with
-  // 48-bit addresses reaches further, so this is safe there), less its top
-  // page, which the kernel keeps (TASK_SIZE): 64 KiB, any page size.
-  constexpr std::uintptr_t kTop =
-      (std::uintptr_t{1} << 47) - (std::uintptr_t{1} << 16);
+  // Mappings in the upper half of the address space are the kernel's
+  // ([vsyscall] at 0xffffffffff600000 on x86-64) and bound no gap. User
+  // space ends at the power of two above its highest mapping, at least
+  // 2^47 (x86-64 with 4-level page tables; AArch64 with 48-bit addresses
+  // maps near 2^48), less its top page, which the kernel keeps: 64 KiB,
+  // any page size.
+  constexpr std::uintptr_t kKernelHalf = std::uintptr_t{1} << 63;
+  std::uintptr_t user_end = std::uintptr_t{1} << 47;
   bool eof = false;
   while (!eof || have > 0) {
     if (!eof && have < kBuf) {
@@ -101,18 +105,18 @@ int read_gaps(MapsGap* gaps, int cap, SyscallCounts& n) noexcept {
     std::uintptr_t b = strtoull(buf, &end_ptr, 16);
     std::uintptr_t e =
         (*end_ptr == '-') ? strtoull(end_ptr + 1, nullptr, 16) : 0;
-    // Mappings above user space ([vsyscall] at 0xffffffffff600000) bound
-    // no gap: the addresses below them are the kernel's.
-    if (e > b && b < kTop) {
+    if (e > b && b < kKernelHalf) {
       if (b > prev_end && count < cap) gaps[count++] = {prev_end, b};
       prev_end = std::max(prev_end, e);
+      user_end = std::max(user_end, std::bit_ceil(e));
     }
     std::size_t used = static_cast<std::size_t>(nl - buf) + 1;
     memmove(buf, buf + used, have - used);
     have -= used;
   }
   ::close(fd);
-  if (prev_end < kTop && count < cap) gaps[count++] = {prev_end, kTop};
+  const std::uintptr_t top = user_end - (std::uintptr_t{1} << 16);
+  if (prev_end < top && count < cap) gaps[count++] = {prev_end, top};
   return count;
 }
 
@@ -525,6 +529,17 @@ Result<void> Pal::discard_shared(SharedHandle h, std::size_t offset,
   if (::fallocate(h.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                   static_cast<off_t>(offset), static_cast<off_t>(bytes)) != 0)
     return error_from_errno(errno);
+  return {};
+}
+
+Result<void> Pal::small_pages(void* p, std::size_t bytes,
+                              SyscallCounts& n) noexcept {
+  // madvise(2): MADV_NOHUGEPAGE; EINVAL where the kernel was built without
+  // transparent huge pages.
+  ++n.madvise;
+  if (::madvise(p, bytes, MADV_NOHUGEPAGE) != 0)
+    return errno == EINVAL ? Error(Errc::not_supported)
+                           : error_from_errno(errno);
   return {};
 }
 

@@ -166,6 +166,12 @@ class Pal {
   /// it; the caller carries on.
   [[nodiscard]] virtual Result<void> populate(void* p, std::size_t bytes,
                                               SyscallCounts& n) noexcept;
+  /// Keeps an anonymous read+write range in small pages (no transparent
+  /// huge pages), so that giving pages back (decommit) gives back what it
+  /// names, not a whole huge page's worth around it. not_supported where
+  /// the kernel has no huge pages; the caller carries on.
+  [[nodiscard]] virtual Result<void> small_pages(void* p, std::size_t bytes,
+                                                 SyscallCounts& n) noexcept;
   /// Names an anonymous range in /proc/<pid>/maps.
   [[nodiscard]] virtual Result<void> name(void* p, std::size_t bytes,
                                           const char* label,

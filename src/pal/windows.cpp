@@ -390,6 +390,10 @@ Result<void> Pal::populate(void*, std::size_t, SyscallCounts&) noexcept {
   return Error(Errc::not_supported);  // capabilities().populate_read
 }
 
+Result<void> Pal::small_pages(void*, std::size_t, SyscallCounts&) noexcept {
+  return {};  // VirtualAlloc gives large pages only when asked for them
+}
+
 Result<void> Pal::name(void*, std::size_t, const char*,
                        SyscallCounts&) noexcept {
   return Error(Errc::not_supported);  // capabilities().vma_naming is false

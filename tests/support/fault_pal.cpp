@@ -203,6 +203,13 @@ Result<void> FaultPal::discard_shared(detail::SharedHandle h,
   return r;
 }
 
+Result<void> FaultPal::small_pages(void* p, std::size_t bytes,
+                                   SyscallCounts& n) noexcept {
+  Result<void> r = inner_->small_pages(p, bytes, n);
+  note_failure(r);
+  return r;
+}
+
 Result<void> FaultPal::name(void* p, std::size_t bytes, const char* label,
                             SyscallCounts& n) noexcept {
   if (Result<void> f = intercept(PalCall::name, p, bytes); !f) return f;

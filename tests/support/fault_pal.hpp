@@ -141,6 +141,8 @@ class FaultPal final : public detail::Pal {
   Result<void> discard_shared(detail::SharedHandle h, std::size_t offset,
                               std::size_t bytes, void* view,
                               SyscallCounts& n) noexcept override;
+  Result<void> small_pages(void* p, std::size_t bytes,
+                           SyscallCounts& n) noexcept override;
   Result<void> name(void* p, std::size_t bytes, const char* label,
                     SyscallCounts& n) noexcept override;
   Result<void> write_shared(detail::SharedHandle h, std::size_t offset,

@@ -569,6 +569,12 @@ Result<void> SimPal::populate(void* p, std::size_t bytes,
   return {};
 }
 
+Result<void> SimPal::small_pages(void*, std::size_t,
+                                 SyscallCounts& n) noexcept {
+  ++n.madvise;  // the simulated kernel has no huge pages to split
+  return {};
+}
+
 Result<void> SimPal::name(void* p, std::size_t bytes, const char*,
                           SyscallCounts& n) noexcept {
   ++n.other;

@@ -104,6 +104,8 @@ class SimPal final : public detail::Pal {
                             SyscallCounts& n) noexcept override;
   Result<void> populate(void* p, std::size_t bytes,
                         SyscallCounts& n) noexcept override;
+  Result<void> small_pages(void* p, std::size_t bytes,
+                           SyscallCounts& n) noexcept override;
   Result<void> name(void* p, std::size_t bytes, const char* label,
                     SyscallCounts& n) noexcept override;
   Result<void> register_barrier(SyscallCounts& n) noexcept override;
