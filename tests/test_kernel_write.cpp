@@ -28,6 +28,7 @@
 #include "support/maps.hpp"
 #include "support/memory_fault.hpp"
 #include "support/native_code.hpp"
+#include "support/resident.hpp"
 #include "wxarena/arena.hpp"
 #include "wxarena/code_heap.hpp"
 
@@ -56,16 +57,6 @@ std::set<std::uint64_t> code_memfds(const Arena& arena) {
         m.name.rfind("/memfd:wxarena-code", 0) == 0)
       inodes.insert(m.inode);
   return inodes;
-}
-
-// Resident pages of [p, p + bytes), by mincore(2).
-std::size_t resident(const void* p, std::size_t bytes) {
-  const std::size_t ps = os_page_size();
-  std::vector<unsigned char> vec((bytes + ps - 1) / ps);
-  if (::mincore(const_cast<void*>(p), bytes, vec.data()) != 0) return 0;
-  std::size_t n = 0;
-  for (unsigned char v : vec) n += v & 1;
-  return n;
 }
 
 using KernelWriteDeathTest = KernelWrite;

@@ -26,6 +26,7 @@
 #include "support/arena_util.hpp"
 #include "support/backends.hpp"
 #include "support/memory_fault.hpp"
+#include "support/resident.hpp"
 
 namespace wxa::test {
 namespace {
@@ -40,16 +41,6 @@ class KernelWriteMemory : public ::testing::Test {
     return o;
   }
 };
-
-// Resident pages of [p, p + bytes), by mincore(2).
-std::size_t resident(const void* p, std::size_t bytes) {
-  const std::size_t ps = os_page_size();
-  std::vector<unsigned char> vec((bytes + ps - 1) / ps);
-  if (::mincore(const_cast<void*>(p), bytes, vec.data()) != 0) return 0;
-  std::size_t n = 0;
-  for (unsigned char v : vec) n += v & 1;
-  return n;
-}
 
 // Memory held by the process's code memfds (written, mapped or not), each
 // file once.
