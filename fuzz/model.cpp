@@ -110,8 +110,10 @@ Fault Harness::disarm(Slot& s) {
   if (s.fault_k && s.pal->fired()) {
     f.fired = true;
     f.code = wxa::detail::error_from_errno(s.fault_errno).code();
+    // The injected call, not the first that failed: a hinted reservation
+    // may fail on its own before it (no room there) and be retried.
     for (const wxa::test::PalEvent& e : s.pal->log())
-      if (e.failed) {
+      if (e.injected) {
         f.call = e.call;
         break;
       }

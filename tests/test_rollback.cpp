@@ -503,7 +503,7 @@ TEST_P(RollbackOther, TrimReportsEveryFailure) {
     ASSERT_TRUE(pal.fired());
     PalCall failed = PalCall::flush_icache;
     for (const PalEvent& e : pal.log())
-      if (e.failed) failed = e.call;
+      if (e.injected) failed = e.call;
     EXPECT_TRUE(FailsWith(r, Errc::out_of_memory))
         << "trim() hid the failure of call " << k << " of " << calls << " ("
         << to_string(failed) << ")";

@@ -76,13 +76,14 @@ Result<void> FaultPal::intercept(PalCall c, const void* p, std::size_t bytes,
   if (before_) before_(c);
   const std::lock_guard lock(mutex_);
   ++per_call_[static_cast<int>(c)];
-  log_.push_back(PalEvent{c, p, bytes, access, false});
+  log_.push_back(PalEvent{c, p, bytes, access, false, false});
   if (!(mask_ & bit(c))) return {};
   ++failable_;
   if (fail_at_ == 0 || failable_ < fail_at_) return {};
   if (!persistent_ && failable_ != fail_at_) return {};
   fired_ = true;
   log_.back().failed = true;
+  log_.back().injected = true;
   return detail::error_from_errno(errno_);
 }
 

@@ -70,6 +70,7 @@ struct PalEvent {
   std::size_t bytes = 0;
   Access access = Access::none;  // protect / map_shared
   bool failed = false;           // injected or real failure
+  bool injected = false;         // the failure this FaultPal was armed for
 };
 
 class FaultPal final : public detail::Pal {
