@@ -198,6 +198,10 @@ struct FnM {
   std::uint32_t value = 0;
   bool callable = false;  // big enough to hold the function
   bool dead = false;
+  // kernel_write: appended to the sealed tail page and not yet published;
+  // written at `rw` (the heap's shadow page), traps in the code view.
+  bool appended = false;
+  const std::byte* rw = nullptr;
 };
 
 // One chunk the CodeHeap holds.
@@ -220,6 +224,9 @@ struct Slot {
   // Single-page chunks the heap took ahead of need (its reserve); in
   // `chunks` too, as writable heap chunks.
   std::set<std::uintptr_t> heap_reserve;
+  // The page small functions go to (the heap's last): on kernel_write it
+  // takes new functions after its seal too.
+  std::uintptr_t heap_tail = 0;
   std::uint64_t released = 0;
   std::uintptr_t rx_base = 0, rw_base = 0;
   std::size_t rw_bytes = 0;  // kernel_write: the staging pool's size

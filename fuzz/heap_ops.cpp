@@ -19,25 +19,26 @@ void Harness::destroy_heap(Slot& s) {
   stale(s);
   if (!s.heap) return;
   s.heap.reset();  // releases every page it holds in one commit
-  // All or nothing: if that commit failed (the VMA budget), the pages stay
-  // as they were, no longer the heap's.
+  // If that commit failed (the VMA budget), each page was released on its
+  // own: those the budget still refused stay as they were, no longer the
+  // heap's.
   std::vector<std::uintptr_t> heads;
   for (const auto& [rx, page] : s.heap_pages) heads.push_back(rx);
   heads.insert(heads.end(), s.heap_reserve.begin(), s.heap_reserve.end());
   s.heap_pages.clear();
   s.heap_reserve.clear();
-  if (heads.empty()) return;
-  const Result<wxa::ChunkInfo> first = s.arena->find(ptr(heads.front()));
-  if (!first) {
-    retire(s, heads);
-    return;
-  }
-  note("  (the heap's final release failed: its pages are orphans)");
+  std::vector<std::uintptr_t> released;
   for (std::uintptr_t h : heads) {
+    if (!s.arena->find(ptr(h))) {
+      released.push_back(h);
+      continue;
+    }
+    note("  (the heap's release of %#lx failed: an orphan page)", ul(h));
     ChunkM& c = s.chunks.at(h);
     c.heap = false;
     c.written = false;
   }
+  if (!released.empty()) retire(s, released);
 }
 
 CodeHeap& Harness::need_heap(Slot& s) {
