@@ -313,8 +313,9 @@ void Harness::verify(Slot& s) {
           std::byte code[wxa::test::return_imm_size];
           (void)wxa::test::write_return_imm(code, fn.value);
           const std::byte* at =
-              fn.appended ? fn.rw : static_cast<const std::byte*>(
-                                        ptr(view(s, rx) + off));
+              fn.appended
+                  ? fn.rw
+                  : static_cast<const std::byte*>(ptr(view(s, rx) + off));
           expect(std::memcmp(at, code, sizeof code) == 0,
                  "pending heap function %#lx lost its contents", ul(rx + off));
         }

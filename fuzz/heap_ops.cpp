@@ -27,6 +27,7 @@ void Harness::destroy_heap(Slot& s) {
   heads.insert(heads.end(), s.heap_reserve.begin(), s.heap_reserve.end());
   s.heap_pages.clear();
   s.heap_reserve.clear();
+  s.heap_tail = 0;
   std::vector<std::uintptr_t> released;
   for (std::uintptr_t h : heads) {
     if (!s.arena->find(ptr(h))) {
@@ -131,8 +132,13 @@ void Harness::op_heap_allocate(Slot& s) {
                         s.options.vma_budget != 0, f, true);
   if (ok) {
     const std::uintptr_t rx = addr(r->rx);
+    // kernel_write: staging, or for a function appended to the sealed tail
+    // page the heap's shadow page (neither staging nor the code).
+    const bool shadow = s.kw && !in_staging(s, r->rw.data()) &&
+                        !(addr(r->rw.data()) >= s.rx_base &&
+                          addr(r->rw.data()) - s.rx_base < s.pages * ps_);
     expect(rx % a == 0 && r->rw.size() == bytes &&
-               (s.kw ? in_staging(s, r->rw.data())
+               (s.kw ? in_staging(s, r->rw.data()) || shadow
                      : addr(r->rw.data()) == view(s, rx)),
            "heap allocate(%zu, %zu): %#lx rw %p+%zu", bytes, a, ul(rx),
            static_cast<void*>(r->rw.data()), r->rw.size());
@@ -153,7 +159,9 @@ void Harness::op_heap_allocate(Slot& s) {
           page->fns.empty()
               ? 0
               : page->fns.rbegin()->first + page->fns.rbegin()->second.size;
-      expect(!page->sealed && page->pages == 1 && bytes <= ps_ && off >= used &&
+      // A sealed one only on kernel_write, the tail page, through the shadow.
+      expect((page->sealed ? shadow && page_rx == s.heap_tail : !shadow) &&
+                 page->pages == 1 && bytes <= ps_ && off >= used &&
                  off + bytes <= ps_,
              "heap allocate(%zu): at %#lx in a %s page of %zu, used to %zu",
              bytes, ul(rx), page->sealed ? "sealed" : "writable", page->pages,
@@ -202,7 +210,10 @@ void Harness::op_heap_allocate(Slot& s) {
     fn.size = bytes;
     fn.value = value;
     fn.callable = bytes >= wxa::test::return_imm_size;
+    fn.appended = page->sealed;
+    fn.rw = r->rw.data();
     page->fns[rx - page_rx] = fn;
+    if (page->pages == 1) s.heap_tail = page_rx;
     ++page->live;
     remember(rx);
     note("  -> %#lx", ul(rx));
@@ -297,6 +308,8 @@ void Harness::op_heap_release(Slot& s) {
   FnM& fn = page->fns.at(off);
   fn.dead = true;
   --page->live;
+  // An emptied tail page takes no more functions.
+  if (page->live == 0 && addr(p) - off == s.heap_tail) s.heap_tail = 0;
 }
 
 void Harness::op_heap_publish(Slot& s) {
@@ -334,8 +347,11 @@ void Harness::op_heap_publish(Slot& s) {
       c.state = State::executable;
       c.rw = nullptr;
     }
+    for (auto& [off, fn] : page.fns) fn.appended = false;
     ++it;
   }
+  // Elsewhere the tail takes nothing once sealed.
+  if (!s.kw || !s.heap_pages.count(s.heap_tail)) s.heap_tail = 0;
   retire(s, released);
 }
 

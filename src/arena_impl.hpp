@@ -67,15 +67,18 @@ class ArenaImpl {
   [[nodiscard]] Result<std::size_t> allocate_pages(std::size_t most,
                                                    Chunk* out) noexcept;
   // Bytes of executable chunks (not named by the batch) that the commit
-  // overwrites with traps, where the backend copies content in (elsewhere
-  // they are ignored): a CodeHeap's released functions.
-  struct TrapSpan {
+  // overwrites, where the backend copies content in (elsewhere they are
+  // ignored): with traps (`data` null: a CodeHeap's released functions),
+  // or with `data` (a CodeHeap's new functions appended on bytes of a
+  // sealed page that never held code, which hold traps).
+  struct WriteSpan {
     const void* rx;
     std::uint32_t size;
+    const std::byte* data = nullptr;
   };
   [[nodiscard]] Result<CommitReport> commit(
       const Batch::Op* ops, std::size_t n, CommitFlags flags,
-      const TrapSpan* traps = nullptr, std::size_t trap_count = 0) noexcept;
+      const WriteSpan* spans = nullptr, std::size_t span_count = 0) noexcept;
   [[nodiscard]] Result<ChunkInfo> find(const void* p) const noexcept;
   [[nodiscard]] Result<void> trim() noexcept;
   [[nodiscard]] Stats stats() const noexcept;
@@ -197,7 +200,7 @@ class ArenaImpl {
   [[nodiscard]] Result<CommitReport> commit_locked(
       const Batch::Op* ops, std::size_t n, CommitFlags flags, Scratch& s,
       std::unique_lock<std::mutex>* lock, bool& busy,
-      const TrapSpan* traps = nullptr, std::size_t trap_count = 0);
+      const WriteSpan* spans = nullptr, std::size_t span_count = 0);
   // Patches where the backend cannot write live code: unseal, write, seal.
   [[nodiscard]] Result<CommitReport> commit_by_unsealing(const Batch::Op* ops,
                                                          std::size_t n,

@@ -5,12 +5,21 @@
 // Layering: layer 6, on the arena and its commit engine (arena_impl.hpp).
 // Space is reused at page granularity only: a page goes back to the arena
 // once no live function remains on it, and comes back (trap-filled, after
-// the quarantine) as a fresh page. So no byte is ever rewritten with new
-// code while any view of it is executable. Where the backend copies code
-// in (kernel_write), a released function's bytes on a page that stays
-// executable become traps in the next publish()'s commit, with the pages
-// it seals; elsewhere they keep their code until the page is retired. A
-// function released before its page is sealed is trap-filled at once.
+// the quarantine) as a fresh page. So no byte that held code is ever
+// rewritten with new code while any view of it is executable. Where the
+// backend copies code in (kernel_write), a released function's bytes on a
+// page that stays executable become traps in the next publish()'s commit,
+// with the pages it seals; elsewhere they keep their code until the page is
+// retired. A function released before its page is sealed is trap-filled at
+// once.
+//
+// Where the backend copies code in, the last page stays the one small
+// functions go to after its seal: a new function on it is written in the
+// heap's shadow page and copied in by the next publish() over bytes that
+// never held code (they hold traps), with the traps of released functions
+// in the same pwritev. A JIT publishing one function at a time then costs
+// one pwritev of that function, not a fresh page (staging trap-filled,
+// copied in, faulted into the code view) per function.
 #include "wxarena/code_heap.hpp"
 
 #include <algorithm>
@@ -99,7 +108,13 @@ class HeapImpl {
   std::size_t arena_pages_ = 0;
   Page*** leaves_ = nullptr;  // arena page index >> kLeafShift -> leaf
   std::size_t leaf_count_ = 0;
-  Page* current_ = nullptr;    // where small functions are bump-allocated
+  Page* current_ = nullptr;  // where small functions are bump-allocated
+  // current_ once sealed, where the backend copies code in: functions from
+  // offset tail_from_ on are written in shadow_ (a page of the heap's own
+  // memory, at their offsets) until publish() copies them in.
+  Page* tail_ = nullptr;
+  std::uint32_t tail_from_ = 0;
+  std::byte* shadow_ = nullptr;
   Page* all_ = nullptr;        // head of the list of every page held
   MetaVector<Page*> pending_;  // written since the last publish()
   MetaVector<Page*> empty_;    // sealed, no live function: to release
@@ -113,7 +128,7 @@ class HeapImpl {
   };
   bool trap_released_ = false;
   MetaVector<Stale> stale_;
-  MetaVector<ArenaImpl::TrapSpan> traps_;  // scratch for publish()
+  MetaVector<ArenaImpl::WriteSpan> traps_;  // scratch for publish()
   HeapStats stats_;
   // Single-page chunks taken from the arena ahead of need, used lowest
   // address first: one lock taken for several pages, and a heap's pages
@@ -148,6 +163,7 @@ HeapImpl::~HeapImpl() {
         (void)impl_.commit(&op, 1, CommitFlags::none);
   }
   while (all_) forget(all_);
+  meta_free(shadow_);
   if (leaves_)
     for (std::size_t i = 0; i < leaf_count_; ++i) meta_free(leaves_[i]);
   meta_free(leaves_);
@@ -175,6 +191,10 @@ Result<void> HeapImpl::init() noexcept {
     }
   } catch (const std::bad_alloc&) {
     return Error(Errc::out_of_memory, kNoMemory);
+  }
+  if (trap_released_) {
+    shadow_ = static_cast<std::byte*>(meta_alloc(page_size_));
+    if (!shadow_) return Error(Errc::out_of_memory, kNoMemory);
   }
   return {};
 }
@@ -273,6 +293,7 @@ void HeapImpl::forget(Page* page) noexcept {
   stats_.pages -= page->pages;
   stats_.committed_bytes -= std::size_t{page->pages} << shift_;
   if (current_ == page) current_ = nullptr;
+  if (tail_ == page) tail_ = nullptr;
   if (page->prev)
     page->prev->next = page->next;
   else
@@ -318,17 +339,25 @@ Result<Function> HeapImpl::allocate(std::size_t bytes,
   } catch (const std::bad_alloc&) {
     return Error(Errc::out_of_memory, kNoMemory);  // the page stays usable
   }
+  std::byte* rw;
+  if (page == tail_) {
+    // On the sealed tail page: written in the shadow, traps until then
+    // (the alignment gap before it too: the span copied in is contiguous).
+    rw = shadow_ + offset;
+    fill_traps(shadow_ + page->used, offset + bytes - page->used);
+  } else {
+    rw = page->rw + offset;
+    if (!page->queued) {
+      page->queued = true;
+      pending_.push_back(page);  // capacity reserved in new_page()
+    }
+  }
   page->used = static_cast<std::uint32_t>(offset + bytes);
   ++page->live;
-  if (!page->queued) {
-    page->queued = true;
-    pending_.push_back(page);  // capacity reserved in new_page()
-  }
   ++stats_.live_functions;
   ++stats_.pending_functions;
   stats_.live_bytes += bytes;
-  return Function{std::span<std::byte>(page->rw + offset, bytes),
-                  page->rx + offset};
+  return Function{std::span<std::byte>(rw, bytes), page->rx + offset};
 }
 
 Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
@@ -337,7 +366,7 @@ Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
   traps_.clear();
   try {
     ops_.reserve(pending_.size() + empty_.size());
-    traps_.reserve(stale_.size());
+    traps_.reserve(stale_.size() + 1);  // and the tail's span
   } catch (const std::bad_alloc&) {
     return Error(Errc::out_of_memory, kNoMemory);
   }
@@ -355,17 +384,32 @@ Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
   for (const Stale& f : stale_)
     if (!(retire && f.page->live == 0))
       traps_.push_back({f.page->rx + f.offset, f.size});
+  // Functions appended to the tail page: copied in from the shadow (a
+  // tail page without live functions is no longer the tail: release()).
+  if (tail_ && tail_->used > tail_from_)
+    traps_.push_back({tail_->rx + tail_from_, tail_->used - tail_from_,
+                      shadow_ + tail_from_});
   Result<CommitReport> r = impl_.commit(ops_.data(), ops_.size(), flags,
                                         traps_.data(), traps_.size());
   if (!r) return r.error();  // all-or-nothing: the heap is unchanged too
   stale_.clear();
 
+  if (tail_) tail_from_ = tail_->used;
   for (Page* p : pending_) {
     p->queued = false;
     if (p->live) {
       p->sealed = true;
       p->rw = nullptr;
-      if (current_ == p) current_ = nullptr;  // no more writes to it
+      if (current_ == p) {
+        // Its view of staging is gone: where the backend copies code in,
+        // new functions go on through the shadow; elsewhere not at all.
+        if (trap_released_) {
+          tail_ = p;
+          tail_from_ = p->used;
+        } else {
+          current_ = nullptr;
+        }
+      }
     } else {
       forget(p);
     }
@@ -417,10 +461,13 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
     return Error(Errc::not_allocated, 0, rx);
   }
   if (it->size & kDead) return Error(Errc::double_release, 0, rx);
-  if (!page->sealed) {
+  // Appended to the sealed tail page and not yet copied in: the code view
+  // holds traps there still.
+  const bool appended = page == tail_ && offset >= tail_from_;
+  if (!page->sealed || appended) {
     // A pending function: releasing it before publish() is allowed. Its
     // bytes are still writable: traps, so that the seal makes traps of it.
-    fill_traps(page->rw + it->offset, it->size);
+    fill_traps((appended ? shadow_ : page->rw) + it->offset, it->size);
     --stats_.pending_functions;
   } else if (trap_released_) {
     try {
@@ -438,7 +485,7 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
     page->queued = true;
     stats_.empty_pages += page->pages;
   }
-  if (page->sealed && trap_released_) {
+  if (page->sealed && trap_released_ && !appended) {
     // Joined to the span of the function just before it on the page when
     // that one died too and waits for its traps (nothing lies between).
     Stale* last = stale_.empty() ? nullptr : &stale_.back();
@@ -454,6 +501,12 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
   page->next_release = static_cast<std::uint32_t>(it - page->fns.begin()) + 1;
   --page->live;
   --stats_.live_functions;
+  // An emptied tail page waits in empty_ to be retired: nothing more goes
+  // on it (what was appended and not copied in is dead: traps already).
+  if (page == tail_ && page->live == 0) {
+    tail_ = nullptr;
+    if (current_ == page) current_ = nullptr;
+  }
   return {};
 }
 

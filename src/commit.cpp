@@ -85,8 +85,9 @@ Result<void> ArenaImpl::sort_items(MetaVector<Item>& items) const {
 }
 
 Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
-                                       CommitFlags flags, const TrapSpan* traps,
-                                       std::size_t trap_count) noexcept {
+                                       CommitFlags flags,
+                                       const WriteSpan* spans,
+                                       std::size_t span_count) noexcept {
   if (foreign_process()) return Error(Errc::wrong_process);  // before the lock
   // The caller asks for every thread to serialise; without membarrier
   // SYNC_CORE (or its registration) nothing here can do that: say so
@@ -110,7 +111,7 @@ Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
     for (;;) {
       bool busy = false;
       Result<CommitReport> r =
-          commit_locked(ops, n, flags, *s, &lock, busy, traps, trap_count);
+          commit_locked(ops, n, flags, *s, &lock, busy, spans, span_count);
       if (!busy) return r;
       // A chunk of this batch is being written by another commit: once
       // that one is done, this one starts again from the states it left.
@@ -218,9 +219,9 @@ Result<CommitReport> ArenaImpl::commit_by_unsealing(const Batch::Op* ops,
 
 Result<CommitReport> ArenaImpl::commit_locked(
     const Batch::Op* ops, std::size_t n, CommitFlags flags, Scratch& s,
-    std::unique_lock<std::mutex>* lock, bool& busy, const TrapSpan* traps,
-    std::size_t trap_count) {
-  Commit commit(*this, ops, n, flags, s, lock, traps, trap_count);
+    std::unique_lock<std::mutex>* lock, bool& busy, const WriteSpan* spans,
+    std::size_t span_count) {
+  Commit commit(*this, ops, n, flags, s, lock, spans, span_count);
   return commit.run(busy);
 }
 
@@ -229,8 +230,8 @@ Result<CommitReport> ArenaImpl::commit_locked(
 Commit::Commit(ArenaImpl& arena, const Op* ops, std::size_t n,
                CommitFlags flags, ArenaImpl::Scratch& s,
                std::unique_lock<std::mutex>* lock,
-               const ArenaImpl::TrapSpan* traps,
-               std::size_t trap_count) noexcept
+               const ArenaImpl::WriteSpan* spans,
+               std::size_t span_count) noexcept
     : a_(arena),
       region_(arena.region_),
       backend_(arena.region_.ops()),
@@ -240,14 +241,14 @@ Commit::Commit(ArenaImpl& arena, const Op* ops, std::size_t n,
       flags_(flags),
       s_(s),
       lock_(lock),
-      traps_(writer_ ? traps : nullptr),
-      trap_count_(writer_ ? trap_count : 0) {}
+      spans_(writer_ ? spans : nullptr),
+      span_count_(writer_ ? span_count : 0) {}
 
 Result<CommitReport> Commit::run(bool& busy) {
   if (Result<void> r = validate(busy); !r) return r.error();
-  if (s_.items.empty() && trap_count_ == 0) return report_;
+  if (s_.items.empty() && span_count_ == 0) return report_;
   if (Result<void> r = sort(); !r) return r.error();
-  if (Result<void> r = check_traps(busy); !r) return r.error();
+  if (Result<void> r = check_spans(busy); !r) return r.error();
   coalesce();
   reserve_quarantine();
   if (writer_) plan_content_items();
@@ -285,11 +286,11 @@ Result<void> Commit::validate(bool& busy) {
 // 2. Sort by address; a chunk named twice is a caller error.
 Result<void> Commit::sort() { return a_.sort_items(s_.items); }
 
-// Released bytes to overwrite with traps: inside executable chunks the
-// batch does not name, which no other commit is writing.
-Result<void> Commit::check_traps(bool& busy) {
-  for (std::size_t k = 0; k < trap_count_; ++k) {
-    const TrapSpan& t = traps_[k];
+// Bytes to overwrite, with traps or appended code: inside executable
+// chunks the batch does not name, which no other commit is writing.
+Result<void> Commit::check_spans(bool& busy) {
+  for (std::size_t k = 0; k < span_count_; ++k) {
+    const WriteSpan& t = spans_[k];
     const std::ptrdiff_t i = region_.index_of(t.rx, false);
     if (i < 0) return Error(Errc::foreign_pointer, 0, t.rx);
     const std::uint32_t head = region_.head(static_cast<std::size_t>(i));
@@ -357,7 +358,7 @@ void Commit::reserve_quarantine() {
 // What the commit writes into the code, where the backend copies it in.
 void Commit::plan_content_items() {
   s_.content.clear();
-  s_.content.reserve(s_.items.size() + trap_count_);
+  s_.content.reserve(s_.items.size() + span_count_);
   for (const Item& it : s_.items) {
     ContentItem c{it.head, it.pages, it.from, it.to};
     const Op& op = ops_[it.op];
@@ -369,11 +370,11 @@ void Commit::plan_content_items() {
     }
     s_.content.push_back(c);
   }
-  // Released functions' bytes become traps, in address order with the
-  // rest (the writer's plan follows it).
-  if (!trap_count_) return;
-  for (std::size_t k = 0; k < trap_count_; ++k) {
-    const TrapSpan& t = traps_[k];
+  // Released functions' bytes become traps, appended ones code, in address
+  // order with the rest (the writer's plan follows it).
+  if (!span_count_) return;
+  for (std::size_t k = 0; k < span_count_; ++k) {
+    const WriteSpan& t = spans_[k];
     const std::uint32_t head =
         region_.head(static_cast<std::size_t>(region_.index_of(t.rx)));
     ContentItem c{head, region_.length(head), PageState::executable,
@@ -381,7 +382,9 @@ void Commit::plan_content_items() {
     c.offset = static_cast<std::uint32_t>(static_cast<const std::byte*>(t.rx) -
                                           region_.rx_page(head));
     c.size = t.size;
-    c.traps = true;
+    c.data = t.data;
+    c.traps = t.data == nullptr;
+    c.span = true;
     s_.content.push_back(c);
   }
   std::sort(s_.content.begin(), s_.content.end(),
@@ -576,11 +579,12 @@ void Commit::flush_code() noexcept {
     region_.flush(run.a, run.b);
     ++report_.flushes;
   }
-  // Released functions overwritten with traps: their chunks stay
-  // executable, and their old bytes must not linger in instruction caches.
-  if (trap_count_)
+  // Spans (released functions overwritten with traps, appended ones):
+  // their chunks stay executable, and their old bytes must not linger in
+  // instruction caches.
+  if (span_count_)
     for (const ContentItem& c : s_.content)
-      if (c.traps) region_.flush(c.head, c.head + c.pages);
+      if (c.span) region_.flush(c.head, c.head + c.pages);
 }
 
 // The items of a run are sorted and contiguous: a page's item is found by
@@ -631,7 +635,7 @@ void Commit::rollback(std::size_t removed, bool written,
 
 const void* Commit::first_chunk() const noexcept {
   if (!s_.items.empty()) return region_.rx_page(s_.items.front().head);
-  return trap_count_ ? traps_[0].rx : nullptr;
+  return span_count_ ? spans_[0].rx : nullptr;
 }
 
 const void* Commit::chunk_of_page(const void* page) const noexcept {

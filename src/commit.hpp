@@ -22,12 +22,12 @@ class Commit {
   using Item = ArenaImpl::Item;
   using Run = ArenaImpl::Run;
   using Op = ArenaImpl::Op;
-  using TrapSpan = ArenaImpl::TrapSpan;
+  using WriteSpan = ArenaImpl::WriteSpan;
 
   Commit(ArenaImpl& arena, const Op* ops, std::size_t n, CommitFlags flags,
          ArenaImpl::Scratch& s, std::unique_lock<std::mutex>* lock,
-         const ArenaImpl::TrapSpan* traps = nullptr,
-         std::size_t trap_count = 0) noexcept;
+         const ArenaImpl::WriteSpan* spans = nullptr,
+         std::size_t span_count = 0) noexcept;
   Commit(const Commit&) = delete;
   Commit& operator=(const Commit&) = delete;
 
@@ -40,7 +40,7 @@ class Commit {
   // The steps, in order.
   [[nodiscard]] Result<void> validate(bool& busy);  // 1
   [[nodiscard]] Result<void> sort();                // 2
-  [[nodiscard]] Result<void> check_traps(bool& busy);
+  [[nodiscard]] Result<void> check_spans(bool& busy);
   void coalesce();  // 3
   void reserve_quarantine();
   void plan_content_items();
@@ -77,10 +77,10 @@ class Commit {
   const CommitFlags flags_;
   ArenaImpl::Scratch& s_;
   std::unique_lock<std::mutex>* const lock_;
-  // Released bytes to overwrite with traps (only where content is copied
+  // Bytes of executable chunks to overwrite (only where content is copied
   // in: none elsewhere).
-  const ArenaImpl::TrapSpan* const traps_;
-  const std::size_t trap_count_;
+  const ArenaImpl::WriteSpan* const spans_;
+  const std::size_t span_count_;
   CommitReport report_;
   std::size_t releases_ = 0;  // chunks the commit retires
   bool patches_ = false;      // it patches live code

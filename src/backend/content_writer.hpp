@@ -28,6 +28,9 @@ struct ContentItem {
   /// executable chunk (a released CodeHeap function) become traps; the
   /// rest of the chunk stays as it is.
   bool traps = false;
+  /// From a span of the commit (traps or appended code in a chunk the
+  /// batch does not name), not from one of its operations.
+  bool span = false;
 };
 
 /// A commit's writes into the code, as a backend that writes content plans
