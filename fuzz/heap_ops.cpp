@@ -308,8 +308,6 @@ void Harness::op_heap_release(Slot& s) {
   FnM& fn = page->fns.at(off);
   fn.dead = true;
   --page->live;
-  // An emptied tail page takes no more functions.
-  if (page->live == 0 && addr(p) - off == s.heap_tail) s.heap_tail = 0;
 }
 
 void Harness::op_heap_publish(Slot& s) {

@@ -327,10 +327,24 @@ Result<Function> HeapImpl::allocate(std::size_t bytes,
   } else {
     if (page) offset = (page->used + alignment - 1) & ~(alignment - 1);
     if (!page || offset + bytes > page_size_) {
+      // A sealed last page without live functions is retired once the
+      // heap moves on (release() keeps it while new ones may go on it).
+      Page* const old = page && page->sealed && !page->live ? page : nullptr;
+      try {
+        if (old) empty_.reserve(empty_.size() + 1);
+      } catch (const std::bad_alloc&) {
+        return Error(Errc::out_of_memory, kNoMemory);
+      }
       Result<Page*> p = new_page(1);
       if (!p) return p.error();
       page = current_ = *p;
       offset = 0;
+      if (old) {
+        empty_.push_back(old);  // room reserved
+        old->queued = true;
+        stats_.empty_pages += old->pages;
+        if (tail_ == old) tail_ = nullptr;
+      }
     }
   }
   try {
@@ -364,9 +378,14 @@ Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
   if (impl_.foreign_process()) return Error(Errc::wrong_process);
   ops_.clear();
   traps_.clear();
+  // The last page, emptied since and given nothing new: it goes with the
+  // pages emptied before (release() keeps it for functions to come).
+  Page* const drop =
+      tail_ && tail_ == current_ && !tail_->live ? tail_ : nullptr;
   try {
-    ops_.reserve(pending_.size() + empty_.size());
+    ops_.reserve(pending_.size() + empty_.size() + 1);
     traps_.reserve(stale_.size() + 1);  // and the tail's span
+    if (drop) empty_.reserve(empty_.size() + 1);
   } catch (const std::bad_alloc&) {
     return Error(Errc::out_of_memory, kNoMemory);
   }
@@ -376,23 +395,32 @@ Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
     ops_.push_back({p->rx, p->live ? OpKind::seal_execute : OpKind::release});
   // Sealed pages emptied since wait until enough of them can be retired
   // together (HeapOptions::retire_pages).
-  const bool retire = stats_.empty_pages >= options_.retire_pages;
-  if (retire)
+  const bool retire =
+      stats_.empty_pages + (drop ? drop->pages : 0) >= options_.retire_pages;
+  if (retire) {
     for (Page* p : empty_) ops_.push_back({p->rx, OpKind::release});
+    if (drop) ops_.push_back({drop->rx, OpKind::release});
+  }
   // Released functions on pages that stay executable become traps (those
   // on pages retired now are trapped whole by the release).
   for (const Stale& f : stale_)
-    if (!(retire && f.page->live == 0))
+    if (!(retire && f.page->live == 0 && (f.page->queued || f.page == drop)))
       traps_.push_back({f.page->rx + f.offset, f.size});
   // Functions appended to the tail page: copied in from the shadow (a
   // tail page without live functions is no longer the tail: release()).
-  if (tail_ && tail_->used > tail_from_)
+  if (tail_ && tail_->live && tail_->used > tail_from_)
     traps_.push_back({tail_->rx + tail_from_, tail_->used - tail_from_,
                       shadow_ + tail_from_});
   Result<CommitReport> r = impl_.commit(ops_.data(), ops_.size(), flags,
                                         traps_.data(), traps_.size());
   if (!r) return r.error();  // all-or-nothing: the heap is unchanged too
   stale_.clear();
+  if (drop) {
+    empty_.push_back(drop);  // room reserved
+    drop->queued = true;
+    stats_.empty_pages += drop->pages;
+    current_ = tail_ = nullptr;
+  }
 
   if (tail_) tail_from_ = tail_->used;
   for (Page* p : pending_) {
@@ -476,7 +504,9 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
       return Error(Errc::out_of_memory, kNoMemory);  // nothing changed
     }
   }
-  if (page->live == 1 && page->sealed) {
+  // The last page stays the heap's until the next publish(), emptied or
+  // not: new functions may go on it before (allocate(), publish()).
+  if (page->live == 1 && page->sealed && page != current_) {
     try {
       empty_.push_back(page);
     } catch (const std::bad_alloc&) {
@@ -501,12 +531,6 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
   page->next_release = static_cast<std::uint32_t>(it - page->fns.begin()) + 1;
   --page->live;
   --stats_.live_functions;
-  // An emptied tail page waits in empty_ to be retired: nothing more goes
-  // on it (what was appended and not copied in is dead: traps already).
-  if (page == tail_ && page->live == 0) {
-    tail_ = nullptr;
-    if (current_ == page) current_ = nullptr;
-  }
   return {};
 }
 

@@ -70,6 +70,14 @@ struct HeapStats {
 /// quarantined) once no live function remains on it, so space is reused only
 /// when that is safe.
 ///
+/// On Backend::kernel_write the heap's last page takes new functions after
+/// its seal too, after every byte it ever used (never over a released
+/// function): their Function::rw is then the heap's own shadow page, not
+/// staging, and the next publish() copies them in, with the traps of
+/// released functions, in one pwritev. A JIT publishing one function at a
+/// time costs one system call a function, not a fresh page. An emptied last
+/// page is retired by the next publish() unless a function went on it first.
+///
 /// Thread safety: a CodeHeap is used by one thread at a time (give each
 /// thread its own heap; heaps on one arena may be used concurrently). The
 /// arena must outlive the heap.

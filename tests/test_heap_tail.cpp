@@ -1,0 +1,254 @@
+// SPDX-License-Identifier: MIT
+// A CodeHeap on kernel_write keeps putting small functions on its last page
+// after that page is sealed: each new one is written in the heap's shadow
+// page and copied in by the next publish, over bytes that never held code.
+// What that must keep: one pwritev a publish and no fresh page, the same
+// page; new code never over a released function's bytes; released ones
+// trap, pending ones released before their publish never run; a failed
+// publish changes nothing; and elsewhere (protect, dual_map) a sealed page
+// takes nothing more.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdint>
+#include <vector>
+
+#include "support/arena_util.hpp"
+#include "support/backends.hpp"
+#include "support/fault_pal.hpp"
+#include "support/native_code.hpp"
+#include "wxarena/arena.hpp"
+#include "wxarena/code_heap.hpp"
+
+namespace wxa::test {
+namespace {
+
+class HeapTail : public ::testing::Test {
+ protected:
+  void SetUp() override { WXA_SKIP_IF_UNAVAILABLE(Backend::kernel_write); }
+  static Options options() {
+    Options o;
+    o.backend = Backend::kernel_write;
+    o.reserve_bytes = kSmallReserve;
+    o.quarantine = 0;
+    return o;
+  }
+};
+using HeapTailDeathTest = HeapTail;
+
+std::uintptr_t page_of(const void* p, std::size_t page_size) {
+  return reinterpret_cast<std::uintptr_t>(p) / page_size;
+}
+
+// One function a publish, each released after its call, as a JIT that
+// compiles one query at a time does: every publish after the first is one
+// pwritev (the new function, and the traps of the one before it), no page
+// is opened or faulted in, and the functions share the first one's page
+// until it is full. (The emptied last page stays the heap's because a new
+// function went on it before the publish.)
+TEST_F(HeapTail, OneFunctionAPublishIsOnePwritevOnTheSamePage) {
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Result<CodeHeap> heap = CodeHeap::create(*made);
+  ASSERT_TRUE(Ok(heap));
+  const std::size_t ps = made->page_size();
+  constexpr std::size_t kSize = 128;
+  const void* first = nullptr;
+  const void* before = nullptr;
+  for (std::uint32_t i = 0; i < ps / kSize; ++i) {
+    Result<Function> f = heap->allocate(kSize);
+    ASSERT_TRUE(Ok(f));
+    ASSERT_NE(write_return_imm(f->rw, 100 + i), 0u);
+    if (!first) first = f->rx;
+    EXPECT_EQ(page_of(f->rx, ps), page_of(first, ps)) << "function " << i;
+    const SyscallCounts n0 = made->stats().syscalls;
+    ASSERT_TRUE(Ok(heap->publish()));
+    const SyscallCounts n = made->stats().syscalls;
+    if (i > 0) {
+      EXPECT_EQ(n.write - n0.write, 1u) << "function " << i;
+      EXPECT_EQ(n.total() - n0.total(), 1u) << "function " << i;
+      // The one before it traps now; this one runs.
+      EXPECT_FALSE(holds_fn(before, 100 + i - 1));
+    }
+    EXPECT_EQ(call(f->rx), 100 + i);
+    ASSERT_TRUE(Ok(heap->release(f->rx)));
+    before = f->rx;
+  }
+  // The page is full: the next function goes on another one.
+  Result<Function> g = heap->allocate(kSize);
+  ASSERT_TRUE(Ok(g));
+  EXPECT_NE(page_of(g->rx, ps), page_of(first, ps));
+  ASSERT_NE(write_return_imm(g->rw, 7), 0u);
+  ASSERT_TRUE(Ok(heap->publish()));
+  EXPECT_EQ(call(g->rx), 7u);
+  EXPECT_TRUE(audit_arena(*made));
+}
+
+// New functions go after every byte the page ever used: never over a
+// released function, whose bytes stay traps, and a stale call to it traps
+// after the new code landed beside it.
+TEST_F(HeapTailDeathTest, NewCodeNeverLandsOnAReleasedFunction) {
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Result<CodeHeap> heap = CodeHeap::create(*made);
+  ASSERT_TRUE(Ok(heap));
+  std::vector<const void*> fns;
+  for (std::uint32_t i = 0; i < 3; ++i) {
+    Result<Function> f = heap->allocate(48);
+    ASSERT_TRUE(Ok(f));
+    ASSERT_NE(write_return_imm(f->rw, 30 + i), 0u);
+    fns.push_back(f->rx);
+  }
+  ASSERT_TRUE(Ok(heap->publish()));
+  ASSERT_TRUE(Ok(heap->release(fns[2])));  // the last: its end is not reused
+  Result<Function> g = heap->allocate(48);
+  ASSERT_TRUE(Ok(g));
+  EXPECT_GE(static_cast<const std::byte*>(g->rx),
+            static_cast<const std::byte*>(fns[2]) + 48);
+  // Written in the heap's own memory, not in the code.
+  const auto* rw = g->rw.data();
+  EXPECT_FALSE(rw >= made->range().data() &&
+               rw < made->range().data() + made->range().size());
+  ASSERT_NE(write_return_imm(g->rw, 40), 0u);
+  // Until its publish, the code view holds traps there.
+  EXPECT_FALSE(holds_fn(g->rx, 40));
+  ASSERT_TRUE(Ok(heap->publish()));
+  EXPECT_EQ(call(g->rx), 40u);
+  EXPECT_EQ(call(fns[0]), 30u);
+  EXPECT_EQ(call(fns[1]), 31u);
+  EXPECT_EXIT((void)call(fns[2]), ::testing::KilledBySignal(SIGTRAP), "");
+  EXPECT_EQ(heap->stats().live_functions, 3u);
+  EXPECT_EQ(heap->stats().pending_functions, 0u);
+  EXPECT_TRUE(audit_arena(*made));
+}
+
+// A function put on the sealed page and released before any publish never
+// becomes code: its bytes are copied in as traps (with a live neighbour) or
+// not at all, and a call to its address traps.
+TEST_F(HeapTailDeathTest, AppendedFunctionsReleasedBeforeThePublishNeverRun) {
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Result<CodeHeap> heap = CodeHeap::create(*made);
+  ASSERT_TRUE(Ok(heap));
+  Result<Function> a = heap->allocate(64);
+  ASSERT_TRUE(Ok(a));
+  ASSERT_NE(write_return_imm(a->rw, 1), 0u);
+  ASSERT_TRUE(Ok(heap->publish()));
+  Result<Function> b = heap->allocate(64);
+  Result<Function> c = heap->allocate(64);
+  ASSERT_TRUE(Ok(b) && Ok(c));
+  ASSERT_EQ(page_of(b->rx, made->page_size()),
+            page_of(a->rx, made->page_size()));
+  ASSERT_NE(write_return_imm(b->rw, 2), 0u);
+  ASSERT_NE(write_return_imm(c->rw, 3), 0u);
+  EXPECT_EQ(heap->stats().pending_functions, 2u);
+  ASSERT_TRUE(Ok(heap->release(b->rx)));
+  EXPECT_EQ(heap->stats().pending_functions, 1u);
+  EXPECT_EQ(heap->release(b->rx).error(), Errc::double_release);
+  ASSERT_TRUE(Ok(heap->publish()));
+  EXPECT_EQ(call(c->rx), 3u);
+  EXPECT_EQ(call(a->rx), 1u);
+  const auto* p = static_cast<const std::byte*>(b->rx);
+  for (std::size_t i = 0; i < 64; ++i)
+    ASSERT_EQ(p[i], trap_byte_at(reinterpret_cast<std::uintptr_t>(p + i)));
+  EXPECT_EXIT((void)call(b->rx), ::testing::KilledBySignal(SIGTRAP), "");
+  // All of them released, the page emptied: the publish retires it (a
+  // last page is kept only for functions put on it before that publish),
+  // and its addresses trap.
+  ASSERT_TRUE(Ok(heap->release(a->rx)));
+  ASSERT_TRUE(Ok(heap->release(c->rx)));
+  ASSERT_TRUE(Ok(heap->publish()));
+  EXPECT_EQ(heap->stats().pages, 0u);
+  EXPECT_EQ(heap->stats().committed_bytes,
+            heap->stats().reserve_pages * made->page_size());
+  EXPECT_EXIT((void)call(c->rx), ::testing::KilledBySignal(SIGTRAP), "");
+  EXPECT_EXIT((void)call(a->rx), ::testing::KilledBySignal(SIGTRAP), "");
+  EXPECT_TRUE(audit_arena(*made));
+}
+
+// A publish of appended functions that fails at any of its calls changes
+// nothing: the function is still pending, its address still traps, and the
+// next publish copies it in.
+TEST_F(HeapTail, AFailedPublishOfAppendedCodeChangesNothing) {
+  std::size_t calls = 0;
+  const auto run = [&calls](FaultPal& pal, Arena& arena, std::size_t fail_at) {
+    Result<CodeHeap> heap = CodeHeap::create(arena);
+    ASSERT_TRUE(Ok(heap));
+    Result<Function> a = heap->allocate(32);
+    ASSERT_TRUE(Ok(a));
+    ASSERT_NE(write_return_imm(a->rw, 50), 0u);
+    ASSERT_TRUE(Ok(heap->publish()));
+    ASSERT_TRUE(Ok(heap->release(a->rx)));
+    Result<Function> b = heap->allocate(32);
+    ASSERT_TRUE(Ok(b));
+    ASSERT_NE(write_return_imm(b->rw, 51), 0u);
+    if (fail_at == 0) {
+      pal.count_only();
+      ASSERT_TRUE(Ok(heap->publish()));
+      calls = pal.failable_calls();
+      return;
+    }
+    pal.arm(fail_at, EIO);
+    EXPECT_FALSE(Ok(heap->publish()));
+    EXPECT_TRUE(pal.fired());
+    pal.disarm();
+    EXPECT_EQ(heap->stats().pending_functions, 1u);
+    EXPECT_FALSE(holds_fn(b->rx, 51)) << "appended code landed anyway";
+    EXPECT_TRUE(holds_fn(a->rx, 50)) << "the traps were not undone";
+    ASSERT_TRUE(Ok(heap->publish()));
+    EXPECT_EQ(call(b->rx), 51u);
+    EXPECT_FALSE(holds_fn(a->rx, 50));
+  };
+  {
+    FaultPal pal;
+    Result<Arena> made = detail::create_arena(options(), pal);
+    ASSERT_TRUE(Ok(made));
+    run(pal, *made, 0);
+  }
+  ASSERT_GE(calls, 1u);
+  for (std::size_t k = 1; k <= calls; ++k) {
+    SCOPED_TRACE(::testing::Message()
+                 << "failing call " << k << " of " << calls);
+    FaultPal pal;
+    Result<Arena> made = detail::create_arena(options(), pal);
+    ASSERT_TRUE(Ok(made));
+    run(pal, *made, k);
+    EXPECT_TRUE(audit_arena(*made));
+  }
+}
+
+// Where the backend flips protections, a sealed page takes nothing more:
+// the next function goes on a fresh page.
+TEST(HeapTailElsewhere, ASealedPageTakesNoMoreFunctions) {
+  int ran = 0;
+  for (Backend b : {Backend::protect, Backend::dual_map}) {
+    if (unavailable_reason(b)) continue;
+    ++ran;
+    SCOPED_TRACE(b == Backend::protect ? "protect" : "dual_map");
+    Options o;
+    o.backend = b;
+    o.reserve_bytes = kSmallReserve;
+    Result<Arena> made = Arena::create(o);
+    ASSERT_TRUE(Ok(made));
+    Result<CodeHeap> heap = CodeHeap::create(*made);
+    ASSERT_TRUE(Ok(heap));
+    Result<Function> a = heap->allocate(32);
+    ASSERT_TRUE(Ok(a));
+    ASSERT_NE(write_return_imm(a->rw, 60), 0u);
+    ASSERT_TRUE(Ok(heap->publish()));
+    Result<Function> c = heap->allocate(32);
+    ASSERT_TRUE(Ok(c));
+    EXPECT_NE(page_of(c->rx, made->page_size()),
+              page_of(a->rx, made->page_size()));
+    ASSERT_NE(write_return_imm(c->rw, 61), 0u);
+    ASSERT_TRUE(Ok(heap->publish()));
+    EXPECT_EQ(call(a->rx), 60u);
+    EXPECT_EQ(call(c->rx), 61u);
+  }
+  if (ran == 0) GTEST_SKIP() << "neither protect nor dual_map on this host";
+}
+
+}  // namespace
+}  // namespace wxa::test
