@@ -320,7 +320,8 @@ void Harness::op_single(Slot& s, Kind kind) {
   if (err.code() != Errc::ok && want.code == Errc::ok)
     expect(err.chunk() == p, "%s: error names chunk %p, not %p", id(kind),
            err.chunk(), p);
-  if (!judge(id(kind), err, want, false, s.options.vma_budget != 0, f, false))
+  if (!judge(id(kind), err, want, false, s.options.vma_budget != 0, f,
+             settling(s, f)))
     return;
   ChunkM& c = s.chunks.at(want.head);
   if (kind == Kind::release) {
@@ -423,7 +424,8 @@ void Harness::op_batch(Slot& s) {
     expect(names_one, "batch: %s names %p, not one of its chunks",
            id(err.code()), err.chunk());
   }
-  if (!judge("batch", err, want, false, s.options.vma_budget != 0, f, false)) {
+  if (!judge("batch", err, want, false, s.options.vma_budget != 0, f,
+             settling(s, f))) {
     expect(batch.size() == q.size(), "batch: a failed commit emptied it");
     return;
   }
@@ -566,7 +568,8 @@ void Harness::op_patch(Slot& s) {
   Result<void> r = s.arena->patch(p, std::span<const std::byte>(code, len));
   const Fault f = disarm(s);
   const Error err = r ? Error() : r.error();
-  if (!judge("patch", err, want, false, s.options.vma_budget != 0, f, false))
+  if (!judge("patch", err, want, false, s.options.vma_budget != 0, f,
+             settling(s, f)))
     return;
   ChunkM& c = it->second;
   const std::size_t off = addr(p) - it->first;

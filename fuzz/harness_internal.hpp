@@ -291,6 +291,12 @@ class Harness {
     }
     return s.dual ? s.rw_base + (rx - s.rx_base) : rx;
   }
+  // kernel_write: after a commit, free staging pages go back with one
+  // MADV_DONTNEED, best effort (refused, they stay counted as resident):
+  // a commit that succeeded may have seen that call fail.
+  [[nodiscard]] static bool settling(const Slot& s, const Fault& f) {
+    return s.kw && f.fired && f.call == PalCall::decommit;
+  }
   // kernel_write: `p` lies in the staging pool.
   [[nodiscard]] bool in_staging(const Slot& s, const void* p) const {
     return s.kw && addr(p) >= s.rw_base && addr(p) - s.rw_base < s.rw_bytes;

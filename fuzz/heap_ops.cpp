@@ -328,7 +328,7 @@ void Harness::op_heap_publish(Slot& s) {
   const Fault f = disarm(s);
   const Error err = r ? Error() : r.error();
   if (!judge("heap publish", err, want, false, s.options.vma_budget != 0, f,
-             false))
+             settling(s, f)))
     return;
   expect(r->chunks == n, "heap publish: %zu chunks, model %zu", r->chunks, n);
   std::vector<std::uintptr_t> released;
