@@ -207,6 +207,7 @@ struct FnM {
 // One chunk the CodeHeap holds.
 struct HeapPageM {
   std::size_t pages = 0;
+  std::uint64_t made = 0;  // the heap's pages in the order it made them
   bool sealed = false;
   std::size_t live = 0;
   std::map<std::size_t, FnM> fns;
@@ -227,6 +228,7 @@ struct Slot {
   // The page small functions go to (the heap's last): on kernel_write it
   // takes new functions after its seal too.
   std::uintptr_t heap_tail = 0;
+  std::uint64_t heap_pages_made = 0;
   std::uint64_t released = 0;
   std::uintptr_t rx_base = 0, rw_base = 0;
   std::size_t rw_bytes = 0;  // kernel_write: the staging pool's size

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <iterator>
 #include <vector>
 
@@ -18,12 +19,17 @@ namespace wxa::fuzz::harness {
 void Harness::destroy_heap(Slot& s) {
   stale(s);
   if (!s.heap) return;
+  const std::uint64_t commits = s.arena->stats().commits;
   s.heap.reset();  // releases every page it holds in one commit
   // If that commit failed (the VMA budget), each page was released on its
-  // own: those the budget still refused stay as they were, no longer the
-  // heap's.
+  // own, in the heap's order (its pages newest first, then its reserve),
+  // each with a quarantine place of its own: those the budget still
+  // refused stay as they were, no longer the heap's.
+  std::vector<std::pair<std::uint64_t, std::uintptr_t>> order;
+  for (const auto& [rx, page] : s.heap_pages) order.emplace_back(page.made, rx);
+  std::sort(order.begin(), order.end(), std::greater<>());
   std::vector<std::uintptr_t> heads;
-  for (const auto& [rx, page] : s.heap_pages) heads.push_back(rx);
+  for (const auto& [made, rx] : order) heads.push_back(rx);
   heads.insert(heads.end(), s.heap_reserve.begin(), s.heap_reserve.end());
   s.heap_pages.clear();
   s.heap_reserve.clear();
@@ -39,7 +45,12 @@ void Harness::destroy_heap(Slot& s) {
     c.heap = false;
     c.written = false;
   }
-  if (!released.empty()) retire(s, released);
+  if (released.size() == heads.size() &&
+      s.arena->stats().commits - commits <= 1) {
+    if (!released.empty()) retire(s, released);
+    return;
+  }
+  for (std::uintptr_t h : released) retire(s, {h});
 }
 
 CodeHeap& Harness::need_heap(Slot& s) {
@@ -174,6 +185,7 @@ void Harness::op_heap_allocate(Slot& s) {
       page_rx = rx;
       page = &s.heap_pages[rx];
       page->pages = 1;
+      page->made = ++s.heap_pages_made;
     } else {
       Result<wxa::ChunkInfo> info = s.arena->find(r->rx);
       expect(bool(info) && addr(info->chunk.rx()) == rx &&
@@ -193,6 +205,7 @@ void Harness::op_heap_allocate(Slot& s) {
       page_rx = rx;
       page = &s.heap_pages[rx];
       page->pages = pages;
+      page->made = ++s.heap_pages_made;
     }
     if (emit) {
       expect(std::memcmp(r->rw.data(), code.data(), bytes) == 0,
