@@ -17,6 +17,7 @@
 
 #include "support/arena_util.hpp"
 #include "support/backends.hpp"
+#include "support/each_failure.hpp"
 #include "support/fault_pal.hpp"
 #include "support/native_code.hpp"
 #include "wxarena/arena.hpp"
@@ -201,22 +202,7 @@ TEST_F(HeapTail, AFailedPublishOfAppendedCodeChangesNothing) {
     EXPECT_EQ(call(b->rx), 51u);
     EXPECT_FALSE(holds_fn(a->rx, 50));
   };
-  {
-    FaultPal pal;
-    Result<Arena> made = detail::create_arena(options(), pal);
-    ASSERT_TRUE(Ok(made));
-    run(pal, *made, 0);
-  }
-  ASSERT_GE(calls, 1u);
-  for (std::size_t k = 1; k <= calls; ++k) {
-    SCOPED_TRACE(::testing::Message()
-                 << "failing call " << k << " of " << calls);
-    FaultPal pal;
-    Result<Arena> made = detail::create_arena(options(), pal);
-    ASSERT_TRUE(Ok(made));
-    run(pal, *made, k);
-    EXPECT_TRUE(audit_arena(*made));
-  }
+  for_each_failing_call(options(), calls, run);
 }
 
 // Where the backend flips protections, a sealed page takes nothing more:

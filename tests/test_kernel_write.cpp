@@ -24,6 +24,7 @@
 
 #include "support/arena_util.hpp"
 #include "support/backends.hpp"
+#include "support/each_failure.hpp"
 #include "support/fault_pal.hpp"
 #include "support/maps.hpp"
 #include "support/memory_fault.hpp"
@@ -218,22 +219,7 @@ TEST_F(KernelWrite, FailedPublishRestoresReleasedFunctionBytes) {
     EXPECT_EQ(call(fns[2]), 22u);
     EXPECT_EQ(call(g->rx), 99u);
   };
-  {
-    FaultPal pal;
-    Result<Arena> made = detail::create_arena(options(0), pal);
-    ASSERT_TRUE(Ok(made));
-    run(pal, *made, 0);
-  }
-  ASSERT_GE(calls, 1u);
-  for (std::size_t k = 1; k <= calls; ++k) {
-    SCOPED_TRACE(::testing::Message()
-                 << "failing call " << k << " of " << calls);
-    FaultPal pal;
-    Result<Arena> made = detail::create_arena(options(0), pal);
-    ASSERT_TRUE(Ok(made));
-    run(pal, *made, k);
-    EXPECT_TRUE(audit_arena(*made));
-  }
+  for_each_failing_call(options(0), calls, run);
 }
 
 TEST_F(KernelWriteDeathTest, TrimmedCodeIsInaccessibleNotZeros) {
