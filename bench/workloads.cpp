@@ -246,6 +246,31 @@ bool release_slots(Strategy& s, std::span<const Slot> slots,
   return false;
 }
 
+// Writes and publishes every slot, `batch` at a time, with sizes[i] (or
+// `size`), then calls each; on failure, abandons what it made.
+bool publish_all(Strategy& s, std::span<Slot> slots, std::size_t batch,
+                 std::size_t size, const std::size_t* sizes,
+                 std::uint32_t& value, std::string& error) {
+  const std::uint32_t first = value;
+  for (std::size_t at = 0; at < slots.size(); at += batch) {
+    const std::size_t k = std::min(batch, slots.size() - at);
+    const std::span<Slot> part = slots.subspan(at, k);
+    if (!write_all(s, part, size, sizes ? sizes + at : nullptr, value, error)) {
+      abandon(s, slots.first(at));
+      return false;
+    }
+    if (!publish_slots(s, part, error)) {
+      abandon(s, slots.first(at + k));
+      return false;
+    }
+  }
+  if (!call_all(slots, first, error)) {
+    abandon(s, slots);
+    return false;
+  }
+  return true;
+}
+
 bool settle(Strategy& s, std::string& error) {
   if (s.settle()) return true;
   error = s.error();
@@ -336,24 +361,9 @@ std::vector<std::size_t> startup_sizes(std::size_t functions) {
 bool startup_round(Strategy& s, std::vector<Slot>& slots,
                    const std::vector<std::size_t>& sizes, std::uint32_t& value,
                    std::string& error, Probe* probe) {
-  const std::uint32_t first = value;
-  double bytes = 0;
-  for (std::size_t at = 0; at < slots.size(); at += kStartupBatch) {
-    const std::size_t k = std::min(kStartupBatch, slots.size() - at);
-    const std::span<Slot> batch(slots.data() + at, k);
-    if (!write_all(s, batch, 0, sizes.data() + at, value, error)) {
-      abandon(s, {slots.data(), at});
-      return false;
-    }
-    if (!publish_slots(s, batch, error)) {
-      abandon(s, {slots.data(), at + k});
-      return false;
-    }
-  }
-  if (!call_all(slots, first, error)) {
-    abandon(s, slots);
+  if (!publish_all(s, slots, kStartupBatch, 0, sizes.data(), value, error))
     return false;
-  }
+  double bytes = 0;
   for (std::size_t n : sizes) bytes += static_cast<double>(n);
   if (probe) probe->take(s, bytes);
   return true;
@@ -529,23 +539,9 @@ bool pressure_round(Strategy& s, std::vector<Slot>& slots,
                     std::vector<Slot>& odd, std::vector<Slot>& even,
                     std::uint32_t& value, std::string& error, Probe* full,
                     Probe* half) {
-  const std::uint32_t first = value;
-  for (std::size_t at = 0; at < slots.size(); at += kPressureBatch) {
-    const std::size_t k = std::min(kPressureBatch, slots.size() - at);
-    const std::span<Slot> batch(slots.data() + at, k);
-    if (!write_all(s, batch, kPressureSize, nullptr, value, error)) {
-      abandon(s, {slots.data(), at});
-      return false;
-    }
-    if (!publish_slots(s, batch, error)) {
-      abandon(s, {slots.data(), at + k});
-      return false;
-    }
-  }
-  if (!call_all(slots, first, error)) {
-    abandon(s, slots);
+  if (!publish_all(s, slots, kPressureBatch, kPressureSize, nullptr, value,
+                   error))
     return false;
-  }
   if (full) full->take(s, static_cast<double>(slots.size() * kPressureSize));
   odd.clear();
   even.clear();
@@ -597,9 +593,9 @@ void bm_vma_pressure(benchmark::State& state, const Factory& f) {
 // kMemoryBatch at a time and kept live, then all released, settled and
 // trimmed, kMemoryRounds times, as a JIT that compiles a working set and
 // throws it away. Measured from the process's resident memory (anonymous
-// and shared, each page once, see maps::Usage) and address space: what the live code costs
-// per byte of code, what stays after everything is released (before and
-// after trim()), and the address space taken against the strategy's own
+// and shared, each page once, see maps::Usage) and address space: what the live
+// code costs per byte of code, what stays after everything is released (before
+// and after trim()), and the address space taken against the strategy's own
 // reservation. Resident figures are above the empty strategy (made, nothing
 // allocated), whose own cost is reported apart.
 struct MemoryFigures {
@@ -613,23 +609,8 @@ struct MemoryFigures {
 
 bool memory_round(Strategy& s, std::vector<Slot>& slots, std::uint32_t& value,
                   std::string& error, MemoryFigures& m, bool last) {
-  const std::uint32_t first = value;
-  for (std::size_t at = 0; at < slots.size(); at += kMemoryBatch) {
-    const std::size_t k = std::min(kMemoryBatch, slots.size() - at);
-    const std::span<Slot> batch(slots.data() + at, k);
-    if (!write_all(s, batch, kMemorySize, nullptr, value, error)) {
-      abandon(s, {slots.data(), at});
-      return false;
-    }
-    if (!publish_slots(s, batch, error)) {
-      abandon(s, {slots.data(), at + k});
-      return false;
-    }
-  }
-  if (!call_all(slots, first, error)) {
-    abandon(s, slots);
+  if (!publish_all(s, slots, kMemoryBatch, kMemorySize, nullptr, value, error))
     return false;
-  }
   const maps::Usage live = maps::usage();
   m.note(live);
   if (live.resident() > m.live.resident()) m.live = live;
