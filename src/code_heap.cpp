@@ -90,6 +90,18 @@ class HeapImpl {
   [[nodiscard]] bool index_pages(std::size_t first, std::size_t n) noexcept;
   void set_index(std::size_t first, std::size_t n, Page* page) noexcept;
   void forget(Page* page) noexcept;
+  // A sealed page left without live functions waits in empty_ to be
+  // retired (room in empty_ reserved by the caller).
+  // Room for one more in empty_, grown geometrically (may throw).
+  void reserve_empty() {
+    if (empty_.size() == empty_.capacity())
+      empty_.reserve(2 * empty_.size() + 1);
+  }
+  void queue_empty(Page* page) noexcept {
+    empty_.push_back(page);
+    page->queued = true;
+    stats_.empty_pages += page->pages;
+  }
 
   // The page index: arena page -> the heap's page there, in two levels (a
   // leaf per kLeafPages arena pages, allocated when first needed). One flat
@@ -331,7 +343,7 @@ Result<Function> HeapImpl::allocate(std::size_t bytes,
       // heap moves on (release() keeps it while new ones may go on it).
       Page* const old = page && page->sealed && !page->live ? page : nullptr;
       try {
-        if (old) empty_.reserve(empty_.size() + 1);
+        if (old) reserve_empty();
       } catch (const std::bad_alloc&) {
         return Error(Errc::out_of_memory, kNoMemory);
       }
@@ -340,9 +352,7 @@ Result<Function> HeapImpl::allocate(std::size_t bytes,
       page = current_ = *p;
       offset = 0;
       if (old) {
-        empty_.push_back(old);  // room reserved
-        old->queued = true;
-        stats_.empty_pages += old->pages;
+        queue_empty(old);
         if (tail_ == old) tail_ = nullptr;
       }
     }
@@ -385,7 +395,7 @@ Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
   try {
     ops_.reserve(pending_.size() + empty_.size() + 1);
     traps_.reserve(stale_.size() + 1);  // and the tail's span
-    if (drop) empty_.reserve(empty_.size() + 1);
+    if (drop) reserve_empty();
   } catch (const std::bad_alloc&) {
     return Error(Errc::out_of_memory, kNoMemory);
   }
@@ -416,9 +426,7 @@ Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
   if (!r) return r.error();  // all-or-nothing: the heap is unchanged too
   stale_.clear();
   if (drop) {
-    empty_.push_back(drop);  // room reserved
-    drop->queued = true;
-    stats_.empty_pages += drop->pages;
+    queue_empty(drop);
     current_ = tail_ = nullptr;
   }
 
@@ -508,12 +516,11 @@ Result<void> HeapImpl::release(const void* rx) noexcept {
   // not: new functions may go on it before (allocate(), publish()).
   if (page->live == 1 && page->sealed && page != current_) {
     try {
-      empty_.push_back(page);
+      reserve_empty();
     } catch (const std::bad_alloc&) {
       return Error(Errc::out_of_memory, kNoMemory);  // nothing changed
     }
-    page->queued = true;
-    stats_.empty_pages += page->pages;
+    queue_empty(page);
   }
   if (page->sealed && trap_released_ && !appended) {
     // Joined to the span of the function just before it on the page when
