@@ -205,6 +205,44 @@ TEST_F(HeapTail, AFailedPublishOfAppendedCodeChangesNothing) {
   for_each_failing_call(options(), calls, run);
 }
 
+// On the defaults a user gets (Options{}, the default reservation), where
+// automatic picks kernel_write: the tail page works as above, and a stale
+// rw pointer into the heap's shadow page (a function already published)
+// cannot reach published code: what the next publish copies in starts
+// after it.
+TEST(HeapTailDefaults, OnDefaultOptionsAStaleShadowPointerCannotReachCode) {
+  Result<Arena> made = Arena::create(Options{});
+  ASSERT_TRUE(Ok(made));
+  if (made->backend() != Backend::kernel_write)
+    GTEST_SKIP() << "automatic picked another backend on this host; the "
+                    "tail page is kernel_write's";
+  Result<CodeHeap> heap = CodeHeap::create(*made);
+  ASSERT_TRUE(Ok(heap));
+  const std::size_t ps = made->page_size();
+  Result<Function> a = heap->allocate(64);
+  ASSERT_TRUE(Ok(a));
+  ASSERT_NE(write_return_imm(a->rw, 1), 0u);
+  ASSERT_TRUE(Ok(heap->publish()));
+  Result<Function> b = heap->allocate(64);
+  ASSERT_TRUE(Ok(b));
+  ASSERT_EQ(page_of(b->rx, ps), page_of(a->rx, ps));
+  ASSERT_NE(write_return_imm(b->rw, 2), 0u);
+  const SyscallCounts n0 = made->stats().syscalls;
+  ASSERT_TRUE(Ok(heap->publish()));
+  EXPECT_EQ(made->stats().syscalls.total() - n0.total(), 1u);
+  EXPECT_EQ(call(b->rx), 2u);
+  // The attack: b's old rw pointer, written after b's publish.
+  ASSERT_NE(write_return_imm(b->rw, 666), 0u);
+  Result<Function> c = heap->allocate(64);
+  ASSERT_TRUE(Ok(c));
+  ASSERT_NE(write_return_imm(c->rw, 3), 0u);
+  ASSERT_TRUE(Ok(heap->publish()));
+  EXPECT_EQ(call(b->rx), 2u) << "a stale shadow write reached published code";
+  EXPECT_EQ(call(a->rx), 1u);
+  EXPECT_EQ(call(c->rx), 3u);
+  EXPECT_TRUE(audit_arena(*made));
+}
+
 // Where the backend flips protections, a sealed page takes nothing more:
 // the next function goes on a fresh page.
 TEST(HeapTailElsewhere, ASealedPageTakesNoMoreFunctions) {
