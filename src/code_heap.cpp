@@ -386,6 +386,27 @@ Result<Function> HeapImpl::allocate(std::size_t bytes,
 
 Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
   if (impl_.foreign_process()) return Error(Errc::wrong_process);
+  if (pending_.empty() && empty_.empty()) {
+    // Only functions appended to the tail page, and at most the traps of
+    // the function released right before them (a JIT publishing one
+    // function at a time): one span of the shadow, the quick commit.
+    const Stale* f = stale_.empty() ? nullptr : stale_.data();
+    if (tail_ && tail_->live && tail_->used > tail_from_ &&
+        stale_.size() <= 1 &&
+        (!f || (f->page == tail_ && f->offset + f->size == tail_from_))) {
+      const std::uint32_t from = f ? f->offset : tail_from_;
+      if (f) fill_traps(shadow_ + from, f->size);
+      const ArenaImpl::WriteSpan span{tail_->rx + from, tail_->used - from,
+                                      shadow_ + from};
+      Result<CommitReport> r = impl_.commit(nullptr, 0, flags, &span, 1);
+      if (!r) return r.error();
+      stale_.clear();
+      tail_from_ = tail_->used;
+      stats_.pending_functions = 0;
+      ++stats_.publishes;
+      return r;
+    }
+  }
   ops_.clear();
   traps_.clear();
   // The last page, emptied since and given nothing new: it goes with the
@@ -411,16 +432,28 @@ Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
     for (Page* p : empty_) ops_.push_back({p->rx, OpKind::release});
     if (drop) ops_.push_back({drop->rx, OpKind::release});
   }
-  // Released functions on pages that stay executable become traps (those
-  // on pages retired now are trapped whole by the release).
-  for (const Stale& f : stale_)
-    if (!(retire && f.page->live == 0 && (f.page->queued || f.page == drop)))
-      traps_.push_back({f.page->rx + f.offset, f.size});
   // Functions appended to the tail page: copied in from the shadow (a
   // tail page without live functions is no longer the tail: release()).
-  if (tail_ && tail_->live && tail_->used > tail_from_)
-    traps_.push_back({tail_->rx + tail_from_, tail_->used - tail_from_,
-                      shadow_ + tail_from_});
+  const bool append = tail_ && tail_->live && tail_->used > tail_from_;
+  std::uint32_t append_from = tail_from_;
+  // Released functions on pages that stay executable become traps (those
+  // on pages retired now are trapped whole by the release). Those right
+  // before the appended ones go with them: their traps are written into
+  // the shadow now (whatever a stale pointer put there before), and the
+  // publish is one piece of the shadow, one pwrite.
+  for (const Stale& f : stale_) {
+    if (retire && f.page->live == 0 && (f.page->queued || f.page == drop))
+      continue;
+    if (append && f.page == tail_ && f.offset + f.size == tail_from_) {
+      fill_traps(shadow_ + f.offset, f.size);
+      append_from = f.offset;
+      continue;
+    }
+    traps_.push_back({f.page->rx + f.offset, f.size});
+  }
+  if (append)
+    traps_.push_back({tail_->rx + append_from, tail_->used - append_from,
+                      shadow_ + append_from});
   Result<CommitReport> r = impl_.commit(ops_.data(), ops_.size(), flags,
                                         traps_.data(), traps_.size());
   if (!r) return r.error();  // all-or-nothing: the heap is unchanged too
