@@ -106,6 +106,9 @@ Result<void> ArenaImpl::init() noexcept {
     return Error(Errc::out_of_memory, kNoMemory);
   }
   set_recycling();
+  if (ContentWriter* w = region_.ops().content_writer();
+      w && w->plans_without_lock())
+    quick_writer_ = w;
   if (caps.barrier) barrier_registered_ = bool(pal_.register_barrier(sys_));
   return {};
 }

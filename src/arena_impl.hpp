@@ -2,8 +2,9 @@
 // ArenaImpl: chunk allocation, lifecycle rules, quarantine, locking, stats
 // and the batch commit behind wxa::Arena and wxa::Batch. Its members are
 // defined in arena.cpp (creation, allocation, lookups, stats),
-// free_space.cpp (lanes, free runs, recycling, trim) and commit.cpp (the
-// commit, whose steps are the class Commit in commit.hpp).
+// free_space.cpp (lanes, free runs, recycling, trim), commit.cpp (the
+// commit, whose steps are the class Commit in commit.hpp) and
+// commit_spans.cpp (the quick commit of a CodeHeap's appended code).
 //
 // Layering: layers 4 and 5. Includes region.hpp (layer 3) and below. The
 // fault-injection tests reach in here through detail::create_arena().
@@ -43,6 +44,18 @@ struct Batch::Op {
 namespace detail {
 
 class Commit;
+
+/// Adds a step's system calls to a total.
+inline void add_counts(SyscallCounts& to, const SyscallCounts& n) noexcept {
+  to.mmap += n.mmap;
+  to.munmap += n.munmap;
+  to.mprotect += n.mprotect;
+  to.madvise += n.madvise;
+  to.memfd += n.memfd;
+  to.membarrier += n.membarrier;
+  to.other += n.other;
+  to.write += n.write;
+}
 
 /// Where recycling makes no system call, how many quarantined pages come
 /// back together at most (see ArenaImpl::init()).
@@ -201,6 +214,16 @@ class ArenaImpl {
       const Batch::Op* ops, std::size_t n, CommitFlags flags, Scratch& s,
       std::unique_lock<std::mutex>* lock, bool& busy,
       const WriteSpan* spans = nullptr, std::size_t span_count = 0);
+  // The chunk a span lies in (executable, not in flight: else `busy`),
+  // or the error a commit naming it gets.
+  [[nodiscard]] Result<std::uint32_t> span_chunk(const WriteSpan& t,
+                                                 bool& busy) const noexcept;
+  // A commit of spans only, without a plan, where the backend's quick way
+  // takes them (commit_spans.cpp): sets `taken` when it did the commit or
+  // refused it, else changed nothing (the caller commits the usual way).
+  [[nodiscard]] Result<CommitReport> commit_spans(
+      std::unique_lock<std::mutex>& lock, const WriteSpan* spans,
+      std::size_t count, bool& taken) noexcept;
   // Patches where the backend cannot write live code: unseal, write, seal.
   [[nodiscard]] Result<CommitReport> commit_by_unsealing(const Batch::Op* ops,
                                                          std::size_t n,
@@ -225,6 +248,9 @@ class ArenaImpl {
   // Quarantined pages recycled together (see init()).
   std::size_t recycle_pages_ = 1;
   bool barrier_registered_ = false;
+  // The backend's writer where it writes without the lock (the quick
+  // commit of spans needs that), else null.
+  ContentWriter* quick_writer_ = nullptr;
   // The process that made the arena: its token (see process_token()) and
   // its count of glibc fork()s (where the kernel ignores MADV_WIPEONFORK).
   std::uint64_t process_token_ = 0;

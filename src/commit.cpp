@@ -12,18 +12,6 @@
 #include "error.hpp"
 
 namespace wxa::detail {
-namespace {
-void add_counts(SyscallCounts& to, const SyscallCounts& n) noexcept {
-  to.mmap += n.mmap;
-  to.munmap += n.munmap;
-  to.mprotect += n.mprotect;
-  to.madvise += n.madvise;
-  to.memfd += n.memfd;
-  to.membarrier += n.membarrier;
-  to.other += n.other;
-  to.write += n.write;
-}
-}  // namespace
 
 Result<std::uint32_t> ArenaImpl::validate(const Batch::Op& op, PageState& from,
                                           PageState& to) const noexcept {
@@ -95,6 +83,13 @@ Result<CommitReport> ArenaImpl::commit(const Batch::Op* ops, std::size_t n,
   if (flags == CommitFlags::barrier && !barrier_registered_)
     return Error(Errc::not_supported);
   std::unique_lock lock = acquire();
+  // Spans only (a CodeHeap publishing one function): the quick way, where
+  // the backend has one for them; it needs no scratch.
+  if (n == 0 && span_count && flags != CommitFlags::barrier) {
+    bool taken = false;
+    Result<CommitReport> r = commit_spans(lock, spans, span_count, taken);
+    if (taken) return r;
+  }
   Scratch* s = take_scratch();
   if (!s) return Error(Errc::out_of_memory, kNoMemory);
   // Given back under the lock (destroyed before `lock`).
@@ -290,29 +285,13 @@ Result<void> Commit::sort() { return a_.sort_items(s_.items); }
 // chunks the batch does not name, which no other commit is writing.
 Result<void> Commit::check_spans(bool& busy) {
   for (std::size_t k = 0; k < span_count_; ++k) {
-    const WriteSpan& t = spans_[k];
-    const std::ptrdiff_t i = region_.index_of(t.rx, false);
-    if (i < 0) return Error(Errc::foreign_pointer, 0, t.rx);
-    const std::uint32_t head = region_.head(static_cast<std::size_t>(i));
-    const void* chunk = region_.rx_page(head);
-    if (region_.state(static_cast<std::size_t>(i)) != PageState::executable)
-      return Error(Errc::illegal_transition, 0, chunk);
-    if (region_.flags(head) & kInFlight) {
-      busy = true;
-      return Error(Errc::illegal_transition, 0, chunk);
-    }
-    const auto offset =
-        static_cast<std::size_t>(static_cast<const std::byte*>(t.rx) -
-                                 static_cast<const std::byte*>(chunk));
-    const std::size_t bytes = std::size_t{region_.length(head)}
-                              << region_.page_shift();
-    if (t.size == 0 || t.size > bytes - offset)
-      return Error(Errc::out_of_bounds, 0, chunk);
+    Result<std::uint32_t> head = a_.span_chunk(spans_[k], busy);
+    if (!head) return head.error();
     const auto in_batch = std::lower_bound(
-        s_.items.begin(), s_.items.end(), head,
+        s_.items.begin(), s_.items.end(), *head,
         [](const Item& x, std::uint32_t h) { return x.head < h; });
-    if (in_batch != s_.items.end() && in_batch->head == head)
-      return Error(Errc::duplicate_in_batch, 0, chunk);
+    if (in_batch != s_.items.end() && in_batch->head == *head)
+      return Error(Errc::duplicate_in_batch, 0, region_.rx_page(*head));
   }
   return {};
 }

@@ -33,6 +33,17 @@ struct ContentItem {
   bool span = false;
 };
 
+/// Bytes of an executable chunk that a commit of nothing else overwrites:
+/// `size` bytes at `offset` within the chunk at `head` (`pages` long),
+/// with traps (`data` null) or with `data`.
+/// The most spans a quick write takes (ContentWriter::spans_fit()).
+inline constexpr std::size_t kMaxQuickSpans = 8;
+struct SpanWrite {
+  std::uint32_t head, pages;
+  std::uint32_t offset, size;
+  const std::byte* data;
+};
+
 /// A commit's writes into the code, as a backend that writes content plans
 /// them (opaque to the arena).
 class ContentPlan {
@@ -78,6 +89,21 @@ class ContentWriter {
   /// needed (large ones are freed, not kept for the next commit).
   virtual void forget_undo(ContentPlan& plan) noexcept = 0;
   virtual void destroy_plan(ContentPlan* plan) noexcept = 0;
+
+  /// The quick way for a commit that only overwrites bytes of executable
+  /// chunks (a CodeHeap publishing functions appended to its last page):
+  /// no plan. True when `count` spans, in address order, not overlapping,
+  /// are few and small enough for it; asked under the arena's lock.
+  [[nodiscard]] virtual bool spans_fit(const SpanWrite* spans,
+                                       std::size_t count) const noexcept = 0;
+  /// Writes spans that fit, as write_planned() and finish_content() would
+  /// (one call per contiguous stretch, the backend's records, cache
+  /// maintenance), without the lock once their chunks are in flight. On
+  /// failure what was written is restored before it returns (fatal if it
+  /// cannot be).
+  [[nodiscard]] virtual Result<void> write_spans(const SpanWrite* spans,
+                                                 std::size_t count,
+                                                 SyscallCounts& n) noexcept = 0;
 
  protected:
   ContentWriter() noexcept = default;

@@ -24,6 +24,7 @@
 #include <new>
 
 #include "backend/backend.hpp"
+#include "backend/code_files.hpp"
 #include "backend/staging.hpp"
 #include "backend/traps.hpp"
 
@@ -37,7 +38,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
 
   void set_lanes(std::size_t lanes) noexcept override { want_lanes_ = lanes; }
   std::size_t lane_pages() const noexcept override {
-    return lane_count_ > 1 ? std::size_t{1} << lane_shift_ : 0;
+    return files_.lane_count > 1 ? std::size_t{1} << files_.lane_shift : 0;
   }
 
   Result<void> init(Pal& pal, std::size_t pages, unsigned shift,
@@ -62,10 +63,13 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     std::size_t lanes = std::clamp<std::size_t>(want_lanes_, 1, kLaneLimit);
     lanes = std::min(lanes, std::max<std::size_t>(1, pages / kMinLanePages));
     const std::size_t per_lane = std::bit_ceil((pages + lanes - 1) / lanes);
-    lane_shift_ = static_cast<unsigned>(std::countr_zero(per_lane));
-    lane_count_ = (pages + per_lane - 1) / per_lane;
-    if (Result<void> r = staging_.allocate(pages, shift, lane_shift_,
-                                           lane_count_, trap_page_);
+    files_.lane_shift = static_cast<unsigned>(std::countr_zero(per_lane));
+    files_.lane_count = (pages + per_lane - 1) / per_lane;
+    files_.shift = shift;
+    files_.pal = &pal;
+    files_.traps = trap_page_;
+    if (Result<void> r = staging_.allocate(pages, shift, files_.lane_shift,
+                                           files_.lane_count, trap_page_);
         !r)
       return r;
     // The first lane's memfd now, so that a host refusing memfds refuses
@@ -88,10 +92,11 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
       const std::uintptr_t top =
           reinterpret_cast<std::uintptr_t>(staging_.base()) - page;
       if (top > fenced)
-        rx = pal.reserve_view(shm_[0], bytes(), top - fenced, top,
+        rx = pal.reserve_view(files_.shm[0], bytes(), top - fenced, top,
                               Access::read_execute, n);
       if (!rx && rx.error().code() == Errc::unreachable_anchor) {
-        rx = pal.reserve_view(shm_[0], bytes(), 0, 0, Access::read_execute, n);
+        rx = pal.reserve_view(files_.shm[0], bytes(), 0, 0,
+                              Access::read_execute, n);
         // The code went elsewhere: the staging follows it (map()).
         if (rx) {
           rx_base_ = *rx;
@@ -102,7 +107,8 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
         }
       }
     } else {
-      rx = pal.reserve_view(shm_[0], bytes(), lo, hi, Access::read_execute, n);
+      rx = pal.reserve_view(files_.shm[0], bytes(), lo, hi,
+                            Access::read_execute, n);
     }
     if (!rx) {
       Error e = rx.error();
@@ -110,6 +116,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
       return e;
     }
     rx_base_ = *rx;
+    files_.rx_base = rx_base_;
 
     // Staging, near the code (see staging.hpp).
     if (Result<void> r = staging_.map(pal, rx_base_, name, n); !r) {
@@ -122,11 +129,11 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
   void destroy(SyscallCounts& n) noexcept override {
     if (rx_base_) (void)pal_->unmap_view(rx_base_, bytes(), n);
     staging_.unmap(n);
-    for (SharedHandle& h : shm_) {
+    for (SharedHandle& h : files_.shm) {
       if (h.valid()) (void)pal_->close_shared(h, n);
       h = SharedHandle{};
     }
-    rx_base_ = nullptr;
+    rx_base_ = files_.rx_base = nullptr;
   }
 
   // --- what the kernel shows ------------------------------------------------
@@ -157,10 +164,10 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     // memfd, never an mprotect.
     if (want == Access::read) return pal_->protect(rx_page(a), len, want, n);
     // The region never asks for a change across a lane edge.
-    const std::size_t lane = a >> lane_shift_;
+    const std::size_t lane = a >> files_.lane_shift;
     if (Result<void> r = make_lane(lane, n); !r) return r;
-    return pal_->map_shared(rx_page(a), len, shm_[lane],
-                            local_offset(a << shift_), want, n);
+    return pal_->map_shared(rx_page(a), len, files_.shm[lane],
+                            files_.local_offset(a << shift_), want, n);
   }
 
   std::size_t fixed_vmas() const noexcept override { return 1; }  // staging
@@ -170,12 +177,12 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     std::memset(populated_.get() + a, 0, b - a);
     std::memset(written_.get() + a, 0, b - a);  // holes again: zeros
     for (std::size_t x = a; x < b;) {
-      const std::size_t lane = x >> lane_shift_;
-      const std::size_t y = std::min(b, (lane + 1) << lane_shift_);
-      if (shm_[lane].valid()) {  // else never opened: nothing to free
-        if (Result<void> r =
-                pal_->discard_shared(shm_[lane], local_offset(x << shift_),
-                                     (y - x) << shift_, rx_page(x), n);
+      const std::size_t lane = x >> files_.lane_shift;
+      const std::size_t y = std::min(b, (lane + 1) << files_.lane_shift);
+      if (files_.shm[lane].valid()) {  // else never opened: nothing to free
+        if (Result<void> r = pal_->discard_shared(
+                files_.shm[lane], files_.local_offset(x << shift_),
+                (y - x) << shift_, rx_page(x), n);
             !r)
           return r;
       }
@@ -271,9 +278,9 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     // One pwritev per contiguous group of pieces (in steady state: one).
     for (std::size_t g = 0; g < P.groups_.size(); ++g) {
       const Group& grp = P.groups_[g];
-      if (Result<void> r =
-              pal_->write_shared(lane_of(grp.offset), local_offset(grp.offset),
-                                 P.pieces_.data() + grp.first, grp.count, n);
+      if (Result<void> r = pal_->write_shared(
+              files_.lane_of(grp.offset), files_.local_offset(grp.offset),
+              P.pieces_.data() + grp.first, grp.count, n);
           !r) {
         restore(P, g + 1, n);  // the failed group may be written in part
         return r.error();
@@ -347,6 +354,24 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     meta_free(plan);
   }
 
+  bool spans_fit(const SpanWrite* spans,
+                 std::size_t count) const noexcept override {
+    return files_.spans_fit(spans, count);
+  }
+
+  Result<void> write_spans(const SpanWrite* spans, std::size_t count,
+                           SyscallCounts& n) noexcept override {
+    if (Result<void> r = files_.write_spans(spans, count, n); !r) return r;
+    // Appended code moves the chunk's extent (traps leave it).
+    for (std::size_t k = 0; k < count; ++k) {
+      const SpanWrite& w = spans[k];
+      if (!w.data || w.offset + w.size <= extent_[w.head]) continue;
+      extent_[w.head] = w.offset + w.size;
+      std::memset(written_.get() + w.head, 1, w.pages);
+    }
+    return {};
+  }
+
   void flush(std::size_t a, std::size_t b) noexcept override {
     // The kernel wrote through its own mapping of the pages; the executable
     // view gets no cache maintenance from that (AArch64: clean + invalidate
@@ -406,7 +431,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
   void add_piece(Plan& P, std::size_t offset, const void* data,
                  std::size_t len) {
     // A piece that crosses a lane edge goes to two memfds: split there.
-    const std::size_t edge = lane_end(offset);
+    const std::size_t edge = files_.lane_end(offset);
     if (offset + len > edge) {
       add_piece(P, offset, data, edge - offset);
       add_piece(P, edge, static_cast<const std::byte*>(data) + (edge - offset),
@@ -415,7 +440,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     }
     if (P.groups_.empty() ||
         P.groups_.back().offset + P.group_bytes_ != offset ||
-        lane_start(offset)) {
+        files_.lane_start(offset)) {
       P.groups_.push_back(Group{offset, P.pieces_.size(), 0});
       P.group_bytes_ = 0;
     }
@@ -571,7 +596,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
         for (std::size_t done = 0; done < rec.bytes;) {
           const std::size_t off = rec.offset + done;
           const std::size_t seg =
-              std::min(rec.bytes - done, lane_end(off) - off);
+              std::min(rec.bytes - done, files_.lane_end(off) - off);
           P.restore_pieces_.clear();
           if (rec.saved == kTraps) {
             for (std::size_t at = 0; at < seg; at += trap_bytes())
@@ -581,7 +606,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
             P.restore_pieces_.push_back(
                 WritePiece{&P.saved_[rec.saved + done].value, seg});
           }
-          if (!pal_->write_shared(lane_of(off), local_offset(off),
+          if (!pal_->write_shared(files_.lane_of(off), files_.local_offset(off),
                                   P.restore_pieces_.data(),
                                   P.restore_pieces_.size(), n))
             fatal("cannot restore code after a failed commit", rx_base_ + off,
@@ -606,36 +631,18 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
   // auditors (wxa-audit) check that by name.
   [[nodiscard]] Result<void> make_lane(std::size_t lane,
                                        SyscallCounts& n) noexcept {
-    if (shm_[lane].valid()) return {};
-    const std::size_t first = lane << lane_shift_;
+    if (files_.shm[lane].valid()) return {};
+    const std::size_t first = lane << files_.lane_shift;
     const std::size_t pages =
-        std::min(std::size_t{1} << lane_shift_, pages_ - first);
+        std::min(std::size_t{1} << files_.lane_shift, pages_ - first);
     Result<SharedHandle> h =
         pal_->create_shared(pages << shift_, "wxarena-code", n);
     if (!h) return h.error();
-    shm_[lane] = *h;
+    files_.shm[lane] = *h;
     return {};
   }
-  // Byte offsets in the reservation: the lane's memfd, the offset in it,
-  // whether a lane starts there (past the first), and where the lane ends.
-  [[nodiscard]] SharedHandle lane_of(std::size_t offset) const noexcept {
-    return shm_[offset >> (lane_shift_ + shift_)];
-  }
-  [[nodiscard]] std::size_t local_offset(std::size_t offset) const noexcept {
-    return offset & ((std::size_t{1} << (lane_shift_ + shift_)) - 1);
-  }
-  [[nodiscard]] bool lane_start(std::size_t offset) const noexcept {
-    return lane_count_ > 1 && offset != 0 && local_offset(offset) == 0;
-  }
-  [[nodiscard]] std::size_t lane_end(std::size_t offset) const noexcept {
-    const unsigned s = lane_shift_ + shift_;
-    return ((offset >> s) + 1) << s;
-  }
-
   std::size_t want_lanes_ = 1;
-  unsigned lane_shift_ = 0;  // pages per lane: 1 << lane_shift_
-  std::size_t lane_count_ = 1;
-  SharedHandle shm_[kLaneLimit];
+  CodeFiles files_;  // the memfds, one per lane
   StagingPool staging_;
   MetaArray<std::uint8_t> populated_;  // code page mapped in (populated)
   // Page of the memfd written since it was last a hole: it holds traps
@@ -648,6 +655,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
 };
 
 static_assert(StagingPool::kMaxLanes >= PageBackend::kLaneLimit);
+static_assert(CodeFiles::kMaxLanes >= PageBackend::kLaneLimit);
 
 }  // namespace
 
