@@ -226,11 +226,15 @@ Result<void> FaultPal::write_shared(detail::SharedHandle h, std::size_t offset,
   std::size_t bytes = 0;
   for (std::size_t k = 0; k < count; ++k) bytes += pieces[k].bytes;
   if (Result<void> f = intercept(PalCall::write_shared, nullptr, bytes); !f) {
-    // A failure part way: the first piece has reached the object. The
-    // caller must restore it like any other partial write.
+    // A failure part way: the first piece (of one piece, its first half)
+    // has reached the object. The caller must restore it like any other
+    // partial write.
+    SyscallCounts ignored;
     if (count > 1) {
-      SyscallCounts ignored;
       (void)inner_->write_shared(h, offset, pieces, 1, ignored);
+    } else if (count == 1 && pieces[0].bytes > 1) {
+      const detail::WritePiece half{pieces[0].data, pieces[0].bytes / 2};
+      (void)inner_->write_shared(h, offset, &half, 1, ignored);
     }
     return f;
   }
