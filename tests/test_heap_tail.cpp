@@ -13,6 +13,8 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
+#include <span>
+#include <string>
 #include <vector>
 
 #include "support/arena_util.hpp"
@@ -20,6 +22,7 @@
 #include "support/each_failure.hpp"
 #include "support/fault_pal.hpp"
 #include "support/native_code.hpp"
+#include "support/process.hpp"
 #include "wxarena/arena.hpp"
 #include "wxarena/code_heap.hpp"
 
@@ -203,6 +206,110 @@ TEST_F(HeapTail, AFailedPublishOfAppendedCodeChangesNothing) {
     EXPECT_FALSE(holds_fn(a->rx, 50));
   };
   for_each_failing_call(options(), calls, run);
+}
+
+// One function published after the release of the one right before it:
+// the traps of the released one and the new code lie next to each other in
+// the shadow, and go in as one piece (one pwrite of both, nothing else).
+TEST_F(HeapTail, APublishAfterAReleaseIsOneWriteOfOnePiece) {
+  FaultPal pal;
+  Result<Arena> made = detail::create_arena(options(), pal);
+  ASSERT_TRUE(Ok(made));
+  Result<CodeHeap> heap = CodeHeap::create(*made);
+  ASSERT_TRUE(Ok(heap));
+  constexpr std::size_t kSize = 64;
+  Result<Function> a = heap->allocate(kSize);
+  ASSERT_TRUE(Ok(a));
+  ASSERT_NE(write_return_imm(a->rw, 60), 0u);
+  ASSERT_TRUE(Ok(heap->publish()));
+  EXPECT_EQ(call(a->rx), 60u);
+  ASSERT_TRUE(Ok(heap->release(a->rx)));
+  Result<Function> b = heap->allocate(kSize);
+  ASSERT_TRUE(Ok(b));
+  ASSERT_EQ(static_cast<const std::byte*>(b->rx),
+            static_cast<const std::byte*>(a->rx) + kSize);
+  ASSERT_NE(write_return_imm(b->rw, 61), 0u);
+  // A stale pointer wrote code into the shadow where the released function
+  // lay: the publish writes traps there, not this.
+  ASSERT_NE(
+      write_return_imm(std::span<std::byte>(b->rw.data() - kSize, kSize), 66),
+      0u);
+  pal.reset_counts();
+  ASSERT_TRUE(Ok(heap->publish()));
+  std::vector<PalEvent> writes;
+  for (const PalEvent& e : pal.log())
+    if (e.call != PalCall::flush_icache) writes.push_back(e);
+  ASSERT_EQ(writes.size(), 1u);
+  EXPECT_EQ(writes[0].call, PalCall::write_shared);
+  EXPECT_EQ(writes[0].bytes, 2 * kSize);
+  EXPECT_EQ(call(b->rx), 61u);
+  EXPECT_FALSE(holds_fn(a->rx, 60));
+  EXPECT_FALSE(holds_fn(a->rx, 66));
+  EXPECT_TRUE(audit_arena(*made));
+}
+
+// The heap's last page released behind its back (through the arena): the
+// publish of what was appended to it is refused with illegal_transition,
+// nothing is written, and the arena goes on working.
+TEST_F(HeapTail, APublishOntoAPageReleasedBehindTheHeapsBackIsRefused) {
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Result<CodeHeap> heap = CodeHeap::create(*made);
+  ASSERT_TRUE(Ok(heap));
+  Result<Function> a = heap->allocate(64);
+  ASSERT_TRUE(Ok(a));
+  ASSERT_NE(write_return_imm(a->rw, 70), 0u);
+  ASSERT_TRUE(Ok(heap->publish()));
+  Result<Function> b = heap->allocate(64);
+  ASSERT_TRUE(Ok(b));
+  ASSERT_NE(write_return_imm(b->rw, 71), 0u);
+  ASSERT_TRUE(Ok(made->release(a->rx)));  // a's page: not the caller's
+  Result<CommitReport> r = heap->publish();
+  ASSERT_FALSE(Ok(r));
+  EXPECT_EQ(r.error().code(), Errc::illegal_transition);
+  EXPECT_FALSE(holds_fn(b->rx, 71));
+  Result<Chunk> c = made->allocate(64);
+  ASSERT_TRUE(Ok(c));
+  write_fn(*c, 72);
+  ASSERT_TRUE(Ok(made->seal(*c)));
+  EXPECT_EQ(call(c->rx()), 72u);
+  EXPECT_TRUE(audit_arena(*made));
+}
+
+// A publish whose write fails and whose undoing fails too would leave code
+// the arena cannot vouch for: fatal, as for any commit. (Re-run in a fresh
+// process: an arena refuses every call in a fork() child.)
+TEST_F(HeapTailDeathTest, AFailedUndoOfAnAppendedPublishIsFatal) {
+#ifndef _WIN32
+  if (const char* why = exec_unavailable_reason())
+    GTEST_SKIP() << why << "; an arena refuses to work in a fork() child";
+#endif
+  struct Style {
+    std::string saved = GTEST_FLAG_GET(death_test_style);
+    Style() { GTEST_FLAG_SET(death_test_style, "threadsafe"); }
+    ~Style() { GTEST_FLAG_SET(death_test_style, saved); }
+  } style;
+  FaultPal pal;
+  Result<Arena> made = detail::create_arena(options(), pal);
+  ASSERT_TRUE(Ok(made));
+  Result<CodeHeap> heap = CodeHeap::create(*made);
+  ASSERT_TRUE(Ok(heap));
+  Result<Function> a = heap->allocate(64);
+  ASSERT_TRUE(Ok(a));
+  ASSERT_NE(write_return_imm(a->rw, 80), 0u);
+  ASSERT_TRUE(Ok(heap->publish()));
+  Result<Function> b = heap->allocate(64);
+  ASSERT_TRUE(Ok(b));
+  ASSERT_NE(write_return_imm(b->rw, 81), 0u);
+  EXPECT_DEATH(
+      {
+        pal.arm_persistent(1, EIO);
+        (void)heap->publish();
+      },
+      "wxarena: fatal: cannot restore code");
+  // In this process nothing happened.
+  ASSERT_TRUE(Ok(heap->publish()));
+  EXPECT_EQ(call(b->rx), 81u);
 }
 
 // On the defaults a user gets (Options{}, the default reservation), where
