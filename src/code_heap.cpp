@@ -17,9 +17,12 @@
 // functions go to after its seal: a new function on it is written in the
 // heap's shadow page and copied in by the next publish() over bytes that
 // never held code (they hold traps), with the traps of released functions
-// in the same pwritev. A JIT publishing one function at a time then costs
-// one pwritev of that function, not a fresh page (staging trap-filled,
-// copied in, faulted into the code view) per function.
+// in the same pwritev; those of a function released right before the new
+// ones are written into the shadow at publish, so that both go in as one
+// piece (one pwrite, through the arena's quick commit of spans). A JIT
+// publishing one function at a time then costs one write of that function,
+// not a fresh page (staging trap-filled, copied in, faulted into the code
+// view) per function.
 #include "wxarena/code_heap.hpp"
 
 #include <algorithm>

@@ -74,8 +74,10 @@ struct HeapStats {
 /// its seal too, after every byte it ever used (never over a released
 /// function): their Function::rw is then the heap's own shadow page, not
 /// staging, and the next publish() copies them in, with the traps of
-/// released functions, in one pwritev. A JIT publishing one function at a
-/// time costs one system call a function, not a fresh page. An emptied last
+/// released functions, in one write (a function released right before the
+/// new ones: traps written into the shadow by publish(), one piece). A JIT
+/// publishing one function at a time costs one system call a function, not
+/// a fresh page. An emptied last
 /// page is retired by the next publish() unless a function went on it first.
 ///
 /// Thread safety: a CodeHeap is used by one thread at a time (give each
