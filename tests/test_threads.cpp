@@ -330,5 +330,84 @@ TEST(KernelWriteThreads, ACommitNamingAChunkBeingWrittenWaitsForIt) {
   pal.before_each({});
 }
 
+// The same for a CodeHeap's publish of a function appended to its last page
+// (the quick commit of spans, written without the lock): the arena
+// allocates meanwhile, and a release of that page (behind the heap's back)
+// waits for the copy, then turns all of it into traps, appended code too.
+TEST(KernelWriteThreads, AReleaseWaitsForAnAppendedPublishAndTrapsItToo) {
+  WXA_SKIP_IF_UNAVAILABLE(Backend::kernel_write);
+  FaultPal pal;
+  Options o;
+  o.backend = Backend::kernel_write;
+  o.reserve_bytes = kSmallReserve;
+  o.quarantine = 0;
+  o.open_pages = 1;  // one page opened, and recycled, at a time
+  o.lanes = 1;
+  Result<Arena> made = detail::create_arena(o, pal);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  // The heap's page is one that held code before (its bytes are traps, not
+  // a hole): its seal copies in only the bytes used, and what the backend
+  // traps at the page's release is what it has recorded as written since.
+  Result<Chunk> x = arena.allocate(64);
+  ASSERT_TRUE(Ok(x));
+  write_fn(*x, 89);
+  ASSERT_TRUE(Ok(arena.seal(*x)));
+  ASSERT_TRUE(Ok(arena.release(x->rx())));
+  Result<CodeHeap> heap = CodeHeap::create(arena);
+  ASSERT_TRUE(Ok(heap));
+  Result<Function> a = heap->allocate(64);
+  ASSERT_TRUE(Ok(a));
+  ASSERT_EQ(a->rx, x->rx()) << "the heap did not get the recycled page";
+  ASSERT_NE(write_return_imm(a->rw, 90), 0u);
+  ASSERT_TRUE(Ok(heap->publish()));
+  Result<Function> b = heap->allocate(64);
+  ASSERT_TRUE(Ok(b));
+  ASSERT_NE(write_return_imm(b->rw, 91), 0u);
+
+  std::promise<void> entered, open;
+  std::shared_future<void> opened = open.get_future().share();
+  std::atomic<bool> hold{true};
+  pal.before_each([&](PalCall call) {
+    if (call == PalCall::write_shared && hold.exchange(false)) {
+      entered.set_value();
+      opened.wait();
+    }
+  });
+  std::thread publisher([&] { EXPECT_TRUE(Ok(heap->publish())); });
+  if (entered.get_future().wait_for(std::chrono::seconds(30)) !=
+      std::future_status::ready) {
+    hold.store(false);
+    open.set_value();
+    publisher.join();
+    FAIL() << "the publish never reached the copy";
+  }
+  auto other = std::async(std::launch::async, [&] {
+    Result<Chunk> d = arena.allocate(64);
+    return d ? d->rx() : nullptr;
+  });
+  const bool allocated =
+      other.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  std::atomic<bool> released{false};
+  std::thread releaser([&] {
+    EXPECT_TRUE(Ok(arena.release(a->rx)));  // the heap's page
+    released.store(true);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const bool released_early = released.load();
+  open.set_value();
+  publisher.join();
+  releaser.join();
+  pal.before_each({});
+  EXPECT_TRUE(allocated) << "allocate() waited for another thread's copy";
+  EXPECT_FALSE(released_early)
+      << "a release went ahead while the page's appended code was written";
+  EXPECT_NE(allocated ? other.get() : nullptr, nullptr);
+  EXPECT_FALSE(holds_fn(a->rx, 90));
+  EXPECT_FALSE(holds_fn(b->rx, 91)) << "appended code outlived its page";
+  EXPECT_TRUE(FailsWith(arena.find(b->rx), Errc::not_allocated));
+  EXPECT_TRUE(audit_arena(arena));
+}
+
 }  // namespace
 }  // namespace wxa::test
