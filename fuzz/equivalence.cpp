@@ -113,13 +113,14 @@ int main(int argc, char** argv) {
     return 2;
   }
 #if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-  // ASan's allocator maps memory of its own between the library's calls
-  // (its threads too), so where the kernel places a reservation is not
-  // reproducible: the probe below passes or not from one run to the next.
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+  // A sanitizer's allocator maps memory of its own between the library's
+  // calls (its threads too), so where the kernel places a reservation is
+  // not reproducible: the probe below passes or not from one run to the
+  // next.
   std::printf(
-      "SKIP: under AddressSanitizer, whose allocator maps memory between "
-      "the library's calls; the kernel's placement is not reproducible\n");
+      "SKIP: under a sanitizer, whose allocator maps memory between the "
+      "library's calls; the kernel's placement is not reproducible\n");
   return 77;
 #endif
 #endif
