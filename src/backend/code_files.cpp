@@ -9,12 +9,13 @@ namespace wxa::detail {
 bool CodeFiles::spans_fit(const SpanWrite* spans,
                           std::size_t count) const noexcept {
   if (count == 0 || count > kQuickSpans) return false;
-  const int fd = lane_of(offset_of(spans[0])).fd;
+  const unsigned lane = lane_shift + shift;
+  const std::size_t first = offset_of(spans[0]) >> lane;
   std::size_t bytes = 0, end = 0;
   for (std::size_t k = 0; k < count; ++k) {
     const std::size_t at = offset_of(spans[k]);
     if ((k && at < end) || lane_end(at) < at + spans[k].size ||
-        lane_of(at).fd != fd)
+        at >> lane != first)
       return false;
     end = at + spans[k].size;
     bytes += spans[k].size;
