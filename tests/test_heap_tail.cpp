@@ -46,6 +46,21 @@ std::uintptr_t page_of(const void* p, std::size_t page_size) {
   return reinterpret_cast<std::uintptr_t>(p) / page_size;
 }
 
+// A function `a` (returning value) published, then `b` (value + 1) put on
+// the sealed page after it, not yet published.
+void publish_then_append(CodeHeap& heap, std::uint32_t value, Function& a,
+                         Function& b) {
+  Result<Function> fa = heap.allocate(64);
+  ASSERT_TRUE(Ok(fa));
+  ASSERT_NE(write_return_imm(fa->rw, value), 0u);
+  ASSERT_TRUE(Ok(heap.publish()));
+  Result<Function> fb = heap.allocate(64);
+  ASSERT_TRUE(Ok(fb));
+  ASSERT_NE(write_return_imm(fb->rw, value + 1), 0u);
+  a = *fa;
+  b = *fb;
+}
+
 // One function a publish, each released after its call, as a JIT that
 // compiles one query at a time does: every publish after the first is one
 // pwritev (the new function, and the traps of the one before it), no page
@@ -256,18 +271,13 @@ TEST_F(HeapTail, APublishOntoAPageReleasedBehindTheHeapsBackIsRefused) {
   ASSERT_TRUE(Ok(made));
   Result<CodeHeap> heap = CodeHeap::create(*made);
   ASSERT_TRUE(Ok(heap));
-  Result<Function> a = heap->allocate(64);
-  ASSERT_TRUE(Ok(a));
-  ASSERT_NE(write_return_imm(a->rw, 70), 0u);
-  ASSERT_TRUE(Ok(heap->publish()));
-  Result<Function> b = heap->allocate(64);
-  ASSERT_TRUE(Ok(b));
-  ASSERT_NE(write_return_imm(b->rw, 71), 0u);
-  ASSERT_TRUE(Ok(made->release(a->rx)));  // a's page: not the caller's
+  Function a, b;
+  ASSERT_NO_FATAL_FAILURE(publish_then_append(*heap, 70, a, b));
+  ASSERT_TRUE(Ok(made->release(a.rx)));  // a's page: not the caller's
   Result<CommitReport> r = heap->publish();
   ASSERT_FALSE(Ok(r));
   EXPECT_EQ(r.error().code(), Errc::illegal_transition);
-  EXPECT_FALSE(holds_fn(b->rx, 71));
+  EXPECT_FALSE(holds_fn(b.rx, 71));
   Result<Chunk> c = made->allocate(64);
   ASSERT_TRUE(Ok(c));
   write_fn(*c, 72);
@@ -294,13 +304,8 @@ TEST_F(HeapTailDeathTest, AFailedUndoOfAnAppendedPublishIsFatal) {
   ASSERT_TRUE(Ok(made));
   Result<CodeHeap> heap = CodeHeap::create(*made);
   ASSERT_TRUE(Ok(heap));
-  Result<Function> a = heap->allocate(64);
-  ASSERT_TRUE(Ok(a));
-  ASSERT_NE(write_return_imm(a->rw, 80), 0u);
-  ASSERT_TRUE(Ok(heap->publish()));
-  Result<Function> b = heap->allocate(64);
-  ASSERT_TRUE(Ok(b));
-  ASSERT_NE(write_return_imm(b->rw, 81), 0u);
+  Function a, b;
+  ASSERT_NO_FATAL_FAILURE(publish_then_append(*heap, 80, a, b));
   EXPECT_DEATH(
       {
         pal.arm_persistent(1, EIO);
@@ -309,7 +314,7 @@ TEST_F(HeapTailDeathTest, AFailedUndoOfAnAppendedPublishIsFatal) {
       "wxarena: fatal: cannot restore code");
   // In this process nothing happened.
   ASSERT_TRUE(Ok(heap->publish()));
-  EXPECT_EQ(call(b->rx), 81u);
+  EXPECT_EQ(call(b.rx), 81u);
 }
 
 // On the defaults a user gets (Options{}, the default reservation), where

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <iostream>
 #include <set>
@@ -261,6 +262,81 @@ TEST_P(Threads, WritersPublishSideBySideOnOneArena) {
 INSTANTIATE_TEST_SUITE_P(Backends, Threads, ::testing::ValuesIn(kAllBackends),
                          backend_name);
 
+// Holds the first write into the code that `pal` sees (in whichever thread
+// makes it) until open(), so that a test acts while the kernel "copies".
+class HeldWrite {
+ public:
+  explicit HeldWrite(FaultPal& pal)
+      : pal_(pal),
+        entered_(entered_promise_.get_future()),
+        opened_(open_.get_future().share()) {
+    pal.before_each([this](PalCall call) {
+      if (call == PalCall::write_shared && hold_.exchange(false)) {
+        entered_promise_.set_value();
+        opened_.wait();
+      }
+    });
+  }
+  ~HeldWrite() {
+    open();
+    pal_.before_each({});
+  }
+  HeldWrite(const HeldWrite&) = delete;
+  HeldWrite& operator=(const HeldWrite&) = delete;
+
+  // True once the write is being held (within 30 seconds).
+  [[nodiscard]] bool reached() {
+    return entered_.wait_for(std::chrono::seconds(30)) ==
+           std::future_status::ready;
+  }
+  // Lets the held write (and any later one) go on.
+  void open() {
+    hold_.store(false);
+    if (!opened_called_) open_.set_value();
+    opened_called_ = true;
+  }
+
+ private:
+  FaultPal& pal_;
+  std::promise<void> entered_promise_, open_;
+  std::future<void> entered_;
+  std::shared_future<void> opened_;
+  std::atomic<bool> hold_{true};
+  bool opened_called_ = false;
+};
+
+// While `held` holds the write `writer` makes: whether another thread can
+// allocate from the arena meanwhile (the lock is free) and what it got, and
+// whether `release`, run in a third thread, finished before the write went
+// on. Then lets the write go on and joins both threads.
+struct WhileHeld {
+  bool allocated = false;
+  const void* other = nullptr;
+  bool released_early = false;
+};
+WhileHeld act_while_held(Arena& arena, HeldWrite& held, std::thread& writer,
+                         const std::function<void()>& release) {
+  WhileHeld r;
+  auto other = std::async(std::launch::async, [&] {
+    Result<Chunk> d = arena.allocate(64);
+    return d ? d->rx() : nullptr;
+  });
+  r.allocated =
+      other.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  std::atomic<bool> released{false};
+  std::thread releaser([&] {
+    release();
+    released.store(true);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  r.released_early = released.load();
+  held.open();
+  writer.join();
+  releaser.join();
+  if (r.allocated) r.other = other.get();
+  return r;
+}
+
 // kernel_write lets go of the arena's lock while the kernel copies a
 // commit's bytes. Held there (the platform layer waits at the copy), the
 // arena must still allocate for other threads, and a commit naming a chunk
@@ -278,47 +354,24 @@ TEST(KernelWriteThreads, ACommitNamingAChunkBeingWrittenWaitsForIt) {
   ASSERT_TRUE(Ok(c));
   ASSERT_NE(write_return_imm(c->rw(), 7), 0u);
 
-  std::promise<void> entered, open;
-  std::shared_future<void> opened = open.get_future().share();
-  std::atomic<bool> hold{true};
-  pal.before_each([&](PalCall call) {
-    if (call == PalCall::write_shared && hold.exchange(false)) {
-      entered.set_value();
-      opened.wait();
-    }
-  });
+  HeldWrite held(pal);
   std::thread sealer([&] { EXPECT_TRUE(Ok(arena.seal(*c))); });
-  if (entered.get_future().wait_for(std::chrono::seconds(30)) !=
-      std::future_status::ready) {
-    hold.store(false);
-    open.set_value();
+  if (!held.reached()) {
+    held.open();
     sealer.join();
     FAIL() << "the seal never reached the copy";
   }
-  // The lock is free meanwhile: another thread allocates.
-  auto other = std::async(std::launch::async, [&] {
-    Result<Chunk> d = arena.allocate(64);
-    return d ? d->rx() : nullptr;
-  });
-  const bool allocated =
-      other.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
-  // A release of the chunk being sealed waits for the seal's copy.
-  std::atomic<bool> released{false};
-  std::thread releaser([&] {
+  // The lock is free meanwhile: another thread allocates; a release of
+  // the chunk being sealed waits for the seal's copy.
+  const WhileHeld w = act_while_held(arena, held, sealer, [&] {
     Batch b(arena);
     b.release(c->rx());
     EXPECT_TRUE(Ok(b.commit()));
-    released.store(true);
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  const bool released_early = released.load();
-  open.set_value();
-  sealer.join();
-  releaser.join();
-  EXPECT_TRUE(allocated) << "allocate() waited for another thread's copy";
-  EXPECT_FALSE(released_early)
+  EXPECT_TRUE(w.allocated) << "allocate() waited for another thread's copy";
+  EXPECT_FALSE(w.released_early)
       << "a release went ahead while the chunk's seal was being written";
-  const void* d = allocated ? other.get() : nullptr;
+  const void* d = w.other;
   EXPECT_NE(d, nullptr);
   // The seal, then the release: the chunk is retired, the arena consistent.
   Result<ChunkInfo> info = arena.find(c->rx());
@@ -327,7 +380,6 @@ TEST(KernelWriteThreads, ACommitNamingAChunkBeingWrittenWaitsForIt) {
   EXPECT_EQ(s.chunks_in(State::retired), 1u);
   EXPECT_EQ(s.chunks_in(State::writable), d ? 1u : 0u);
   EXPECT_TRUE(audit_arena(arena));
-  pal.before_each({});
 }
 
 // The same for a CodeHeap's publish of a function appended to its last page
@@ -365,44 +417,20 @@ TEST(KernelWriteThreads, AReleaseWaitsForAnAppendedPublishAndTrapsItToo) {
   ASSERT_TRUE(Ok(b));
   ASSERT_NE(write_return_imm(b->rw, 91), 0u);
 
-  std::promise<void> entered, open;
-  std::shared_future<void> opened = open.get_future().share();
-  std::atomic<bool> hold{true};
-  pal.before_each([&](PalCall call) {
-    if (call == PalCall::write_shared && hold.exchange(false)) {
-      entered.set_value();
-      opened.wait();
-    }
-  });
+  HeldWrite held(pal);
   std::thread publisher([&] { EXPECT_TRUE(Ok(heap->publish())); });
-  if (entered.get_future().wait_for(std::chrono::seconds(30)) !=
-      std::future_status::ready) {
-    hold.store(false);
-    open.set_value();
+  if (!held.reached()) {
+    held.open();
     publisher.join();
     FAIL() << "the publish never reached the copy";
   }
-  auto other = std::async(std::launch::async, [&] {
-    Result<Chunk> d = arena.allocate(64);
-    return d ? d->rx() : nullptr;
-  });
-  const bool allocated =
-      other.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
-  std::atomic<bool> released{false};
-  std::thread releaser([&] {
+  const WhileHeld w = act_while_held(arena, held, publisher, [&] {
     EXPECT_TRUE(Ok(arena.release(a->rx)));  // the heap's page
-    released.store(true);
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  const bool released_early = released.load();
-  open.set_value();
-  publisher.join();
-  releaser.join();
-  pal.before_each({});
-  EXPECT_TRUE(allocated) << "allocate() waited for another thread's copy";
-  EXPECT_FALSE(released_early)
+  EXPECT_TRUE(w.allocated) << "allocate() waited for another thread's copy";
+  EXPECT_FALSE(w.released_early)
       << "a release went ahead while the page's appended code was written";
-  EXPECT_NE(allocated ? other.get() : nullptr, nullptr);
+  EXPECT_NE(w.other, nullptr);
   EXPECT_FALSE(holds_fn(a->rx, 90));
   EXPECT_FALSE(holds_fn(b->rx, 91)) << "appended code outlived its page";
   EXPECT_TRUE(FailsWith(arena.find(b->rx), Errc::not_allocated));
