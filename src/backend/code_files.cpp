@@ -20,7 +20,8 @@ bool CodeFiles::spans_fit(const SpanWrite* spans,
     end = at + spans[k].size;
     bytes += spans[k].size;
   }
-  return bytes <= kQuickBytes;
+  // (A trap span of up to a page is at most two pieces of the trap page.)
+  return bytes <= std::min(kQuickBytes, std::size_t{1} << shift);
 }
 
 Result<void> CodeFiles::write_spans(const SpanWrite* spans, std::size_t count,
@@ -37,7 +38,14 @@ Result<void> CodeFiles::write_spans(const SpanWrite* spans, std::size_t count,
     std::memcpy(saved + kept, rx_base + at, w.size);
     kept += w.size;
     if (w.data) {
-      pieces[piece_count++] = WritePiece{w.data, w.size};
+      // Data right after the last piece's in memory (the shadow): one piece.
+      WritePiece* last = piece_count ? &pieces[piece_count - 1] : nullptr;
+      if (last &&
+          static_cast<const std::byte*>(last->data) + last->bytes == w.data &&
+          k && offset_of(spans[k - 1]) + spans[k - 1].size == at)
+        last->bytes += w.size;
+      else
+        pieces[piece_count++] = WritePiece{w.data, w.size};
       continue;
     }
     const std::size_t phase = at & (page - 1);

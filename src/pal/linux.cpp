@@ -455,7 +455,7 @@ Result<void> Pal::write_shared(SharedHandle h, std::size_t offset,
   // the pages, so no writable mapping of them ever exists in this process.
   // Up to IOV_MAX (1024) pieces per call; a short write (a signal, or
   // memory running out part way) is continued from where it stopped.
-  if (count == 1) {
+  if (count == 1 && pieces[0].bytes > 0) {
     // One piece (a publish of one function, most often): pwrite(2), which
     // the kernel takes without copying in and checking an iovec array.
     const auto* p = static_cast<const char*>(pieces[0].data);
