@@ -93,13 +93,13 @@ class HeapImpl {
   [[nodiscard]] bool index_pages(std::size_t first, std::size_t n) noexcept;
   void set_index(std::size_t first, std::size_t n, Page* page) noexcept;
   void forget(Page* page) noexcept;
-  // A sealed page left without live functions waits in empty_ to be
-  // retired (room in empty_ reserved by the caller).
   // Room for one more in empty_, grown geometrically (may throw).
   void reserve_empty() {
     if (empty_.size() == empty_.capacity())
       empty_.reserve(2 * empty_.size() + 1);
   }
+  // A sealed page left without live functions waits in empty_ to be
+  // retired (room in empty_ reserved by the caller).
   void queue_empty(Page* page) noexcept {
     empty_.push_back(page);
     page->queued = true;
@@ -389,27 +389,6 @@ Result<Function> HeapImpl::allocate(std::size_t bytes,
 
 Result<CommitReport> HeapImpl::publish(CommitFlags flags) noexcept {
   if (impl_.foreign_process()) return Error(Errc::wrong_process);
-  if (pending_.empty() && empty_.empty()) {
-    // Only functions appended to the tail page, and at most the traps of
-    // the function released right before them (a JIT publishing one
-    // function at a time): one span of the shadow, the quick commit.
-    const Stale* f = stale_.empty() ? nullptr : stale_.data();
-    if (tail_ && tail_->live && tail_->used > tail_from_ &&
-        stale_.size() <= 1 &&
-        (!f || (f->page == tail_ && f->offset + f->size == tail_from_))) {
-      const std::uint32_t from = f ? f->offset : tail_from_;
-      if (f) fill_traps(shadow_ + from, f->size);
-      const ArenaImpl::WriteSpan span{tail_->rx + from, tail_->used - from,
-                                      shadow_ + from};
-      Result<CommitReport> r = impl_.commit(nullptr, 0, flags, &span, 1);
-      if (!r) return r.error();
-      stale_.clear();
-      tail_from_ = tail_->used;
-      stats_.pending_functions = 0;
-      ++stats_.publishes;
-      return r;
-    }
-  }
   ops_.clear();
   traps_.clear();
   // The last page, emptied since and given nothing new: it goes with the

@@ -36,13 +36,13 @@ struct ContentItem {
 /// Bytes of an executable chunk that a commit of nothing else overwrites:
 /// `size` bytes at `offset` within the chunk at `head` (`pages` long),
 /// with traps (`data` null) or with `data`.
-/// The most spans a quick write takes (ContentWriter::spans_fit()).
-inline constexpr std::size_t kMaxQuickSpans = 8;
 struct SpanWrite {
   std::uint32_t head, pages;
   std::uint32_t offset, size;
   const std::byte* data;
 };
+/// The most spans a quick write takes (ContentWriter::spans_fit()).
+inline constexpr std::size_t kMaxQuickSpans = 8;
 
 /// A commit's writes into the code, as a backend that writes content plans
 /// them (opaque to the arena).

@@ -56,8 +56,8 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     extent_ = meta_zeroed<std::uint32_t>(pages);
     if (!populated_ || !written_ || !extent_)
       return Error(Errc::out_of_memory, kNoMemory);
-    trap_page_ = shared_trap_page(std::size_t{1} << shift);
-    if (!trap_page_) return Error(Errc::not_supported);
+    files_.traps = shared_trap_page(std::size_t{1} << shift);
+    if (!files_.traps) return Error(Errc::not_supported);
 
     // Lanes of a power-of-two number of pages, at least kMinLanePages.
     std::size_t lanes = std::clamp<std::size_t>(want_lanes_, 1, kLaneLimit);
@@ -67,9 +67,8 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     files_.lane_count = (pages + per_lane - 1) / per_lane;
     files_.shift = shift;
     files_.pal = &pal;
-    files_.traps = trap_page_;
     if (Result<void> r = staging_.allocate(pages, shift, files_.lane_shift,
-                                           files_.lane_count, trap_page_);
+                                           files_.lane_count, files_.traps);
         !r)
       return r;
     // The first lane's memfd now, so that a host refusing memfds refuses
@@ -426,7 +425,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
   }
   // Set by init(): plans are made without the arena's lock.
   [[nodiscard]] const std::byte* trap_page() const noexcept {
-    return trap_page_;
+    return files_.traps;
   }
   void add_piece(Plan& P, std::size_t offset, const void* data,
                  std::size_t len) {
@@ -532,7 +531,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
           all_written = written_[it.head + p] != 0;
         const std::size_t bytes =
             all_written
-                ? std::max(used_prefix(staged(it.head), len, trap_page_),
+                ? std::max(used_prefix(staged(it.head), len, files_.traps),
                            extent)
                 : len;
         if (bytes) {
@@ -601,7 +600,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
           if (rec.saved == kTraps) {
             for (std::size_t at = 0; at < seg; at += trap_bytes())
               P.restore_pieces_.push_back(
-                  WritePiece{trap_page_, std::min(trap_bytes(), seg - at)});
+                  WritePiece{files_.traps, std::min(trap_bytes(), seg - at)});
           } else {
             P.restore_pieces_.push_back(
                 WritePiece{&P.saved_[rec.saved + done].value, seg});
@@ -651,7 +650,6 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
   // Chunk head -> bytes from its start that may hold code or data (the
   // rest of the chunk holds traps, or zeros where never written).
   MetaArray<std::uint32_t> extent_;
-  const std::byte* trap_page_ = nullptr;
 };
 
 static_assert(StagingPool::kMaxLanes >= PageBackend::kLaneLimit);

@@ -455,24 +455,6 @@ Result<void> Pal::write_shared(SharedHandle h, std::size_t offset,
   // the pages, so no writable mapping of them ever exists in this process.
   // Up to IOV_MAX (1024) pieces per call; a short write (a signal, or
   // memory running out part way) is continued from where it stopped.
-  if (count == 1 && pieces[0].bytes > 0) {
-    // One piece (a publish of one function, most often): pwrite(2), which
-    // the kernel takes without copying in and checking an iovec array.
-    const auto* p = static_cast<const char*>(pieces[0].data);
-    for (std::size_t left = pieces[0].bytes; left > 0;) {
-      ++n.write;
-      const ssize_t w = ::pwrite(h.fd, p, left, static_cast<off_t>(offset));
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        return error_from_errno(errno);
-      }
-      if (w == 0) return error_from_errno(EIO);
-      p += w;
-      offset += static_cast<std::size_t>(w);
-      left -= static_cast<std::size_t>(w);
-    }
-    return {};
-  }
   static constexpr std::size_t kMaxIov = 1024;  // IOV_MAX on Linux
   struct iovec iov[kMaxIov];
   std::size_t k = 0, skip = 0;  // next piece, bytes of it already written
@@ -487,7 +469,8 @@ Result<void> Pal::write_shared(SharedHandle h, std::size_t offset,
       total += iov[m].iov_len;
     }
     ++n.write;
-    // One piece left: pwrite(2), as above.
+    // One piece (a publish of one function, most often): pwrite(2), which
+    // the kernel takes without copying in and checking an iovec array.
     const ssize_t w = m == 1 ? ::pwrite(h.fd, iov[0].iov_base, iov[0].iov_len,
                                         static_cast<off_t>(offset))
                              : ::pwritev(h.fd, iov, static_cast<int>(m),
