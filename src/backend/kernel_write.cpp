@@ -339,8 +339,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     // Undo records of a commit that saved much (a mass release's old code)
     // are not kept for the next.
     Plan& P = static_cast<Plan&>(plan);
-    if (P.saved_.capacity() > kKeptPlanBytes)
-      MetaVector<RawByte>().swap(P.saved_);
+    if (P.saved_.capacity() > kKeptPlanBytes) P.saved_.release();
     if (P.pieces_.capacity() * sizeof(WritePiece) > kKeptPlanBytes)
       MetaVector<WritePiece>().swap(P.pieces_);
     if (P.undo_.capacity() * sizeof(Undo) > kKeptPlanBytes)
@@ -395,11 +394,6 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
   struct UndoGroup {
     std::size_t first, end;
   };
-  // A byte that a vector does not clear when it grows.
-  struct RawByte {
-    std::byte value;
-    RawByte() noexcept {}  // NOLINT: deliberately leaves `value` unset
-  };
   // A chunk's new extent, swapped with the old one once the copy is done.
   struct Extent {
     std::uint32_t head, pages;
@@ -413,7 +407,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     std::size_t group_bytes_ = 0;
     MetaVector<Undo> undo_;
     MetaVector<UndoGroup> undo_groups_;
-    MetaVector<RawByte> saved_;
+    MetaBytes saved_;
     MetaVector<WritePiece> restore_pieces_;
     MetaVector<Extent> extents_;
     std::size_t written_groups_ = 0;  // groups written so far
@@ -469,8 +463,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
       return;
     }
     const std::size_t at = P.saved_.size();
-    P.saved_.resize(at + len);  // not cleared: overwritten at once
-    std::memcpy(P.saved_.data() + at, rx_base_ + offset, len);
+    std::memcpy(P.saved_.extend(len), rx_base_ + offset, len);
     P.undo_.push_back(Undo{offset, len, at});
   }
 
@@ -483,6 +476,20 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     P.saved_.clear();
     P.extents_.clear();
     P.written_groups_ = 0;
+    // The old bytes save() keeps, at most: one buffer of that size (a mass
+    // release keeps all the code it retires).
+    std::size_t keep = 0;
+    for (std::size_t k = 0; k < count; ++k) {
+      const ContentItem& it = items[k];
+      if (it.traps || it.data)
+        keep += it.size;
+      else if ((it.to == PageState::retired &&
+                it.from != PageState::writable) ||
+               (it.from == PageState::read_only &&
+                it.to == PageState::writable))
+        keep += extent_[it.head];
+    }
+    P.saved_.reserve(keep);
     std::size_t prev_start = 0, prev_end = 0;  // the last item's chunk
     for (std::size_t k = 0; k < count; ++k) {
       const ContentItem& it = items[k];
@@ -603,7 +610,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
                   WritePiece{files_.traps, std::min(trap_bytes(), seg - at)});
           } else {
             P.restore_pieces_.push_back(
-                WritePiece{&P.saved_[rec.saved + done].value, seg});
+                WritePiece{P.saved_.data() + rec.saved + done, seg});
           }
           if (!pal_->write_shared(files_.lane_of(off), files_.local_offset(off),
                                   P.restore_pieces_.data(),
