@@ -378,33 +378,61 @@ bool startup_teardown(Strategy& s, std::vector<Slot>& slots,
   return settle(s, error);
 }
 
+// Startup rounds, each followed by its teardown; only one of the two is
+// timed: the round (startup) or the teardown (release_all).
+bool startup_rounds(benchmark::State& state, const Factory& f, Strategy& s,
+                    std::vector<Slot>& slots,
+                    const std::vector<std::size_t>& sizes, std::uint32_t& value,
+                    bool time_teardown) {
+  std::string error;
+  for (auto _ : state) {
+    if (time_teardown) state.PauseTiming();
+    bool ok = startup_round(s, slots, sizes, value, error, nullptr);
+    if (time_teardown)
+      state.ResumeTiming();
+    else
+      state.PauseTiming();
+    ok = ok && startup_teardown(s, slots, error);
+    if (!time_teardown) state.ResumeTiming();
+    if (!ok) {
+      fail(state, f, error);
+      return false;
+    }
+  }
+  report_rate(state, state.iterations() * slots.size());
+  return true;
+}
+
+std::size_t startup_capacity(const std::vector<std::size_t>& sizes) {
+  std::size_t capacity = 0;
+  for (std::size_t n : sizes) capacity += n + 16;
+  return capacity;
+}
+
+// release_all: the startup's functions all released and that committed
+// (for wxarena, the retirement of every page: traps written over all the
+// code, the old code kept for undo until the write is done).
+void bm_release_all(benchmark::State& state, const Factory& f) {
+  const std::vector<std::size_t> sizes =
+      startup_sizes(static_cast<std::size_t>(state.range(0)));
+  Instance in;
+  if (!make_instance(state, f, {startup_capacity(sizes)}, in)) return;
+  std::vector<Slot> slots(sizes.size());
+  std::uint32_t value = 1;
+  (void)startup_rounds(state, f, *in.local, slots, sizes, value, true);
+}
+
 void bm_startup(benchmark::State& state, const Factory& f) {
   const auto functions = static_cast<std::size_t>(state.range(0));
   const std::vector<std::size_t> sizes = startup_sizes(functions);
-  std::size_t capacity = 0;
-  for (std::size_t n : sizes) capacity += n + 16;
   Instance in;
-  if (!make_instance(state, f, {capacity}, in)) return;
+  if (!make_instance(state, f, {startup_capacity(sizes)}, in)) return;
   Strategy& s = *in.local;
 
   std::vector<Slot> slots(functions);
   std::uint32_t value = 1;
   std::string error;
-  for (auto _ : state) {
-    if (!startup_round(s, slots, sizes, value, error, nullptr)) {
-      fail(state, f, error);
-      break;
-    }
-    state.PauseTiming();
-    const bool ok = startup_teardown(s, slots, error);
-    state.ResumeTiming();
-    if (!ok) {
-      fail(state, f, error);
-      break;
-    }
-  }
-  if (state.error_occurred()) return;
-  report_rate(state, state.iterations() * functions);
+  if (!startup_rounds(state, f, s, slots, sizes, value, false)) return;
   const std::string key = cache_key(state, "startup", f);
   if (restore_counted(state, key)) return;
 
@@ -820,6 +848,11 @@ void register_workloads(const std::vector<Factory>& factories, Scale scale) {
   for (const Factory& f : factories)
     if (!f.threads_only)
       add("startup", f, bm_startup)
+          ->ArgNames({"functions", "batch"})
+          ->Args({startup, std::int64_t{kStartupBatch}});
+  for (const Factory& f : factories)
+    if (!f.threads_only)
+      add("release_all", f, bm_release_all)
           ->ArgNames({"functions", "batch"})
           ->Args({startup, std::int64_t{kStartupBatch}});
   for (const Factory& f : factories)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The workloads (publish, startup, churn, vma_pressure, memory, threads),
-// registered once per strategy as `<workload>/<strategy>/<arg>:<value>...`.
+// The workloads (publish, startup, release_all, churn, vma_pressure, memory,
+// threads), registered once per strategy as
+// `<workload>/<strategy>/<arg>:<value>...`.
 #pragma once
 
 #include <benchmark/benchmark.h>
