@@ -222,6 +222,47 @@ TEST_F(KernelWrite, FailedPublishRestoresReleasedFunctionBytes) {
   for_each_failing_call(options(0), calls, run);
 }
 
+// A mass release keeps all the code it retires for undo, more than a plan
+// keeps from one commit to the next: a write failing part way brings every
+// function back, and the same release then goes through.
+TEST_F(KernelWrite, AFailedMassReleaseRestoresEveryFunction) {
+  constexpr std::uint32_t kFns = 2048;  // 128 pages of 256-byte functions
+  std::size_t calls = 0;
+  const auto run = [&calls](FaultPal& pal, Arena& arena, std::size_t fail_at) {
+    Result<CodeHeap> heap = CodeHeap::create(arena);
+    ASSERT_TRUE(Ok(heap));
+    std::vector<const void*> fns;
+    for (std::uint32_t i = 0; i < kFns; ++i) {
+      Result<Function> f = heap->allocate(256);
+      ASSERT_TRUE(Ok(f));
+      ASSERT_NE(write_return_imm(f->rw, i), 0u);
+      fns.push_back(f->rx);
+    }
+    ASSERT_TRUE(Ok(heap->publish()));
+    for (const void* f : fns) ASSERT_TRUE(Ok(heap->release(f)));
+    if (fail_at == 0) {
+      pal.count_only();
+      ASSERT_TRUE(Ok(heap->publish()));
+      calls = pal.failable_calls();
+      return;
+    }
+    pal.arm(fail_at, ENOMEM);
+    EXPECT_FALSE(Ok(heap->publish()));
+    EXPECT_TRUE(pal.fired());
+    pal.disarm();
+    for (std::uint32_t i = 0; i < kFns; ++i)
+      ASSERT_TRUE(holds_fn(fns[i], i)) << "function " << i << " not restored";
+    EXPECT_EQ(call(fns[kFns - 1]), kFns - 1);
+    ASSERT_TRUE(Ok(heap->publish()));
+    EXPECT_EQ(heap->stats().live_functions, 0u);
+    for (std::uint32_t i = 0; i < kFns; i += 97) {
+      Result<ChunkInfo> info = arena.find(fns[i]);
+      EXPECT_FALSE(Ok(info) && info->state == State::executable) << i;
+    }
+  };
+  for_each_failing_call(options(0), calls, run);
+}
+
 TEST_F(KernelWriteDeathTest, TrimmedCodeIsInaccessibleNotZeros) {
   Result<Arena> made = Arena::create(options(0));
   ASSERT_TRUE(Ok(made));
