@@ -38,7 +38,8 @@ std::string_view to_string(Errc code) noexcept {
     case Errc::bad_alignment:
       return "alignment is not a supported power of two";
     case Errc::exhausted:
-      return "reservation exhausted";
+      return "reservation exhausted (or, on kernel_write, the staging pool "
+             "that holds writable chunks until they are sealed)";
     case Errc::vma_budget:
       return "VMA budget would be exceeded";
     case Errc::unreachable_anchor:

@@ -367,9 +367,47 @@ TEST_F(KernelWrite, PartialCopiesLeaveOnlyTrapsAroundTheCode) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
-// Staging memory never runs out while code pages are free: a chunk that no
-// free stretch of the staging pool holds in one piece is staged in the
-// pool's mirror half, at its own page.
+// Staging memory never runs out while code pages are free in a reservation
+// the pool covers whole (up to 64 MiB): a fragmented pool still holds a
+// chunk as large as the free code pages.
+// Beyond 64 MiB the pool is smaller than the reservation: writable chunks
+// not yet sealed hold at most the pool, and beyond it allocate() says
+// exhausted though code pages are free. Nothing already there is lost, and
+// a seal gives the room back.
+TEST_F(KernelWrite, AFullStagingPoolRefusesUntilAChunkIsSealed) {
+  Options o = options(0);
+  o.reserve_bytes = std::size_t{256} << 20;
+  Result<Arena> made = Arena::create(o);
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  constexpr std::size_t kChunk = std::size_t{8} << 20;
+  std::vector<Chunk> held;
+  Result<Chunk> c = arena.allocate(kChunk);
+  for (std::uint32_t i = 0; c && i < 64; ++i) {
+    ASSERT_NE(write_return_imm(c->rw(), i), 0u);
+    held.push_back(*c);
+    c = arena.allocate(kChunk);
+  }
+  ASSERT_TRUE(FailsWith(c, Errc::exhausted));
+  EXPECT_NE(c.error().to_string().find("staging pool"), std::string::npos)
+      << c.error().to_string();
+  const std::size_t staged = held.size() * kChunk;
+  EXPECT_LE(staged, o.reserve_bytes / 2) << "the pool took no part";
+  EXPECT_EQ(arena.stats().staging_bytes, staged);
+  EXPECT_TRUE(FailsWith(arena.allocate(1), Errc::exhausted));
+  ASSERT_TRUE(Ok(arena.seal(held[0])));
+  EXPECT_EQ(call(held[0].rx()), 0u);
+  Result<Chunk> after = arena.allocate(kChunk);
+  ASSERT_TRUE(Ok(after)) << "a seal gave no staging back";
+  for (std::uint32_t i = 1; i < held.size(); ++i) {
+    Result<ChunkInfo> info = arena.find(held[i].rx());
+    ASSERT_TRUE(Ok(info) && info->state == State::writable) << i;
+    ASSERT_TRUE(Ok(arena.seal(held[i])));
+    EXPECT_EQ(call(held[i].rx()), i);
+  }
+  EXPECT_TRUE(audit_arena(arena));
+}
+
 TEST_F(KernelWrite, FragmentedStagingStillHoldsEveryChunk) {
   const std::size_t ps = os_page_size();
   Options o = options(0);

@@ -31,6 +31,8 @@ enum class Errc : std::uint8_t {
   size_too_large,      ///< larger than the whole reservation (or overflows)
   bad_alignment,       ///< alignment is zero, not a power of two, or too large
   exhausted,           ///< the reservation has no free run large enough
+                       ///< (kernel_write: or its staging pool, which holds
+                       ///< writable chunks until they are sealed, has none)
   vma_budget,          ///< the change would exceed the arena's VMA budget
   unreachable_anchor,  ///< no free range within reach of the anchor
   out_of_memory,       ///< the OS refused for lack of memory (ENOMEM)
