@@ -95,9 +95,10 @@ int main(int argc, char** argv) {
   const wxb::CodeTemplate code(wxb::kSize);
   std::vector<const void*> fns(batch);
   std::uint32_t value = 1;
-  // Warm-up: past the pages the arena opens ahead of need and the
-  // quarantine, so that the measured rounds reuse pages (the steady state).
-  const std::size_t warm = std::max<std::size_t>(64, 8192 / batch);
+  // Warm-up: past the pages the arena opens ahead of need (1,024 pages,
+  // 16,384 functions) and the quarantine, so that the measured rounds
+  // reuse pages (the steady state).
+  const std::size_t warm = std::max<std::size_t>(64, 32768 / batch);
   for (std::size_t r = 0; r < warm; ++r)
     if (!wxb::round(*heap, code, fns, value)) return 1;
   if (!wxb::measured(*heap, code, fns, value, rounds)) return 1;
