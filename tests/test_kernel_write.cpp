@@ -62,6 +62,24 @@ std::set<std::uint64_t> code_memfds(const Arena& arena) {
 
 using KernelWriteDeathTest = KernelWrite;
 
+// A scenario's publish under for_each_failing_call(): on the counting pass
+// (fail_at 0) it goes through and `calls` becomes its failable calls;
+// otherwise its fail_at-th failable call fails. True when that happened.
+bool publish_failing_at(FaultPal& pal, CodeHeap& heap, std::size_t fail_at,
+                        std::size_t& calls) {
+  if (fail_at == 0) {
+    pal.count_only();
+    EXPECT_TRUE(Ok(heap.publish()));
+    calls = pal.failable_calls();
+    return false;
+  }
+  pal.arm(fail_at, ENOMEM);
+  EXPECT_FALSE(Ok(heap.publish()));
+  EXPECT_TRUE(pal.fired());
+  pal.disarm();
+  return true;
+}
+
 TEST_F(KernelWriteDeathTest, StaleCallsTrapBeforeAndAfterThePagesAreReused) {
   Options o = options(0);
   o.open_pages = 1;  // recycle as soon as the quarantine allows
@@ -199,16 +217,7 @@ TEST_F(KernelWrite, FailedPublishRestoresReleasedFunctionBytes) {
     Result<Function> g = heap->allocate(32);
     ASSERT_TRUE(Ok(g));
     ASSERT_NE(write_return_imm(g->rw, 99), 0u);
-    if (fail_at == 0) {
-      pal.count_only();
-      ASSERT_TRUE(Ok(heap->publish()));
-      calls = pal.failable_calls();
-      return;
-    }
-    pal.arm(fail_at, ENOMEM);
-    EXPECT_FALSE(Ok(heap->publish()));
-    EXPECT_TRUE(pal.fired());
-    pal.disarm();
+    if (!publish_failing_at(pal, *heap, fail_at, calls)) return;
     EXPECT_TRUE(holds_fn(fns[1], 21)) << "the traps were not undone";
     EXPECT_EQ(call(fns[0]), 20u);
     EXPECT_EQ(call(fns[2]), 22u);
@@ -240,16 +249,7 @@ TEST_F(KernelWrite, AFailedMassReleaseRestoresEveryFunction) {
     }
     ASSERT_TRUE(Ok(heap->publish()));
     for (const void* f : fns) ASSERT_TRUE(Ok(heap->release(f)));
-    if (fail_at == 0) {
-      pal.count_only();
-      ASSERT_TRUE(Ok(heap->publish()));
-      calls = pal.failable_calls();
-      return;
-    }
-    pal.arm(fail_at, ENOMEM);
-    EXPECT_FALSE(Ok(heap->publish()));
-    EXPECT_TRUE(pal.fired());
-    pal.disarm();
+    if (!publish_failing_at(pal, *heap, fail_at, calls)) return;
     for (std::uint32_t i = 0; i < kFns; ++i)
       ASSERT_TRUE(holds_fn(fns[i], i)) << "function " << i << " not restored";
     EXPECT_EQ(call(fns[kFns - 1]), kFns - 1);
