@@ -476,7 +476,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     P.saved_.clear();
     P.extents_.clear();
     P.written_groups_ = 0;
-    // The old bytes save() keeps, at most: one buffer of that size (a mass
+    // The old bytes save() keeps below, in one buffer of that size (a mass
     // release keeps all the code it retires).
     std::size_t keep = 0;
     for (std::size_t k = 0; k < count; ++k) {
