@@ -417,10 +417,6 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
   [[nodiscard]] std::size_t trap_bytes() const noexcept {
     return std::size_t{1} << shift_;
   }
-  // Set by init(): plans are made without the arena's lock.
-  [[nodiscard]] const std::byte* trap_page() const noexcept {
-    return files_.traps;
-  }
   void add_piece(Plan& P, std::size_t offset, const void* data,
                  std::size_t len) {
     // A piece that crosses a lane edge goes to two memfds: split there.
@@ -452,19 +448,28 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
   }
 
   void add_traps(Plan& P, std::size_t offset, std::size_t len) {
-    const std::byte* traps = trap_page();
     for (std::size_t at = 0; at < len; at += trap_bytes())
-      add_piece(P, offset + at, traps, std::min(trap_bytes(), len - at));
+      add_piece(P, offset + at, files_.traps, std::min(trap_bytes(), len - at));
   }
 
+  // An undo record: traps, or the old bytes there (copied by copy_saved()
+  // once the plan is made).
   void save(Plan& P, std::size_t offset, std::size_t len, bool traps) {
-    if (traps) {
-      P.undo_.push_back(Undo{offset, len, kTraps});
-      return;
+    P.undo_.push_back(Undo{offset, len, traps ? kTraps : 0});
+  }
+
+  // The old bytes of the undo records, into one buffer of their total size
+  // (a mass release keeps all the code it retires).
+  void copy_saved(Plan& P) {
+    std::size_t total = 0;
+    for (const Undo& rec : P.undo_)
+      if (rec.saved != kTraps) total += rec.bytes;
+    P.saved_.reserve(total);
+    for (Undo& rec : P.undo_) {
+      if (rec.saved == kTraps) continue;
+      rec.saved = P.saved_.size();
+      std::memcpy(P.saved_.extend(rec.bytes), rx_base_ + rec.offset, rec.bytes);
     }
-    const std::size_t at = P.saved_.size();
-    std::memcpy(P.saved_.extend(len), rx_base_ + offset, len);
-    P.undo_.push_back(Undo{offset, len, at});
   }
 
   // Turns the items into pieces and their undo records; allocates, so it
@@ -476,20 +481,6 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     P.saved_.clear();
     P.extents_.clear();
     P.written_groups_ = 0;
-    // The old bytes save() keeps below, in one buffer of that size (a mass
-    // release keeps all the code it retires).
-    std::size_t keep = 0;
-    for (std::size_t k = 0; k < count; ++k) {
-      const ContentItem& it = items[k];
-      if (it.traps || it.data)
-        keep += it.size;
-      else if ((it.to == PageState::retired &&
-                it.from != PageState::writable) ||
-               (it.from == PageState::read_only &&
-                it.to == PageState::writable))
-        keep += extent_[it.head];
-    }
-    P.saved_.reserve(keep);
     std::size_t prev_start = 0, prev_end = 0;  // the last item's chunk
     for (std::size_t k = 0; k < count; ++k) {
       const ContentItem& it = items[k];
@@ -517,7 +508,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
           const std::size_t phase = (at + done) & (trap_bytes() - 1);
           const std::size_t n =
               std::min(trap_bytes() - phase, std::size_t{it.size} - done);
-          add_piece(P, at + done, trap_page() + phase, n);
+          add_piece(P, at + done, files_.traps + phase, n);
           done += n;
         }
       } else if (it.data) {  // a patch of live code
@@ -570,6 +561,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
       // live code, not traps: nothing may be joined over it.
       prev_end = it.data || it.traps ? SIZE_MAX : off + len;
     }
+    copy_saved(P);
     // Undo records follow the pieces' order; restore() walks groups.
     P.undo_groups_.clear();
     P.undo_groups_.reserve(P.groups_.size());
