@@ -695,9 +695,7 @@ namespace {
 TEST(KernelWriteOrder, CopyThenFlushThenBarrier) {
   WXA_SKIP_IF_UNAVAILABLE(Backend::kernel_write);
   FaultPal pal;
-  Options o;
-  o.backend = Backend::kernel_write;
-  o.reserve_bytes = kSmallReserve;
+  Options o = small_options(Backend::kernel_write);
   o.quarantine = 0;
   o.open_pages = 16;
   Result<Arena> made = detail::create_arena(o, pal);

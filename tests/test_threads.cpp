@@ -344,9 +344,7 @@ WhileHeld act_while_held(Arena& arena, HeldWrite& held, std::thread& writer,
 TEST(KernelWriteThreads, ACommitNamingAChunkBeingWrittenWaitsForIt) {
   WXA_SKIP_IF_UNAVAILABLE(Backend::kernel_write);
   FaultPal pal;
-  Options o;
-  o.backend = Backend::kernel_write;
-  o.reserve_bytes = kSmallReserve;
+  Options o = small_options(Backend::kernel_write);
   Result<Arena> made = detail::create_arena(o, pal);
   ASSERT_TRUE(Ok(made));
   Arena& arena = *made;
@@ -389,9 +387,7 @@ TEST(KernelWriteThreads, ACommitNamingAChunkBeingWrittenWaitsForIt) {
 TEST(KernelWriteThreads, AReleaseWaitsForAnAppendedPublishAndTrapsItToo) {
   WXA_SKIP_IF_UNAVAILABLE(Backend::kernel_write);
   FaultPal pal;
-  Options o;
-  o.backend = Backend::kernel_write;
-  o.reserve_bytes = kSmallReserve;
+  Options o = small_options(Backend::kernel_write);
   o.quarantine = 0;
   o.open_pages = 1;  // one page opened, and recycled, at a time
   o.lanes = 1;

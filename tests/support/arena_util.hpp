@@ -172,16 +172,22 @@ inline ::testing::AssertionResult still_works(
   return ::testing::AssertionSuccess();
 }
 
+/// Options for `backend` over a reservation of `reserve` bytes.
+[[nodiscard]] inline Options small_options(
+    Backend backend, std::size_t reserve = kSmallReserve) noexcept {
+  Options o;
+  o.backend = backend;
+  o.reserve_bytes = reserve;
+  return o;
+}
+
 /// Fixture parameterised over the backend; skips what this run cannot make.
 class BackendTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override { WXA_SKIP_IF_UNAVAILABLE(GetParam()); }
 
   [[nodiscard]] Options options(std::size_t reserve = kSmallReserve) const {
-    Options o;
-    o.backend = GetParam();
-    o.reserve_bytes = reserve;
-    return o;
+    return small_options(GetParam(), reserve);
   }
 };
 
