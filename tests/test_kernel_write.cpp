@@ -367,16 +367,13 @@ TEST_F(KernelWrite, PartialCopiesLeaveOnlyTrapsAroundTheCode) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
-// Staging memory never runs out while code pages are free in a reservation
-// the pool covers whole (up to 64 MiB): a fragmented pool still holds a
-// chunk as large as the free code pages.
-// Beyond 64 MiB the pool is smaller than the reservation: writable chunks
-// not yet sealed hold at most the pool, and beyond it allocate() says
-// exhausted though code pages are free. Nothing already there is lost, and
-// a seal gives the room back.
+// Beyond 64 MiB the pool is smaller than the reservation (the default
+// reservation's is an eighth of it): writable chunks not yet sealed hold at
+// most the pool, and beyond it allocate() says exhausted though code pages
+// are free. Nothing already there is lost, and a seal gives the room back.
 TEST_F(KernelWrite, AFullStagingPoolRefusesUntilAChunkIsSealed) {
   Options o = options(0);
-  o.reserve_bytes = std::size_t{256} << 20;
+  o.reserve_bytes = Options{}.reserve_bytes;
   Result<Arena> made = Arena::create(o);
   ASSERT_TRUE(Ok(made));
   Arena& arena = *made;
@@ -408,6 +405,9 @@ TEST_F(KernelWrite, AFullStagingPoolRefusesUntilAChunkIsSealed) {
   EXPECT_TRUE(audit_arena(arena));
 }
 
+// Staging memory never runs out while code pages are free in a reservation
+// the pool covers whole (up to 64 MiB): a fragmented pool still holds a
+// chunk as large as the free code pages.
 TEST_F(KernelWrite, FragmentedStagingStillHoldsEveryChunk) {
   const std::size_t ps = os_page_size();
   Options o = options(0);
