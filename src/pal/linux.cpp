@@ -311,7 +311,11 @@ Result<std::byte*> Pal::reserve(std::size_t bytes, std::uintptr_t lo,
                      kPlaceholderFlags | MAP_FIXED_NOREPLACE, -1, 0);
     if (p == reinterpret_cast<void*>(best)) return fence(p, total, page, n);
     if (p != MAP_FAILED) {
-      // A kernel without MAP_FIXED_NOREPLACE treats it as a hint.
+      // A kernel without MAP_FIXED_NOREPLACE treats it as a hint (so does
+      // qemu-user's mmap): a placement elsewhere in the window will do.
+      const auto got = reinterpret_cast<std::uintptr_t>(p);
+      if (got >= lo && got < hi && hi - got >= total)
+        return fence(p, total, page, n);
       ++n.munmap;
       if (::munmap(p, total) != 0) return error_from_errno(errno);
       return Error(Errc::not_supported);
