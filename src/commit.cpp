@@ -10,6 +10,7 @@
 #include <new>
 
 #include "error.hpp"
+#include "pal/cpu.hpp"
 
 namespace wxa::detail {
 
@@ -401,9 +402,20 @@ Result<void> Commit::check_budget() {
 //    in other cores' pipelines, unless every core has serialised since
 //    that address stopped being executable: a barrier issued after that
 //    has already done this one's work, and no core can have fetched from
-//    the address since. Patched code always needs one.
+//    the address since. Patched code always needs one. So does all code
+//    a content writer copies in where a core may fetch stale instructions
+//    from another core's view (AArch64): its pages are executable while
+//    written (kernel_write maps them read+execute, holding traps, from the
+//    start), so a core may have fetched those traps ahead.
 void Commit::decide_barrier() {
   barrier_ = flags_ == CommitFlags::barrier || patches_;
+  if (kStaleFetchAcrossCores && writer_ && !barrier_) {
+    for (const Item& it : s_.items)
+      barrier_ = barrier_ || (it.from == PageState::writable &&
+                              it.to == PageState::executable);
+    for (std::size_t k = 0; k < span_count_; ++k)
+      barrier_ = barrier_ || spans_[k].data != nullptr;
+  }
   epoch_ = static_cast<BarrierEpoch>(a_.barriers_);
   revoked_epoch_ = epoch_;
   for (const Run& run : s_.runs) {

@@ -6,9 +6,12 @@
 // involved, so none of the commit's steps (commit.hpp) but the checks and
 // the write apply: the backend writes the spans straight, without a plan,
 // where they fit its quick way; else the usual commit does the same work.
+// (Appended code needs a barrier where cores may fetch stale instructions,
+// AArch64: the usual commit takes it there.)
 //
 // Layering: layer 5, with commit.cpp; includes arena_impl.hpp and below.
 #include "arena_impl.hpp"
+#include "pal/cpu.hpp"
 
 namespace wxa::detail {
 
@@ -43,6 +46,12 @@ Result<CommitReport> ArenaImpl::commit_spans(std::unique_lock<std::mutex>& lock,
   // (A region over its VMA budget refuses every commit: the usual one
   // says so.)
   if (!writer || count > kMaxQuickSpans || over_budget()) return CommitReport{};
+  // Code appended where other cores may fetch stale instructions needs the
+  // barrier, which the usual commit issues (and undoes the write if it
+  // fails).
+  if (kStaleFetchAcrossCores && barrier_registered_)
+    for (std::size_t k = 0; k < count; ++k)
+      if (spans[k].data) return CommitReport{};
   for (std::size_t k = 0; k < count; ++k) {
     bool busy = false;
     Result<std::uint32_t> head = span_chunk(spans[k], busy);

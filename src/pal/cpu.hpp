@@ -21,6 +21,18 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
+/// Whether another core may run stale instructions from an address that
+/// was executable when new code was written there, until it takes a
+/// context synchronisation event (an ISB, which the cross-thread barrier
+/// makes every core of the process take). x86-64 keeps instruction fetch
+/// coherent with stores, prefetched instructions included; AArch64 (and,
+/// to be safe, any other architecture) does not.
+#if defined(__x86_64__) || defined(__i386__)
+inline constexpr bool kStaleFetchAcrossCores = false;
+#else
+inline constexpr bool kStaleFetchAcrossCores = true;
+#endif
+
 /// Fills `bytes` at p with this machine's trap instruction (x86-64 int3,
 /// AArch64 brk #0).
 inline void fill_traps(std::byte* p, std::size_t bytes) noexcept {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "pal/cpu.hpp"
 #include "support/backends.hpp"
 #include "support/maps.hpp"
 #include "support/native_code.hpp"
@@ -33,6 +34,16 @@ inline const Backend kAllBackends[] = {Backend::protect, Backend::dual_map,
 
 inline std::string backend_name(const ::testing::TestParamInfo<Backend>& info) {
   return std::string(to_string(info.param));
+}
+
+/// Whether a commit that copies code into `backend`'s pages issues the
+/// cross-thread barrier by itself, fresh pages or not: kernel_write's pages
+/// are executable while they hold traps, and where cores may fetch stale
+/// instructions (AArch64) one may have fetched those traps ahead. Where the
+/// host has no membarrier SYNC_CORE there is no barrier to issue.
+inline bool code_copied_in_needs_barrier(Backend backend) noexcept {
+  return detail::kStaleFetchAcrossCores && backend == Backend::kernel_write &&
+         detail::system_pal().capabilities().barrier;
 }
 
 /// The OS page size as the library sees it: 4 KiB on x86-64, 4, 16 or
