@@ -470,6 +470,73 @@ TEST_F(KernelWrite, StagingIsRecycledNotFaultedInAfresh) {
   EXPECT_EQ(resident(staging.data(), staging.size()), held);
 }
 
+// Every code page here was executable before its code was copied in: it
+// held traps, read+execute, from the start. Where another core may have
+// fetched those traps ahead and run them after the copy (AArch64), every
+// commit that copies code in issues the cross-thread barrier: a Batch's
+// seal of fresh chunks, a CodeHeap's first publish on a fresh page and its
+// functions appended to that page once sealed. Where fetch is coherent
+// (x86-64) none does: the barrier there costs a membarrier per publish for
+// nothing. Traps written over released code need none either way.
+TEST_F(KernelWrite, CodeCopiedInGetsTheBarrierWhereCoresMayFetchStale) {
+  const bool expected = code_copied_in_needs_barrier(Backend::kernel_write);
+  Result<Arena> made = Arena::create(options());
+  ASSERT_TRUE(Ok(made));
+  Arena& arena = *made;
+  auto barriers = [&] { return arena.stats().barriers; };
+  auto membarriers = [&] { return arena.stats().syscalls.membarrier; };
+
+  Result<Chunk> c = arena.allocate(1);
+  ASSERT_TRUE(Ok(c));
+  write_fn(*c, 0x51);
+  Batch seal(arena);
+  seal.seal(*c);
+  std::uint64_t b0 = barriers(), m0 = membarriers();
+  Result<CommitReport> r = seal.commit();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_EQ(r->barrier, expected) << "a Batch's seal of a fresh chunk";
+  EXPECT_EQ(barriers() - b0, expected ? 1u : 0u);
+  EXPECT_EQ(membarriers() - m0, expected ? 1u : 0u);
+  EXPECT_EQ(call(c->rx()), 0x51u);
+
+  Result<CodeHeap> heap = CodeHeap::create(arena);
+  ASSERT_TRUE(Ok(heap));
+  auto publish_one = [&](std::uint32_t value,
+                         const void*& rx) -> Result<CommitReport> {
+    Result<Function> f = heap->allocate(64);
+    if (!f) return f.error();
+    EXPECT_NE(write_return_imm(f->rw, value), 0u);
+    rx = f->rx;
+    return heap->publish();
+  };
+  const void* first = nullptr;
+  const void* second = nullptr;
+  b0 = barriers();
+  r = publish_one(0x52, first);
+  ASSERT_TRUE(Ok(r));
+  EXPECT_EQ(r->barrier, expected) << "a CodeHeap's publish on a fresh page";
+  r = publish_one(0x53, second);
+  ASSERT_TRUE(Ok(r));
+  EXPECT_EQ(static_cast<const std::byte*>(second) -
+                static_cast<const std::byte*>(first),
+            64)
+      << "not appended to the sealed page";
+  EXPECT_EQ(r->barrier, expected) << "functions appended to a sealed page";
+  EXPECT_EQ(barriers() - b0, expected ? 2u : 0u);
+  EXPECT_EQ(call(first), 0x52u);
+  EXPECT_EQ(call(second), 0x53u);
+
+  // Traps over released code: nothing new to fetch.
+  ASSERT_TRUE(Ok(heap->release(first)));
+  b0 = barriers();
+  r = heap->publish();
+  ASSERT_TRUE(Ok(r));
+  EXPECT_FALSE(r->barrier) << "traps written over a released function";
+  EXPECT_EQ(barriers(), b0);
+  EXPECT_EQ(call(second), 0x53u);
+  EXPECT_TRUE(audit_arena(arena));
+}
+
 TEST_F(KernelWrite, FreshCodeIsMappedInBeforeTheFirstCall) {
   if (!detail::system_pal().capabilities().populate_read)
     GTEST_SKIP() << "no MADV_POPULATE_READ here (Linux < 5.14): fresh code "
