@@ -657,7 +657,9 @@ TEST_P(BatchOrder, OneBarrierCoversEveryAddressRevokedBeforeIt) {
   ASSERT_TRUE(Ok(r));
   // (Where every seal of copied-in code takes one, so does this.)
   const bool copied = code_copied_in_needs_barrier(arena.backend());
-  EXPECT_EQ(r->barrier, copied) << "the previous barrier already covered c[1]";
+  EXPECT_EQ(r->barrier, copied)
+      << (copied ? "code copied in here takes a barrier of its own"
+                 : "the previous barrier already covered c[1]");
   EXPECT_EQ(pal.calls(PalCall::barrier), copied ? 1u : 0u);
 
   // c[2] stops being code after it: its reuse needs a new one.

@@ -258,10 +258,13 @@ TEST_F(HeapTail, APublishAfterAReleaseIsOneWriteOfOnePiece) {
   std::vector<PalEvent> writes;
   std::size_t barriers = 0;
   for (const PalEvent& e : pal.log()) {
-    if (e.call == PalCall::barrier)
-      ++barriers;  // where cores may fetch stale code, after the write
-    else if (e.call != PalCall::flush_icache)
+    if (e.call == PalCall::barrier) {
+      // Where cores may fetch stale code: after the write, never before.
+      ++barriers;
+      EXPECT_EQ(writes.size(), 1u) << "the barrier came before the write";
+    } else if (e.call != PalCall::flush_icache) {
       writes.push_back(e);
+    }
   }
   EXPECT_EQ(barriers,
             code_copied_in_needs_barrier(Backend::kernel_write) ? 1u : 0u);
