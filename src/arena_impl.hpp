@@ -10,6 +10,7 @@
 // fault-injection tests reach in here through detail::create_arena().
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -89,6 +90,12 @@ class ArenaImpl {
     std::uint32_t size;
     const std::byte* data = nullptr;
   };
+  /// Whether any of the spans copies code in (data), not only traps.
+  [[nodiscard]] static bool spans_carry_code(const WriteSpan* spans,
+                                             std::size_t n) noexcept {
+    return std::any_of(spans, spans + n,
+                       [](const WriteSpan& w) { return w.data != nullptr; });
+  }
   [[nodiscard]] Result<CommitReport> commit(
       const Batch::Op* ops, std::size_t n, CommitFlags flags,
       const WriteSpan* spans = nullptr, std::size_t span_count = 0) noexcept;

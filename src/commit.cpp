@@ -409,13 +409,13 @@ Result<void> Commit::check_budget() {
 //    start), so a core may have fetched those traps ahead.
 void Commit::decide_barrier() {
   barrier_ = flags_ == CommitFlags::barrier || patches_;
-  if (kStaleFetchAcrossCores && writer_ && !barrier_) {
-    for (const Item& it : s_.items)
-      barrier_ = barrier_ || (it.from == PageState::writable &&
-                              it.to == PageState::executable);
-    for (std::size_t k = 0; k < span_count_; ++k)
-      barrier_ = barrier_ || spans_[k].data != nullptr;
-  }
+  if (kStaleFetchAcrossCores && writer_ && !barrier_)
+    barrier_ = std::any_of(s_.items.begin(), s_.items.end(),
+                           [](const Item& it) {
+                             return it.from == PageState::writable &&
+                                    it.to == PageState::executable;
+                           }) ||
+               ArenaImpl::spans_carry_code(spans_, span_count_);
   epoch_ = static_cast<BarrierEpoch>(a_.barriers_);
   revoked_epoch_ = epoch_;
   for (const Run& run : s_.runs) {

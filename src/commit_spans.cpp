@@ -49,9 +49,9 @@ Result<CommitReport> ArenaImpl::commit_spans(std::unique_lock<std::mutex>& lock,
   // Code appended where other cores may fetch stale instructions needs the
   // barrier, which the usual commit issues (and undoes the write if it
   // fails).
-  if (kStaleFetchAcrossCores && barrier_registered_)
-    for (std::size_t k = 0; k < count; ++k)
-      if (spans[k].data) return CommitReport{};
+  if (kStaleFetchAcrossCores && barrier_registered_ &&
+      spans_carry_code(spans, count))
+    return CommitReport{};
   for (std::size_t k = 0; k < count; ++k) {
     bool busy = false;
     Result<std::uint32_t> head = span_chunk(spans[k], busy);
