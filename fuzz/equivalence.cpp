@@ -9,9 +9,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -68,8 +69,11 @@ bool compare(const std::string& path) {
 // address space has none, places below the last one. Which holes: those
 // above a probe of 1 GiB (the kernel puts it in the highest gap that
 // fits, so the gaps above it are smaller), up to the mapping below the
-// stack (the gap there is the stack's to grow into). The plugs are
-// PROT_NONE, cost no memory and stay. False if a call failed.
+// stack (the gap right below the stack is left as it is: the stack grows
+// into it). The plugs are PROT_NONE, cost no memory and stay; without
+// MAP_NORESERVE, unlike the library's reservations, so that the kernel
+// never merges one with a reservation next to it. False (with the reason
+// on stderr) if a call failed.
 bool plug_holes() {
   constexpr std::size_t kProbe = std::size_t{1} << 30;
   void* probe = ::mmap(nullptr, kProbe, PROT_NONE,
@@ -80,30 +84,38 @@ bool plug_holes() {
     std::uintptr_t begin, end;
   };
   std::vector<Range> holes;
-  FILE* f = std::fopen("/proc/self/maps", "r");
-  bool ok = f != nullptr;
+  std::ifstream maps("/proc/self/maps");
+  bool ok = maps.is_open();
+  if (!ok) std::fprintf(stderr, "cannot read /proc/self/maps\n");
   std::uintptr_t last = 0;  // the end of the mapping before
   bool stack = false;       // (not known: nothing is plugged)
-  char line[512];
-  while (f && !stack && std::fgets(line, sizeof line, f)) {
+  std::string line;
+  while (ok && !stack && std::getline(maps, line)) {
     unsigned long long b = 0, e = 0;
-    if (std::sscanf(line, "%llx-%llx", &b, &e) != 2) continue;
-    stack = std::strstr(line, "[stack]") != nullptr;
+    if (std::sscanf(line.c_str(), "%llx-%llx", &b, &e) != 2) continue;
+    stack = line.find("[stack]") != std::string::npos;
     if (!stack && last >= floor && b > last) holes.push_back({last, b});
     last = e;
   }
-  if (f) std::fclose(f);
   if (!stack) holes.clear();
-  ok &= ::munmap(probe, kProbe) == 0;
+  if (::munmap(probe, kProbe) != 0) {
+    std::perror("munmap");
+    ok = false;
+  }
   for (const Range& h : holes) {
     void* want = reinterpret_cast<void*>(h.begin);
     const std::size_t bytes = h.end - h.begin;
-    void* p = ::mmap(
-        want, bytes, PROT_NONE,
-        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1,
-        0);
-    // (A kernel without MAP_FIXED_NOREPLACE takes the address as a hint.)
-    if (p != MAP_FAILED && p != want) ok &= ::munmap(p, bytes) == 0;
+    void* p = ::mmap(want, bytes, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    // (EEXIST: mapped since the maps were read. A kernel without
+    // MAP_FIXED_NOREPLACE takes the address as a hint.)
+    if (p == MAP_FAILED && errno != EEXIST) {
+      std::perror("mmap of a hole");
+      ok = false;
+    } else if (p != MAP_FAILED && p != want && ::munmap(p, bytes) != 0) {
+      std::perror("munmap");
+      ok = false;
+    }
   }
   return ok;
 }
@@ -177,10 +189,7 @@ int main(int argc, char** argv) {
   return 77;
 #endif
 #endif
-  if (!plug_holes()) {
-    std::fprintf(stderr, "cannot plug the holes among the mappings\n");
-    return 2;
-  }
+  if (!plug_holes()) return 2;
   if (const std::string why = placement_differs(); !why.empty()) {
     std::printf(
         "SKIP: this platform places mappings unlike Linux (%s); "
@@ -190,7 +199,10 @@ int main(int argc, char** argv) {
   }
   std::size_t differ = 0;
   // (What the replays allocated and gave back may have left holes too.)
-  for (const std::string& f : files) differ += !(plug_holes() && compare(f));
+  for (const std::string& f : files) {
+    if (!plug_holes()) return 2;
+    differ += !compare(f);
+  }
   std::printf("%zu of %zu inputs differ between the kernel and SimPal\n",
               differ, files.size());
   return differ == 0 ? 0 : 1;
