@@ -31,8 +31,9 @@ shift
 # code it translated from them, so kernel_write is offered and chosen; and
 # seccomp filters load, so the runs under the W^X, execmem, nomembarrier,
 # nomemfdexec, nopopulate and onlydual filters are made (with libseccomp
-# for arm64, unpacked from its Debian packages into the build directory). Needs the arm64 architecture in dpkg (dpkg --add-architecture
-# arm64; apt-get update), qemu-system-arm and cpio: .ci/run installs them.
+# for arm64, unpacked from its Debian packages into the build directory).
+# Needs the arm64 architecture in dpkg (dpkg --add-architecture arm64;
+# apt-get update), qemu-system-arm and cpio: .ci/run installs them.
 # WXA_SYSTEM_TIMEOUT (seconds, default 3600) bounds the guest's run.
 aarch64_system() {
   local build=build-aarch64-system
