@@ -30,8 +30,9 @@ shift
 # guest's kernel copies into executable pages and the emulator drops the
 # code it translated from them, so kernel_write is offered and chosen; and
 # seccomp filters load, so the runs under the W^X, execmem, nomembarrier,
-# nomemfdexec, nopopulate and onlydual filters are made (with libseccomp
-# for arm64, unpacked from its Debian packages into the build directory).
+# nomemfdexec, nopopulate and onlydual filters and under a foreign one are
+# made (with libseccomp for arm64, unpacked from its Debian packages into
+# the build directory).
 # Needs the arm64 architecture in dpkg (dpkg --add-architecture arm64;
 # apt-get update), qemu-system-arm and cpio: .ci/run installs them.
 # WXA_SYSTEM_TIMEOUT (seconds, default 3600) bounds the guest's run.
@@ -95,7 +96,8 @@ INI
       --cross-file "$build/system.ini" -Ddebug=false
   fi
   local programs=(tests/wxa_tests tests/rwx_probe tests/test_c_api
-    examples/wxa-c-example fuzz/fuzz_transitions_replay tools/wxa-seccomp-run)
+    tests/foreign_filter examples/wxa-c-example fuzz/fuzz_transitions_replay
+    tools/wxa-seccomp-run)
   ninja -C "$build" "${programs[@]}"
   aarch64-linux-gnu-gcc -std=c11 -O2 -Wall -Wextra -Werror -Iinclude \
     cross/aarch64-system/automatic.c -L"$build/src" -lwxarena \
