@@ -206,7 +206,7 @@ TEST_F(KernelWriteMemory, StagingIsReusedUnderThreads) {
 
 // A write through a chunk's old writable pointer after its seal lands in
 // staging that is free again: the next chunk staged there must not carry
-// those bytes into its code (the pool checks the pages it thinks clean).
+// those bytes into its code (the pool fills every page it hands out).
 TEST_F(KernelWriteMemory, StaleWritesIntoFreeStagingAreWipedForTheNextChunk) {
   Options o = options();
   o.reserve_bytes = kSmallReserve;

@@ -149,13 +149,10 @@ class PageBackend {
     (void)pages;
   }
   /// Gives back what stage() took, once the chunk is no longer writable (or
-  /// the commit that staged it failed); `sealed`: its bytes were just
-  /// copied into the code by a commit that succeeded.
-  virtual void unstage(std::uint32_t head, std::uint32_t pages,
-                       bool sealed) noexcept {
+  /// the commit that staged it failed).
+  virtual void unstage(std::uint32_t head, std::uint32_t pages) noexcept {
     (void)head;
     (void)pages;
-    (void)sealed;
   }
   /// The writable bytes of a writable chunk (what stage() returned).
   [[nodiscard]] virtual std::byte* staged(
