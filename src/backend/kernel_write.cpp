@@ -201,9 +201,8 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     // Writable chunks not yet sealed hold the whole pool (or it is too
     // fragmented for this one).
     if (!p) return Error(Errc::exhausted);
-    const std::size_t len = std::size_t{pages} << shift_;
-    if (keep_code)
-      std::memcpy(p, rx_page(head), len);  // readable in every sealed state
+    if (keep_code)  // readable in every sealed state
+      std::memcpy(p, rx_page(head), std::size_t{pages} << shift_);
     return p;
   }
 

@@ -131,8 +131,7 @@ std::byte* StagingPool::take(std::uint32_t head, std::uint32_t pages) noexcept {
 
 void StagingPool::fill(std::uint32_t head, std::uint32_t pages) noexcept {
   const std::uint32_t s = stage_of_[head] - 1;
-  const std::size_t ps = std::size_t{1} << shift_;
-  fill_traps(base_ + (std::size_t{s} << shift_), std::size_t{pages} * ps);
+  fill_traps(base_ + (std::size_t{s} << shift_), std::size_t{pages} << shift_);
 }
 
 void StagingPool::give_back(std::uint32_t head, std::uint32_t pages) noexcept {

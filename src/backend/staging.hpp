@@ -5,8 +5,7 @@
 // filling a new chunk's with traps, and giving pages back after commits.
 //
 // Layering: layer 3 (with the backends); includes the platform layer and
-// metadata helpers only. Not thread-safe: the arena's lock covers it,
-// except fill(), which the allocating thread calls on its own new chunk.
+// metadata helpers only. Not thread-safe: the arena's lock covers it.
 #pragma once
 
 #include <cstddef>
@@ -76,12 +75,11 @@ class StagingPool {
   /// Traps over all of the staging of a new chunk: whatever it held (the
   /// last chunk's bytes, zeros where it went back to the OS, or what a
   /// stale writable pointer wrote there since) never reaches the new one.
-  /// Filling costs what checking would. The chunk's owner calls it,
-  /// without the arena's lock.
+  /// Filling costs what checking would.
   void fill(std::uint32_t head, std::uint32_t pages) noexcept;
   /// Gives back what take() gave the chunk at `head` (if anything), as it
-  /// is: the next chunk staged there fills it, without the arena's lock,
-  /// which this is called under.
+  /// is: the next chunk staged there is filled with traps (fill()), or an
+  /// unsealed chunk's code is copied over all of it.
   void give_back(std::uint32_t head, std::uint32_t pages) noexcept;
   /// The chunk's staging, or nullptr.
   [[nodiscard]] std::byte* staged(std::uint32_t head) const noexcept;
