@@ -210,14 +210,17 @@ Result<Chunk> ArenaImpl::allocate(std::size_t bytes) noexcept {
   Result<std::uint32_t> head = allocate_locked(pages);
   if (!head) return head.error();
   const Chunk chunk = chunk_at(*head, true);
-  fill_staging(&chunk, 1);
+  fill_staging(lock, &chunk, 1);
   return chunk;
 }
 
-void ArenaImpl::fill_staging(const Chunk* chunks, std::size_t n) noexcept {
+void ArenaImpl::fill_staging(std::unique_lock<std::mutex>& lock,
+                             const Chunk* chunks, std::size_t n) noexcept {
   if (!region_.ops().stage_needs_traps()) return;
-  // Staging recycled from other chunks holds what they wrote: traps over
-  // all of it, so that no stale byte ever becomes code.
+  // Staging recycled from other chunks: traps over whatever it held, so no
+  // stale byte ever becomes code. The chunks are no one else's yet; the
+  // lock is not needed for this.
+  lock.unlock();
   for (std::size_t k = 0; k < n; ++k)
     region_.ops().trap_staging(
         static_cast<std::uint32_t>(region_.index_of(chunks[k].rx(), false)),
@@ -254,7 +257,7 @@ Result<std::size_t> ArenaImpl::allocate_pages(std::size_t most,
     carve_front(open_, it, 1);
     out[n++] = chunk_at(head, true);
   }
-  fill_staging(out, n);
+  fill_staging(lock, out, n);
   return n;
 }
 

@@ -179,10 +179,10 @@ class ArenaImpl {
   // nothing changed.
   [[nodiscard]] Result<void> make_writable(std::uint32_t head,
                                            std::uint32_t n) noexcept;
-  // Fills the new chunks' staging with traps, where the backend stages;
-  // under the lock, so that no other thread's commit (sealing a chunk it
-  // was not given) can copy what the staging held before.
-  void fill_staging(const Chunk* chunks, std::size_t n) noexcept;
+  // Lets go of `lock` and fills the new chunks' staging with traps (their
+  // pages are no one else's yet), where the backend stages.
+  void fill_staging(std::unique_lock<std::mutex>& lock, const Chunk* chunks,
+                    std::size_t n) noexcept;
   // Opens free pages for a chunk of `pages`; with `lane`, in this thread's
   // lane only (exhausted if it has no room).
   [[nodiscard]] Result<void> open_more(std::size_t pages,

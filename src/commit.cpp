@@ -520,7 +520,7 @@ void Commit::record() {
       region_.set_revoked(it.head, it.head + it.pages, revoked_epoch_);
     // Writable bytes are given back once a chunk stops being writable.
     if (it.from == PageState::writable && it.to != PageState::writable)
-      backend_.unstage(it.head, it.pages);
+      backend_.unstage(it.head, it.pages, it.to != PageState::retired);
   }
   for (const Item& it : s_.items) {
     --a_.chunks_[static_cast<int>(to_public(it.from))];
@@ -557,7 +557,7 @@ void Commit::set_all(bool target) noexcept {
 void Commit::unstage_unseals() noexcept {
   for (Item& it : s_.items)
     if (it.staged) {
-      backend_.unstage(it.head, it.pages);
+      backend_.unstage(it.head, it.pages, false);
       it.staged = false;
     }
 }

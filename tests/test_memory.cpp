@@ -206,9 +206,9 @@ TEST_F(KernelWriteMemory, StagingIsReusedUnderThreads) {
 
 // A write through a chunk's old writable pointer after its seal lands in
 // staging that is free again: the next chunk staged there must not carry
-// those bytes into its code. The pool fills a new chunk's staging with
-// traps; an unseal, the one hand-out it does not fill, copies the chunk's
-// code over all of it.
+// those bytes into its code. The pool hands a new chunk staging of traps
+// only (it checks the pages a seal cleaned, and fills the others); an
+// unseal copies the chunk's code over all of its staging.
 TEST_F(KernelWriteMemory, StaleWritesIntoFreeStagingAreWipedForTheNextChunk) {
   Options o = options();
   o.reserve_bytes = kSmallReserve;

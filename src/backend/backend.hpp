@@ -135,23 +135,27 @@ class PageBackend {
                                                  std::uint32_t pages,
                                                  bool keep_code) noexcept = 0;
   /// True when what stage() returns without `keep_code` may hold stale
-  /// bytes: the arena has trap_staging() fill it with traps, under its
-  /// lock, before handing it out. Elsewhere the pages themselves were
-  /// trap-filled when they were recycled.
+  /// bytes: the arena has trap_staging() fill it with traps before handing
+  /// it out (after letting go of its lock; the chunk is no one else's
+  /// yet). Elsewhere the pages themselves were trap-filled when they were
+  /// recycled.
   [[nodiscard]] virtual bool stage_needs_traps() const noexcept {
     return false;
   }
-  /// Fills all of a new chunk's staging with traps (under the arena's
-  /// lock).
+  /// Traps over the staging of a new chunk wherever it may hold anything
+  /// else. Called without the arena's lock, by the allocating thread.
   virtual void trap_staging(std::uint32_t head, std::uint32_t pages) noexcept {
     (void)head;
     (void)pages;
   }
   /// Gives back what stage() took, once the chunk is no longer writable (or
-  /// the commit that staged it failed).
-  virtual void unstage(std::uint32_t head, std::uint32_t pages) noexcept {
+  /// the commit that staged it failed); `sealed`: its bytes were just
+  /// copied into the code by a commit that succeeded.
+  virtual void unstage(std::uint32_t head, std::uint32_t pages,
+                       bool sealed) noexcept {
     (void)head;
     (void)pages;
+    (void)sealed;
   }
   /// The writable bytes of a writable chunk (what stage() returned).
   [[nodiscard]] virtual std::byte* staged(

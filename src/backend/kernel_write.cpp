@@ -68,7 +68,7 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     files_.shift = shift;
     files_.pal = &pal;
     if (Result<void> r = staging_.allocate(pages, shift, files_.lane_shift,
-                                           files_.lane_count);
+                                           files_.lane_count, files_.traps);
         !r)
       return r;
     // The first lane's memfd now, so that a host refusing memfds refuses
@@ -201,8 +201,11 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     // Writable chunks not yet sealed hold the whole pool (or it is too
     // fragmented for this one).
     if (!p) return Error(Errc::exhausted);
-    if (keep_code)  // readable in every sealed state
-      std::memcpy(p, rx_page(head), std::size_t{pages} << shift_);
+    const std::size_t len = std::size_t{pages} << shift_;
+    if (keep_code) {
+      std::memcpy(p, rx_page(head), len);  // readable in every sealed state
+      staging_.mark_written(head, pages);
+    }
     return p;
   }
 
@@ -210,8 +213,12 @@ class KernelWriteBackend final : public PageBackend, public ContentWriter {
     staging_.fill(head, pages);
   }
 
-  void unstage(std::uint32_t head, std::uint32_t pages) noexcept override {
-    staging_.give_back(head, pages);
+  void unstage(std::uint32_t head, std::uint32_t pages,
+               bool sealed) noexcept override {
+    // A seal found traps after the chunk's extent (see make_plan()): the
+    // staging is clean again once what came before gets traps.
+    staging_.give_back(head, pages,
+                       sealed ? extent_[head] : StagingPool::kUnknown);
   }
 
   std::byte* staged(std::uint32_t head) const noexcept override {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstring>
 #include <limits>
 
 #include "pal/cpu.hpp"
@@ -12,8 +13,9 @@
 namespace wxa::detail {
 
 Result<void> StagingPool::allocate(std::size_t pages, unsigned shift,
-                                   unsigned lane_shift,
-                                   std::size_t lanes) noexcept {
+                                   unsigned lane_shift, std::size_t lanes,
+                                   const std::byte* traps) noexcept {
+  traps_ = traps;
   pages_ = pages;
   shift_ = shift;
   lane_shift_ = lane_shift;
@@ -27,7 +29,8 @@ Result<void> StagingPool::allocate(std::size_t pages, unsigned shift,
   stage_of_ = meta_zeroed<std::uint32_t>(pages);
   owner_ = meta_zeroed<std::uint32_t>(pool_pages_);
   free_bits_ = meta_zeroed<std::uint64_t>(pool_pages_ / 64);
-  if (!stage_of_ || !owner_ || !free_bits_)
+  clean_ = meta_zeroed<std::uint8_t>(pool_pages_);
+  if (!stage_of_ || !owner_ || !free_bits_ || !clean_)
     return Error(Errc::out_of_memory, kNoMemory);
   for (std::size_t p = 0; p < parts_; ++p) {
     low_[p] = p * part_pages_ / 64;
@@ -131,12 +134,31 @@ std::byte* StagingPool::take(std::uint32_t head, std::uint32_t pages) noexcept {
 
 void StagingPool::fill(std::uint32_t head, std::uint32_t pages) noexcept {
   const std::uint32_t s = stage_of_[head] - 1;
-  fill_traps(base_ + (std::size_t{s} << shift_), std::size_t{pages} << shift_);
+  const std::size_t ps = std::size_t{1} << shift_;
+  for (std::uint32_t k = 0; k < pages; ++k) {
+    std::byte* page = base_ + (std::size_t{s + k} << shift_);
+    // Reading a clean page costs about what filling it does, but no byte a
+    // stale pointer wrote into it meanwhile survives.
+    if (!clean_[s + k] || std::memcmp(page, traps_, ps) != 0)
+      fill_traps(page, ps);
+    clean_[s + k] = 0;  // the owner writes it from now on
+  }
 }
 
-void StagingPool::give_back(std::uint32_t head, std::uint32_t pages) noexcept {
+void StagingPool::mark_written(std::uint32_t head,
+                               std::uint32_t pages) noexcept {
+  std::memset(clean_.get() + (stage_of_[head] - 1), 0, pages);
+}
+
+void StagingPool::give_back(std::uint32_t head, std::uint32_t pages,
+                            std::size_t written) noexcept {
   if (!stage_of_[head]) return;
   const std::uint32_t s = stage_of_[head] - 1;
+  if (written != kUnknown) {
+    // Traps over what was written: the cost is that, not the chunk's size.
+    fill_traps(base_ + (std::size_t{s} << shift_), written);
+    std::memset(clean_.get() + s, 1, pages);
+  }
   for (std::uint32_t k = 0; k < pages; ++k) owner_[s + k] = 0;
   stage_of_[head] = 0;
   held_pages_ -= pages;
@@ -203,6 +225,7 @@ Result<void> StagingPool::give_back_free(std::size_t part, std::size_t from,
     }
     std::size_t j = i + 1;
     while (j < to && !used(j)) ++j;
+    std::memset(clean_.get() + i, 0, j - i);  // zeros once given back
     if (Result<void> r =
             pal_->decommit(base_ + (i << shift_), (j - i) << shift_, n);
         !r)

@@ -2,10 +2,11 @@
 // The kernel_write backend's staging pool: the ordinary read-write memory
 // where writable chunks are written before a commit copies them into the
 // code, which chunk holds which staging pages, the search for free ones,
-// filling a new chunk's with traps, and giving pages back after commits.
+// which pages hold traps only, and giving pages back after commits.
 //
 // Layering: layer 3 (with the backends); includes the platform layer and
-// metadata helpers only. Not thread-safe: the arena's lock covers it.
+// metadata helpers only. Not thread-safe: the arena's lock covers it,
+// except fill(), which the allocating thread calls on its own new chunk.
 #pragma once
 
 #include <cstddef>
@@ -43,9 +44,10 @@ class StagingPool {
   /// The records for the staging of `pages` code pages of 1 << shift bytes
   /// in `lanes` lanes of 1 << lane_shift pages, all free. Errors:
   /// out_of_memory. Makes no system call.
+  /// `traps`: a page of trap instructions, kept for the pool's life.
   [[nodiscard]] Result<void> allocate(std::size_t pages, unsigned shift,
-                                      unsigned lane_shift,
-                                      std::size_t lanes) noexcept;
+                                      unsigned lane_shift, std::size_t lanes,
+                                      const std::byte* traps) noexcept;
   /// Reserves the staging memory anywhere, before the code is placed (the
   /// code then goes right below it: see map()).
   [[nodiscard]] Result<void> reserve(Pal& pal, SyscallCounts& n) noexcept;
@@ -72,15 +74,22 @@ class StagingPool {
   /// fragmented for this one). No system call.
   [[nodiscard]] std::byte* take(std::uint32_t head,
                                 std::uint32_t pages) noexcept;
-  /// Traps over all of the staging of a new chunk: whatever it held (the
-  /// last chunk's bytes, zeros where it went back to the OS, or what a
-  /// stale writable pointer wrote there since) never reaches the new one.
-  /// Filling costs what checking would.
+  /// Traps over the staging of a new chunk wherever it may hold anything
+  /// else (pages given back read as zeros, pages written and not cleaned
+  /// hold old bytes, and a page cleaned by a seal may have been written
+  /// since through a stale writable pointer: it is checked, and filled if
+  /// so). The chunk's owner calls it, without the arena's lock.
   void fill(std::uint32_t head, std::uint32_t pages) noexcept;
-  /// Gives back what take() gave the chunk at `head` (if anything), as it
-  /// is: the next chunk staged there is filled with traps (fill()), or an
-  /// unsealed chunk's code is copied over all of it.
-  void give_back(std::uint32_t head, std::uint32_t pages) noexcept;
+  /// The chunk's staging holds other bytes than traps (an unsealed chunk's
+  /// code was copied in).
+  void mark_written(std::uint32_t head, std::uint32_t pages) noexcept;
+  /// Gives back what take() gave the chunk at `head` (if anything). With
+  /// `written` other than kUnknown, the chunk's staging holds traps after
+  /// its first `written` bytes: those get traps too, and the pages are
+  /// clean (the next chunk staged there needs no fill).
+  static constexpr std::size_t kUnknown = ~std::size_t{0};
+  void give_back(std::uint32_t head, std::uint32_t pages,
+                 std::size_t written) noexcept;
   /// The chunk's staging, or nullptr.
   [[nodiscard]] std::byte* staged(std::uint32_t head) const noexcept;
   /// The code page a staging address stands for, or -1.
@@ -120,9 +129,13 @@ class StagingPool {
   std::size_t parts_ = 1;    // one per lane
   std::size_t part_pages_ = 0, pool_pages_ = 0;
   std::byte* base_ = nullptr;
+  const std::byte* traps_ = nullptr;    // a page of them
   MetaArray<std::uint32_t> stage_of_;   // chunk head -> staging page + 1
   MetaArray<std::uint32_t> owner_;      // staging page -> chunk head + 1
   MetaArray<std::uint64_t> free_bits_;  // 1 = staging page used
+  // Staging page -> 1 if it holds traps only. A byte each: the allocating
+  // thread clears its chunk's without the arena's lock.
+  MetaArray<std::uint8_t> clean_;
   std::size_t held_pages_ = 0;
   bool gave_back_ = false;  // a chunk's staging came back since settle()
   // Per part: the first word that may have room, the end of the pages that
