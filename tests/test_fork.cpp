@@ -118,6 +118,17 @@ int refused(const Error& e) {
   return e == Errc::wrong_process ? kChildArenaRefused : kOtherError;
 }
 
+// Waits for child `pid`: its exit code, 128 + the signal that killed it,
+// or -2.
+int wait_code(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -2;
+}
+
 // Runs f() in a child and returns its exit code (or 128 + signal).
 template <class F>
 int in_child(F f) {
@@ -125,12 +136,7 @@ int in_child(F f) {
   const pid_t pid = ::fork();
   if (pid == 0) ::_exit(f());
   if (pid < 0) return -1;
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -2;
+  return wait_code(pid);
 }
 
 // In a child: whether touching `p` (reading, or writing) kills a grandchild
@@ -514,12 +520,7 @@ int in_child_made_by(Flavour flavour, F f) {
   }
   if (pid == 0) ::_exit(run(&f));
   if (pid < 0) return -1;
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -2;
+  return wait_code(pid);
 }
 
 // In a child: every call of the arena is refused with wrong_process and
@@ -774,16 +775,7 @@ TEST_P(ForkThreaded, ChildrenOfAPublishingParentAreRefusedNotHung) {
   std::vector<pid_t> children;
   std::map<int, int> outcomes;  // child exit code -> how many
   std::size_t reaped = 0;
-  const auto reap = [&] {
-    int status = 0;
-    while (::waitpid(children[reaped], &status, 0) < 0 && errno == EINTR) {
-    }
-    ++reaped;
-    const int code = WIFEXITED(status)     ? WEXITSTATUS(status)
-                     : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
-                                           : -2;
-    ++outcomes[code];
-  };
+  const auto reap = [&] { ++outcomes[wait_code(children[reaped++])]; };
   std::fflush(nullptr);
   for (int i = 0; i < kForks; ++i) {
     if (children.size() - reaped >= kLive) reap();
